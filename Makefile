@@ -1,0 +1,32 @@
+# Every target sets up .venv itself (scripts/setup.sh), so each works on a fresh clone.
+.PHONY: setup demo test bench lint sample clean
+
+VENV := .venv
+BIN := $(VENV)/bin
+
+setup:
+	@scripts/setup.sh
+
+## The main job: build a corpus from the bundled sample, train a small model on it, generate text.
+demo: setup
+	$(BIN)/gristmill run configs/demo.yaml
+	$(BIN)/gristmill train configs/demo.yaml --data runs/demo/tokens/manifest.json --output runs/demo/model
+	$(BIN)/gristmill generate --checkpoint runs/demo/model --prompt "The old house" --max-new-tokens 80 --seed 0
+
+## The test suite (what .ci/run calls).
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+## Benchmarks (tests/bench), not part of the test suite.
+bench: setup
+	$(BIN)/python -m pytest -q -s tests/bench
+
+lint: setup
+	$(BIN)/ruff check .
+
+## Rebuild data/sample from ../shared/data.
+sample: setup
+	$(BIN)/python scripts/make_sample.py
+
+clean:
+	rm -rf runs

@@ -1,0 +1,93 @@
+"""The `build_corpus` Prefect flow: one task per stage, over one run directory.
+
+Without PREFECT_API_URL, Prefect runs it in ephemeral mode (a temporary local API, no server to set up).
+A stage that run.json records as done is skipped, so running the flow again with the same run id resumes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from flows.config import RunConfig
+from pipelines import stages
+from pipelines.dedup import DedupConfig
+from pipelines.policy import policy_sha256
+from pipelines.rundir import RunDir, now
+from pipelines.shards import TokenizeConfig, config_sha256
+
+
+def _skip_if_done(run: RunDir, stage: str) -> bool:
+    if run.stage_status(stage) == "done":
+        get_run_logger().info("%s: already done in an earlier attempt, skipping", stage)
+        return True
+    return False
+
+
+@task(name="ingest")
+def ingest_task(run_root: str, inputs: list[str], workers: int) -> dict[str, Any]:
+    run = RunDir(run_root)
+    if _skip_if_done(run, "ingest"):
+        return run.load()["stages"]["ingest"]["summary"]
+    return stages.run_ingest(run, inputs, workers)
+
+
+@task(name="signals")
+def signals_task(run_root: str, policy: str | None, langid_model: str | None, workers: int) -> dict[str, Any]:
+    run = RunDir(run_root)
+    if _skip_if_done(run, "signals"):
+        return run.load()["stages"]["signals"]["summary"]
+    return stages.run_signals(run, policy, langid_model, workers)
+
+
+@task(name="dedup")
+def dedup_task(run_root: str, config: dict[str, Any], workers: int) -> dict[str, Any]:
+    run = RunDir(run_root)
+    if _skip_if_done(run, "dedup"):
+        return run.load()["stages"]["dedup"]["summary"]
+    return stages.run_dedup(run, DedupConfig(**config), workers)
+
+
+@task(name="tokenizer")
+def tokenizer_task(run_root: str, config: dict[str, Any]) -> dict[str, Any]:
+    run = RunDir(run_root)
+    if _skip_if_done(run, "tokenizer"):
+        return run.load()["stages"]["tokenizer"]["summary"]
+    return stages.run_tokenizer_training(run, **config)
+
+
+@task(name="tokenize")
+def tokenize_task(run_root: str, config: dict[str, Any], lineage: dict[str, Any]) -> dict[str, Any]:
+    run = RunDir(run_root)
+    if _skip_if_done(run, "tokenize"):
+        return run.load()["stages"]["tokenize"]["summary"]
+    return stages.run_tokenize(run, TokenizeConfig(**config), lineage)
+
+
+@task(name="report")
+def report_task(run_root: str) -> dict[str, Any]:
+    return stages.run_report(RunDir(run_root))
+
+
+@flow(name="build_corpus", flow_run_name="build-corpus-{run_id}")
+def build_corpus(config: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Raw text -> signals -> policy -> near-dedup -> BPE tokenizer -> token shards -> report."""
+    cfg = RunConfig.model_validate(config)
+    run = RunDir(f"{cfg.output.rstrip('/')}/{run_id}").create()
+    run.start(run_id, cfg.model_dump(mode="json"), cfg.inputs)
+    workers = cfg.executor.workers
+    ingest_task(str(run.root), cfg.inputs, workers)
+    signals_task(str(run.root), cfg.signals.policy, cfg.signals.langid_model, workers)
+    dedup_task(str(run.root), cfg.dedup.model_dump(), workers)
+    tokenizer_task(str(run.root), cfg.tokenizer.model_dump())
+    lineage = {
+        "run_id": run_id,
+        "config_sha256": config_sha256(cfg.model_dump(mode="json")),
+        "policy_sha256": policy_sha256(cfg.signals.policy),
+        "inputs": cfg.inputs,
+    }
+    tokenize_task(str(run.root), cfg.tokenize.model_dump(), lineage)
+    report = report_task(str(run.root))
+    run.update(status="done", finished_at=now())
+    return report

@@ -1,0 +1,295 @@
+"""The `gristmill` command line: the front door to every stage."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from flows.config import RunConfig, describe, load_config, parse_override
+
+log = logging.getLogger("gristmill")
+
+
+def _setup_logging() -> None:
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "gristmill")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
+def _common_config(args: argparse.Namespace) -> RunConfig:
+    """The run config from [CONFIG], with --set and the explicit flags applied on top."""
+    overrides = dict(parse_override(item) for item in args.set or [])
+    if getattr(args, "input", None):
+        overrides["inputs"] = args.input
+    for flag, key in (
+        ("output", "output"),
+        ("run_id", "run_id"),
+        ("workers", "executor.workers"),
+        ("policy", "signals.policy"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[key] = value
+    return load_config(getattr(args, "config", None), overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flows.build_corpus import build_corpus
+    from pipelines.report import summary_lines
+
+    cfg = _common_config(args)
+    if not cfg.inputs:
+        raise SystemExit("error: no inputs: give --input URI (or `inputs:` in the config)")
+    run_id = cfg.resolved_run_id()
+    report = build_corpus(cfg.model_dump(mode="json"), run_id)
+    root = Path(cfg.output) / run_id
+    print("\n".join(summary_lines(report)))
+    print(
+        f"  run directory: {root}\n  report: {root / 'report' / 'report.html'}\n"
+        f"  shards: {root / 'tokens' / 'manifest.json'}"
+    )
+    return 0
+
+
+def _run_dir(args: argparse.Namespace) -> Any:
+    from pipelines.rundir import RunDir
+
+    return RunDir(args.output).create()
+
+
+def cmd_filter(args: argparse.Namespace) -> int:
+    from pipelines import stages
+
+    cfg = _common_config(args)
+    run = _run_dir(args)
+    run.start(run.root.name, cfg.model_dump(mode="json"), cfg.inputs)
+    stages.run_ingest(run, cfg.inputs, cfg.executor.workers)
+    stages.run_signals(run, cfg.signals.policy, cfg.signals.langid_model, cfg.executor.workers)
+    return 0
+
+
+def cmd_dedup(args: argparse.Namespace) -> int:
+    from pipelines import stages
+
+    cfg = _common_config(args)
+    run = _run_dir(args)
+    if cfg.inputs:
+        run.start(run.root.name, cfg.model_dump(mode="json"), cfg.inputs)
+        stages.run_ingest(run, cfg.inputs, cfg.executor.workers)
+    stages.run_dedup(run, cfg.dedup, cfg.executor.workers)
+    return 0
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from pipelines import stages
+
+    cfg = _common_config(args)
+    tok = cfg.tokenizer
+    stages.run_tokenizer_training(
+        _run_dir(args), tok.vocab_size, tok.min_frequency, tok.special_tokens, tok.sample_chars, tok.seed
+    )
+    return 0
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    from pipelines import stages
+    from pipelines.policy import policy_sha256
+    from pipelines.shards import config_sha256
+
+    cfg = _common_config(args)
+    run = _run_dir(args)
+    record = run.load()
+    lineage = {
+        "run_id": record.get("run_id", run.root.name),
+        "config_sha256": config_sha256(record.get("config", cfg.model_dump(mode="json"))),
+        "policy_sha256": policy_sha256(
+            run.signals / "policy.yaml" if (run.signals / "policy.yaml").exists() else None
+        ),
+        "inputs": record.get("inputs", []),
+    }
+    stages.run_tokenize(run, cfg.tokenize, lineage)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipelines import stages
+    from pipelines.report import summary_lines
+    from pipelines.rundir import RunDir
+
+    run = RunDir(args.run)
+    if not run.run_json.exists():
+        raise SystemExit(f"error: {args.run} is not a run directory (no run.json)")
+    print("\n".join(summary_lines(stages.run_report(run))))
+    print(f"  report: {run.report / 'report.html'}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, dict(parse_override(item) for item in args.set or [])).train
+    nproc = args.nproc or cfg.nproc
+    output = args.output or cfg.output
+    if output is None:
+        output = str(Path(args.data).resolve().parent.parent / "model")
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "training.train",
+        "--data",
+        args.data,
+        "--output",
+        output,
+        "--max-steps",
+        str(args.max_steps or cfg.max_steps),
+        "--preset",
+        cfg.preset,
+        "--seq-len",
+        str(cfg.seq_len),
+        "--batch-size",
+        str(cfg.batch_size),
+        "--lr",
+        str(cfg.lr),
+        "--warmup-steps",
+        str(cfg.warmup_steps),
+        "--dtype",
+        cfg.dtype,
+        "--seed",
+        str(cfg.seed),
+        "--eval-every",
+        str(cfg.eval_every),
+        "--log-every",
+        str(cfg.log_every),
+        *(["--resume"] if args.resume else []),
+    ]
+    log.info("launching: %s", " ".join(command))
+    return subprocess.call(command)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from training.generate import main as generate_main
+
+    argv = [
+        "--checkpoint",
+        args.checkpoint,
+        "--prompt",
+        args.prompt,
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        "--temperature",
+        str(args.temperature),
+        "--top-k",
+        str(args.top_k),
+        "--top-p",
+        str(args.top_p),
+    ]
+    if args.seed is not None:
+        argv += ["--seed", str(args.seed)]
+    return generate_main(argv) or 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    print(describe())
+    return 0
+
+
+def _add_config_args(p: argparse.ArgumentParser, inputs: bool = True, run_id: bool = False) -> None:
+    p.add_argument("config", nargs="?", help="run config YAML (defaults: `gristmill config`)")
+    if inputs:
+        p.add_argument("--input", nargs="+", metavar="URI", help="input files or folders")
+    p.add_argument("--workers", type=int, help="worker processes (0: every core)")
+    p.add_argument("--policy", help="policy YAML (default: the bundled one)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override any config field, e.g. --set dedup.threshold=0.7 (repeatable)",
+    )
+    if run_id:
+        p.add_argument("--run-id", help="run directory name (default: from the time)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gristmill", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="whole corpus build (Prefect flow build_corpus)")
+    _add_config_args(p, run_id=True)
+    p.add_argument("--output", help="folder holding run directories (default: runs)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("filter", help="ingest inputs and compute signals + keep/drop into DIR/signals")
+    _add_config_args(p)
+    p.add_argument("--output", required=True, metavar="DIR", help="run directory")
+    p.set_defaults(func=cmd_filter)
+
+    p = sub.add_parser(
+        "dedup", help="near-dedup the kept documents of DIR (ingesting --input first if given)"
+    )
+    _add_config_args(p)
+    p.add_argument("--output", required=True, metavar="DIR", help="run directory")
+    p.set_defaults(func=cmd_dedup)
+
+    p = sub.add_parser("tokenizer", help="tokenizer commands")
+    tsub = p.add_subparsers(dest="tokenizer_command", required=True)
+    t = tsub.add_parser("train", help="train the BPE tokenizer on DIR's final corpus into DIR/tokenizer")
+    _add_config_args(t, inputs=False)
+    t.add_argument("--output", required=True, metavar="DIR", help="run directory")
+    t.set_defaults(func=cmd_tokenizer_train)
+
+    p = sub.add_parser("tokenize", help="write token shards + manifest into DIR/tokens")
+    _add_config_args(p, inputs=False)
+    p.add_argument("--output", required=True, metavar="DIR", help="run directory")
+    p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("report", help="write RUN/report (HTML, Markdown, JSON)")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("train", help="train a model on token shards with torchrun")
+    p.add_argument("config", nargs="?", help="run config YAML (its `train:` section)")
+    p.add_argument("--data", required=True, metavar="MANIFEST", help="tokens/manifest.json of a run")
+    p.add_argument("--nproc", type=int, help="processes (default: train.nproc)")
+    p.add_argument("--max-steps", type=int, help="optimizer steps (default: train.max_steps)")
+    p.add_argument("--output", metavar="DIR", help="checkpoint folder (default: <run>/model)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --output")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("generate", help="sample text from a checkpoint")
+    p.add_argument("--checkpoint", required=True, metavar="DIR")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("config", help="print every config field with its default and meaning")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging()
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

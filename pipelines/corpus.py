@@ -1,0 +1,52 @@
+"""The final corpus of a run: documents the policy kept and near-dedup did not remove."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.dedup import kept_mask, removed_ids
+from pipelines.ingest import document_files
+from pipelines.rundir import RunDir
+
+BATCH_ROWS = 1_000
+
+
+def iter_batches(run: RunDir) -> Iterator[pa.Table]:
+    """Tables of (id, text) of the final corpus, in input order, at most BATCH_ROWS rows each."""
+    removed = removed_ids(run)
+    for path in document_files(run):
+        keep = kept_mask(run, path.name)
+        if removed:
+            ids = pq.read_table(path, columns=["id"]).column("id").to_pylist()
+            keep = keep & pa.array([i not in removed for i in ids]).to_numpy(zero_copy_only=False)
+        offset = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=["id", "text"]):
+            mask = keep[offset : offset + batch.num_rows]
+            offset += batch.num_rows
+            if mask.any():
+                yield pa.Table.from_batches([batch]).filter(pa.array(mask))
+
+
+def iter_texts(run: RunDir) -> Iterator[tuple[str, str]]:
+    """(id, text) of every document of the final corpus."""
+    for table in iter_batches(run):
+        yield from zip(table.column("id").to_pylist(), table.column("text").to_pylist(), strict=True)
+
+
+def unit_hash(key: str, salt: str = "") -> float:
+    """A uniform number in [0, 1) derived from `key` (stable across runs and machines)."""
+    digest = hashlib.sha256(f"{salt}{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def sample_texts(run: RunDir, max_chars: int, seed: int) -> Iterator[str]:
+    """A seeded sample of the final corpus of about `max_chars` characters (all of it if smaller)."""
+    total = sum(len(text) for table in iter_batches(run) for text in table.column("text").to_pylist())
+    fraction = 1.0 if total <= max_chars else max_chars / total
+    for doc_id, text in iter_texts(run):
+        if fraction >= 1.0 or unit_hash(doc_id, f"{seed}:") < fraction:
+            yield text

@@ -1,0 +1,154 @@
+"""Each stage of a corpus build as one function over a run directory, for any orchestrator to call.
+
+These are what the Prefect tasks and the stage commands (`gristmill filter`, ...) run. The
+data-parallel part of a stage goes through `pipelines.executor`; a stage already recorded as done in
+run.json is skipped, and a stage interrupted mid-way resumes from its completed shards.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines import dedup, filtering, ingest, report
+from pipelines.corpus import sample_texts
+from pipelines.executor import run_shards
+from pipelines.rundir import RunDir, write_json
+from pipelines.shards import TokenizeConfig, write_token_shards
+from tokenizer import file_sha256, train_bpe
+
+log = logging.getLogger("gristmill")
+
+
+def run_ingest(run: RunDir, inputs: list[str], workers: int = 0) -> dict[str, Any]:
+    """Read every input file into documents/ and quarantine/."""
+    with run.stage("ingest") as summary:
+        files = ingest.plan_inputs(run, inputs)
+        run_shards(ingest.IngestShard(str(run.root)), len(files), workers, run.logs / "ingest")
+        quarantine = ingest.quarantine_counts(run)
+        summary.update(
+            files=len(files),
+            documents=sum(pq.read_metadata(p).num_rows for p in ingest.document_files(run)),
+            quarantined=sum(quarantine.values()),
+            quarantine_reasons=dict(quarantine),
+        )
+        log.info(
+            "ingest: %d files -> %d documents, %d quarantined",
+            summary["files"],
+            summary["documents"],
+            summary["quarantined"],
+        )
+    return summary
+
+
+def run_signals(
+    run: RunDir, policy_path: str | None = None, langid_model: str | None = None, workers: int = 0
+) -> dict[str, Any]:
+    """Compute signals of every document and apply the policy."""
+    with run.stage("signals") as summary:
+        filtering.save_policy(run, policy_path)
+        n = len(ingest.document_files(run))
+        run_shards(
+            filtering.SignalsShard(str(run.root), policy_path, langid_model), n, workers, run.logs / "signals"
+        )
+        keep = filtering.read_signals(run, ["keep"]).column("keep")
+        summary.update(documents=len(keep), kept=int(pc.sum(keep).as_py() or 0))
+        summary["dropped"] = summary["documents"] - summary["kept"]
+        log.info(
+            "signals: %d documents, %d kept, %d dropped",
+            summary["documents"],
+            summary["kept"],
+            summary["dropped"],
+        )
+    return summary
+
+
+def run_dedup(run: RunDir, config: dedup.DedupConfig, workers: int = 0) -> dict[str, Any]:
+    """Near-dedup the kept documents."""
+    with run.stage("dedup") as summary:
+        n = len(ingest.document_files(run))
+        run_shards(dedup.SignatureShard(str(run.root), config), n, workers, run.logs / "dedup")
+        removed = dedup.cluster(run, config)
+        summary.update(removed=removed.num_rows)
+    return summary
+
+
+def run_tokenizer_training(
+    run: RunDir, vocab_size: int, min_frequency: int, special_tokens: list[str], sample_chars: int, seed: int
+) -> dict[str, Any]:
+    """Train the BPE tokenizer on a seeded sample of the final corpus."""
+    with run.stage("tokenizer") as summary:
+        texts = sample_texts(run, sample_chars, seed)
+        counted = _Counting(texts)
+        tok = train_bpe(
+            counted, vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special_tokens
+        )
+        if counted.documents == 0:
+            raise ValueError("no documents left to train a tokenizer on: every document was dropped")
+        run.tokenizer.mkdir(parents=True, exist_ok=True)
+        path = run.tokenizer / "tokenizer.json"
+        tmp = path.with_name(".tokenizer.json.tmp")
+        tok.save(str(tmp))
+        tmp.replace(path)
+        sha = file_sha256(path)
+        write_json(
+            run.tokenizer / "tokenizer.meta.json",
+            {
+                "sha256": sha,
+                "vocab_size": tok.get_vocab_size(),
+                "special_tokens": special_tokens,
+                "trained_on_documents": counted.documents,
+                "trained_on_characters": counted.characters,
+                "seed": seed,
+            },
+        )
+        summary.update(
+            vocab_size=tok.get_vocab_size(),
+            sha256=sha,
+            documents=counted.documents,
+            characters=counted.characters,
+        )
+        log.info(
+            "tokenizer: vocab %d trained on %d documents (%d characters)",
+            tok.get_vocab_size(),
+            counted.documents,
+            counted.characters,
+        )
+    return summary
+
+
+class _Counting:
+    """Pass texts through while counting them."""
+
+    def __init__(self, texts: Any) -> None:
+        self.texts = texts
+        self.documents = self.characters = 0
+
+    def __iter__(self) -> Any:
+        for text in self.texts:
+            self.documents += 1
+            self.characters += len(text)
+            yield text
+
+
+def run_tokenize(run: RunDir, config: TokenizeConfig, lineage: dict[str, Any]) -> dict[str, Any]:
+    """Write token shards and the manifest."""
+    with run.stage("tokenize") as summary:
+        manifest = write_token_shards(run, config, lineage)
+        summary.update(
+            documents=manifest["totals"]["documents"],
+            tokens=manifest["totals"]["tokens"],
+            shards=sum(len(s["shards"]) for s in manifest["splits"].values()),
+        )
+    return summary
+
+
+def run_report(run: RunDir) -> dict[str, Any]:
+    """Write report/ (JSON, Markdown, HTML) and return the report."""
+    with run.stage("report") as summary:
+        built = report.write_report(run)
+        summary.update(path=str(run.report / "report.html"))
+    return built

@@ -1,0 +1,168 @@
+"""Sample text from a checkpoint: ``python -m training.generate --checkpoint DIR --prompt TEXT``.
+
+``--checkpoint`` is a checkpoint directory (``step-N``) or a training output directory, whose
+``latest`` checkpoint is used. The checkpoint holds everything needed: config.json, model.pt and
+tokenizer.json. Tokens are sampled with a KV cache (temperature, top-k, top-p), generation stops at
+the end-of-text id, and text is streamed as soon as it decodes to whole UTF-8 characters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer
+from torch import Tensor
+
+from training.data import sha256_hex
+from training.model import ModelConfig, Transformer
+from training.train import TrainingError, resolve_checkpoint
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for generation, with its tokenizer and checkpoint config."""
+
+    model: Transformer
+    tokenizer: Tokenizer
+    eot_id: int
+    config: dict[str, Any]
+    path: Path
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load config.json, model.pt and tokenizer.json from a checkpoint (or output) directory."""
+    ckpt = resolve_checkpoint(path)
+    config = json.loads((ckpt / "config.json").read_text())
+    tokenizer_bytes = (ckpt / config["tokenizer"]["file"]).read_bytes()
+    if sha256_hex(tokenizer_bytes) != config["tokenizer"]["sha256"]:
+        raise TrainingError(f"{ckpt}: tokenizer.json does not match the sha256 in config.json")
+    model = Transformer(ModelConfig.from_dict(config["model"]))
+    model.load_state_dict(torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True))
+    model.to(device).eval()
+    tokenizer = Tokenizer.from_str(tokenizer_bytes.decode("utf-8"))
+    return LoadedModel(model, tokenizer, int(config["tokenizer"]["eot_id"]), config, ckpt)
+
+
+def sample_next(
+    logits: Tensor, temperature: float, top_k: int, top_p: float, generator: torch.Generator | None
+) -> int:
+    """One token id from a [vocab] logit vector; temperature 0 means greedy."""
+    if temperature <= 0:
+        return int(logits.argmax())
+    logits = logits.float() / temperature
+    if 0 < top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix reaching top_p (at least one)
+        logits = logits.scatter(0, order[drop], float("-inf"))
+    probs = logits.softmax(-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@torch.no_grad()
+def generate(
+    model: Transformer,
+    prompt_ids: list[int],
+    max_new_tokens: int = 100,
+    temperature: float = 0.8,
+    top_k: int = 50,
+    top_p: float = 1.0,
+    eot_id: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Iterator[int]:
+    """Yield new token ids one by one, using the KV cache; stop at ``eot_id`` or the context limit.
+
+    A prompt longer than the model's context keeps only its last ``max_seq_len - 1`` tokens.
+    """
+    if not prompt_ids:
+        raise ValueError("prompt_ids must not be empty")
+    max_len = model.config.max_seq_len
+    prompt_ids = prompt_ids[-(max_len - 1) :]
+    device = model.tok_emb.weight.device
+    cache = model.new_kv_cache(batch_size=1, max_len=max_len)
+    idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    pos = 0
+    for _ in range(min(max_new_tokens, max_len - len(prompt_ids))):
+        logits, _ = model(idx, kv_cache=cache, start_pos=pos)
+        pos += idx.shape[1]
+        token = sample_next(logits[0, -1], temperature, top_k, top_p, generator)
+        if token == eot_id:
+            return
+        yield token
+        idx = torch.tensor([[token]], dtype=torch.long, device=device)
+
+
+def stream_text(tokenizer: Tokenizer, token_ids: Iterable[int]) -> Iterator[str]:
+    """Turn a stream of token ids into text pieces that never split a UTF-8 character.
+
+    The whole sequence is decoded at each step and the new suffix emitted; while it ends in an
+    incomplete character (decoded as U+FFFD) the suffix is held back until the next token.
+    """
+    ids: list[int] = []
+    emitted = ""
+    for token in token_ids:
+        ids.append(token)
+        text = tokenizer.decode(ids, skip_special_tokens=False)
+        if text.endswith("\ufffd") or not text.startswith(emitted):
+            continue
+        yield text[len(emitted) :]
+        emitted = text
+    text = tokenizer.decode(ids, skip_special_tokens=False)
+    if len(text) > len(emitted):
+        yield text[len(emitted) :]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m training.generate",
+        description="Generate text from a gristmill training checkpoint.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory, or a training --output directory")
+    p.add_argument("--prompt", required=True, help="text to continue (may be empty)")
+    p.add_argument("--max-new-tokens", type=int, default=100, help="maximum number of tokens to generate")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0: greedy)")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (0: off)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0: off)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: nondeterministic)")
+    p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    try:
+        loaded = load_checkpoint(args.checkpoint, device)
+    except (TrainingError, FileNotFoundError, KeyError, ValueError) as exc:
+        print(f"error: cannot load checkpoint {args.checkpoint}: {exc}", file=sys.stderr)
+        return 1
+    generator = None
+    if args.seed is not None:
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+    # Documents start after an end-of-text token in training, so it also opens the prompt.
+    prompt_ids = [loaded.eot_id, *loaded.tokenizer.encode(args.prompt, add_special_tokens=False).ids]
+    sys.stdout.write(args.prompt)
+    sys.stdout.flush()
+    tokens = generate(loaded.model, prompt_ids, args.max_new_tokens, args.temperature, args.top_k,
+                      args.top_p, loaded.eot_id, generator)
+    for piece in stream_text(loaded.tokenizer, tokens):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
