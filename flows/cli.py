@@ -15,9 +15,11 @@ from flows.config import RunConfig, describe, load_config, parse_override
 log = logging.getLogger("gristmill")
 
 
-def _setup_logging() -> None:
+def _setup_logging(under_prefect: bool) -> None:
+    """Log lines of `gristmill` go through Prefect's handlers in a flow, else to stderr."""
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "gristmill")
-    if not log.handlers:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not under_prefect and not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         log.addHandler(handler)
@@ -283,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging()
+    _setup_logging(under_prefect=args.command == "run")
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as exc:

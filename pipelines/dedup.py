@@ -74,6 +74,10 @@ class SignatureShard:
         self.run_root = run_root
         self.config = config
 
+    def output(self, index: int) -> Path:
+        run = RunDir(self.run_root)
+        return run.dedup / "signatures" / document_files(run)[index].name
+
     def __call__(self, index: int) -> None:
         run = RunDir(self.run_root)
         source = document_files(run)[index]

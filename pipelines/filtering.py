@@ -29,6 +29,10 @@ class SignalsShard:
         self.policy_path = policy_path
         self.langid_model = langid_model
 
+    def output(self, index: int) -> Path:
+        run = RunDir(self.run_root)
+        return run.signals / document_files(run)[index].name
+
     def __call__(self, index: int) -> None:
         run = RunDir(self.run_root)
         source = document_files(run)[index]

@@ -53,6 +53,9 @@ class IngestShard:
     def __init__(self, run_root: str) -> None:
         self.run_root = run_root
 
+    def output(self, index: int) -> Path:
+        return RunDir(self.run_root).documents / f"{shard_name(index)}.parquet"
+
     def __call__(self, index: int) -> dict[str, Any]:
         run = RunDir(self.run_root)
         entry = json.loads((run.documents / "inputs.json").read_text())[index]

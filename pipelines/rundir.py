@@ -107,7 +107,6 @@ class RunDir:
         self.tokens = self.root / "tokens"
         self.report = self.root / "report"
         self.quarantine = self.root / "quarantine"
-        self.logs = self.root / "logs"
         self.run_json = self.root / "run.json"
 
     def create(self) -> RunDir:
@@ -120,7 +119,6 @@ class RunDir:
             self.tokens,
             self.report,
             self.quarantine,
-            self.logs,
         ):
             folder.mkdir(parents=True, exist_ok=True)
         return self

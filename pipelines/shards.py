@@ -119,7 +119,7 @@ def write_token_shards(run: RunDir, config: TokenizeConfig, lineage: dict[str, A
         stale.unlink()
     (run.tokens / "manifest.json").unlink(missing_ok=True)
     writers = {s: _SplitWriter(run.tokens, s, schema, config) for s in SPLITS}
-    start = time.perf_counter()
+    start = last_log = time.perf_counter()
     n_docs = n_tokens = 0
     for batch in iter_batches(run):
         ids = batch.column("id").to_pylist()
@@ -141,20 +141,14 @@ def write_token_shards(run: RunDir, config: TokenizeConfig, lineage: dict[str, A
                 )
         n_docs += len(ids)
         n_tokens += sum(map(len, token_lists))
-        seconds = time.perf_counter() - start
-        log.info(
-            "tokenize: %d documents, %d tokens, %.0f tokens/s",
-            n_docs,
-            n_tokens,
-            n_tokens / max(seconds, 1e-9),
-        )
+        if time.perf_counter() - last_log > 10:
+            _log_progress(n_docs, n_tokens, start)
+            last_log = time.perf_counter()
+    _log_progress(n_docs, n_tokens, start)
     for writer in writers.values():
         writer.close()
     special = {
-        t: tokenizer.token_to_id(t)
-        for t in tokenizer.get_added_tokens_decoder().values()
-        for t in [t.content]
-        if t.special
+        tok.content: i for i, tok in sorted(tokenizer.get_added_tokens_decoder().items()) if tok.special
     }
     splits = {s: w.summary() for s, w in writers.items()}
     manifest = {
@@ -182,6 +176,11 @@ def write_token_shards(run: RunDir, config: TokenizeConfig, lineage: dict[str, A
     }
     write_json(run.tokens / "manifest.json", manifest)
     return manifest
+
+
+def _log_progress(n_docs: int, n_tokens: int, start: float) -> None:
+    rate = n_tokens / max(time.perf_counter() - start, 1e-9)
+    log.info("tokenize: %d documents, %d tokens, %.0f tokens/s", n_docs, n_tokens, rate)
 
 
 def config_sha256(config: dict[str, Any]) -> str:

@@ -23,11 +23,23 @@ from tokenizer import file_sha256, train_bpe
 log = logging.getLogger("gristmill")
 
 
+def _start_fresh_unless_resuming(run: RunDir, stage: str, *patterns: str) -> None:
+    """Delete a stage's earlier outputs, unless an earlier attempt of it was interrupted (then resume)."""
+    if run.stage_status(stage) in ("running", "failed"):
+        return
+    for pattern in patterns:
+        for path in run.root.glob(pattern):
+            path.unlink()
+
+
 def run_ingest(run: RunDir, inputs: list[str], workers: int = 0) -> dict[str, Any]:
     """Read every input file into documents/ and quarantine/."""
+    _start_fresh_unless_resuming(
+        run, "ingest", "documents/*.parquet", "documents/inputs.json", "quarantine/*.jsonl"
+    )
     with run.stage("ingest") as summary:
         files = ingest.plan_inputs(run, inputs)
-        run_shards(ingest.IngestShard(str(run.root)), len(files), workers, run.logs / "ingest")
+        run_shards("ingest", ingest.IngestShard(str(run.root)), len(files), workers)
         quarantine = ingest.quarantine_counts(run)
         summary.update(
             files=len(files),
@@ -48,12 +60,11 @@ def run_signals(
     run: RunDir, policy_path: str | None = None, langid_model: str | None = None, workers: int = 0
 ) -> dict[str, Any]:
     """Compute signals of every document and apply the policy."""
+    _start_fresh_unless_resuming(run, "signals", "signals/*.parquet")
     with run.stage("signals") as summary:
         filtering.save_policy(run, policy_path)
         n = len(ingest.document_files(run))
-        run_shards(
-            filtering.SignalsShard(str(run.root), policy_path, langid_model), n, workers, run.logs / "signals"
-        )
+        run_shards("signals", filtering.SignalsShard(str(run.root), policy_path, langid_model), n, workers)
         keep = filtering.read_signals(run, ["keep"]).column("keep")
         summary.update(documents=len(keep), kept=int(pc.sum(keep).as_py() or 0))
         summary["dropped"] = summary["documents"] - summary["kept"]
@@ -68,9 +79,10 @@ def run_signals(
 
 def run_dedup(run: RunDir, config: dedup.DedupConfig, workers: int = 0) -> dict[str, Any]:
     """Near-dedup the kept documents."""
+    _start_fresh_unless_resuming(run, "dedup", "dedup/signatures/*.parquet", "dedup/removed.parquet")
     with run.stage("dedup") as summary:
         n = len(ingest.document_files(run))
-        run_shards(dedup.SignatureShard(str(run.root), config), n, workers, run.logs / "dedup")
+        run_shards("dedup signatures", dedup.SignatureShard(str(run.root), config), n, workers)
         removed = dedup.cluster(run, config)
         summary.update(removed=removed.num_rows)
     return summary

@@ -204,7 +204,9 @@ def load_split_tokens(manifest: Manifest, split: str) -> np.ndarray:
         streams.append(stream)
     tokens = np.concatenate(streams) if streams else np.empty(0, dtype=dtype)
     if len(tokens) and int(tokens.max()) >= manifest.vocab_size:
-        raise DataError(f"split {split!r} holds token id {int(tokens.max())} >= vocab_size {manifest.vocab_size}")
+        raise DataError(
+            f"split {split!r} holds token id {int(tokens.max())} >= vocab_size {manifest.vocab_size}"
+        )
     return tokens
 
 

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from training.data import sha256_hex
 from training.model import ModelConfig, Transformer
-from training.train import TrainingError, resolve_checkpoint
+from training.train import HelpFormatter, TrainingError, resolve_checkpoint
 
 
 @dataclass
@@ -126,9 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m training.generate",
         description="Generate text from a gristmill training checkpoint.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory, or a training --output directory")
+    p.add_argument("--checkpoint", required=True, help="checkpoint dir, or a training --output dir")
     p.add_argument("--prompt", required=True, help="text to continue (may be empty)")
     p.add_argument("--max-new-tokens", type=int, default=100, help="maximum number of tokens to generate")
     p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0: greedy)")

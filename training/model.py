@@ -67,6 +67,8 @@ class ModelConfig:
         return cls(**data)
 
     def with_overrides(self, **changes: Any) -> ModelConfig:
+        """A copy with some fields changed. Resolved fields (n_kv_heads, ffn_hidden) keep their
+        values unless they are among the changes."""
         return replace(self, **changes)
 
 

@@ -12,7 +12,7 @@ Layout of ``--output``::
     step-000500/           one checkpoint, written as .tmp-step-000500/ and renamed when complete
         model.pt           model state dict (plain module, not DDP-wrapped)
         optimizer.pt       AdamW state dict
-        config.json        {"format", "model": ModelConfig, "tokenizer": {...}, "data": {...}, "training": args}
+        config.json        {"format", "model", "tokenizer": {..., "eot_id"}, "data": {...}, "training": args}
         train_state.json   {"step", "epoch", "windows_consumed", "tokens_seen", ...}
         tokenizer.json     the manifest's tokenizer, so generation needs only this directory
 
@@ -66,11 +66,21 @@ class TrainingError(RuntimeError):
 # ---------------------------------------------------------------- arguments
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" unless the help text already names its default or the flag is required."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.required or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m training.train",
         description="Train a decoder-only transformer on gristmill token shards (torchrun-compatible).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--data", required=True, help="path of the shards' manifest.json")
     p.add_argument("--output", required=True, help="directory for checkpoints and metrics.jsonl")
@@ -90,10 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=100, help="validation every N steps (0: never)")
     p.add_argument("--eval-batches", type=int, default=10, help="global batches of validation windows")
     p.add_argument("--log-every", type=int, default=10, help="log training metrics every N steps")
-    p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (0: only at the end)")
+    p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (0: at the end)")
     p.add_argument("--keep-last", type=int, default=3, help="number of newest checkpoints to keep")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 enables autocast")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint in --output (default: off; starts fresh if there is none)",
+    )
     return p
 
 
@@ -127,6 +141,18 @@ class DistInfo:
         return self.rank == 0
 
 
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity set, capped by a cgroup v2 CPU quota if there is one."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
 def setup_distributed() -> DistInfo:
     """Join the torchrun process group when launched by torchrun; pick the device and thread count."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -140,8 +166,7 @@ def setup_distributed() -> DistInfo:
         torch.backends.cudnn.allow_tf32 = True
     else:
         device = torch.device("cpu")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(max(1, cores // local_world_size))
+    torch.set_num_threads(max(1, available_cpus() // local_world_size))
     if "WORLD_SIZE" in os.environ and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistInfo(rank, world_size, local_rank, local_world_size, device)
@@ -170,7 +195,9 @@ def lr_at(step: int, max_steps: int, peak: float, warmup: int, min_ratio: float)
     return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - floor)
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float, device: torch.device) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, device: torch.device
+) -> torch.optim.AdamW:
     """AdamW with weight decay on weight matrices only (not norms, biases or embeddings)."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -302,7 +329,8 @@ def evaluate(model: nn.Module, windows: TokenWindows, args: argparse.Namespace, 
              micro_batch: int) -> float:
     """Mean token loss over the fixed validation windows, reduced over all ranks."""
     model.eval()
-    indices = validation_indices(len(windows), args.eval_batches * args.batch_size, info.rank, info.world_size)
+    n_val = args.eval_batches * args.batch_size
+    indices = validation_indices(len(windows), n_val, info.rank, info.world_size)
     totals = torch.zeros(2, dtype=torch.float64, device=info.device)
     for start in range(0, len(indices), micro_batch):
         inputs, targets = windows.gather(indices[start : start + micro_batch])
@@ -315,56 +343,49 @@ def evaluate(model: nn.Module, windows: TokenWindows, args: argparse.Namespace, 
     return (totals[0] / totals[1]).item()
 
 
+# ---------------------------------------------------------------- one optimizer step
+
+
+def accumulate_gradients(
+    model: nn.Module,
+    ddp: DistributedDataParallel | None,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    args: argparse.Namespace,
+    info: DistInfo,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward/backward this rank's batch in ``--grad-accum`` micro-batches (gradients all-reduced
+    once, on the last), then clip. Returns (loss averaged over all ranks, global grad norm)."""
+    micro_batch = inputs.shape[0] // args.grad_accum
+    forward = ddp if ddp is not None else model
+    loss_sum = torch.zeros((), device=info.device)
+    for micro in range(args.grad_accum):
+        chunk = slice(micro * micro_batch, (micro + 1) * micro_batch)
+        x, y = inputs[chunk].to(info.device), targets[chunk].to(info.device)
+        syncing = ddp is None or micro == args.grad_accum - 1
+        with contextlib.nullcontext() if syncing else ddp.no_sync():
+            with _autocast(info.device, args.dtype):
+                _, loss = forward(x, y)
+            (loss / args.grad_accum).backward()
+        loss_sum += loss.detach()
+    step_loss = _all_reduce(loss_sum / args.grad_accum) / info.world_size
+    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+    return step_loss, grad_norm
+
+
 # ---------------------------------------------------------------- the run
 
 
 def _model_config(args: argparse.Namespace, manifest: Manifest) -> ModelConfig:
     preset = PRESETS[args.preset]
-    return preset.with_overrides(vocab_size=manifest.vocab_size, max_seq_len=max(preset.max_seq_len, args.seq_len))
+    max_seq_len = max(preset.max_seq_len, args.seq_len)
+    return preset.with_overrides(vocab_size=manifest.vocab_size, max_seq_len=max_seq_len)
 
 
-def _run(args: argparse.Namespace, info: DistInfo) -> None:
-    _check_args(args, info.world_size)
-    output = Path(args.output)
-    latest = find_latest(output) if output.is_dir() else None
-    if latest is not None and not args.resume:
-        raise TrainingError(f"{output} already holds checkpoints ({latest.name}); pass --resume or use a new --output")
-
-    manifest = load_manifest(args.data)
-    tokenizer_json = check_tokenizer(manifest)
-    train_windows = TokenWindows(load_split_tokens(manifest, "train"), args.seq_len)
-    sampler = WindowSampler(train_windows, args.batch_size, args.seed)
-    val_windows = None
-    if args.eval_every > 0 and manifest.has_split("validation"):
-        val_windows = TokenWindows(load_split_tokens(manifest, "validation"), args.seq_len)
-        val_windows = val_windows if len(val_windows) else None
-
-    start_step = 0
-    if args.resume and latest is not None:
-        saved_config = _load_json(latest / "config.json")
-        saved_state = _load_json(latest / "train_state.json")
-        _check_resume(saved_config, saved_state, args, manifest, sampler)
-        model_config = ModelConfig.from_dict(saved_config["model"])
-        start_step = saved_state["step"]
-    else:
-        model_config = _model_config(args, manifest)
-
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    model = Transformer(model_config).to(info.device)
-    optimizer = build_optimizer(model, args.lr, args.weight_decay, info.device)
-    if start_step:
-        assert latest is not None
-        model.load_state_dict(torch.load(latest / "model.pt", map_location=info.device, weights_only=True))
-        optimizer.load_state_dict(torch.load(latest / "optimizer.pt", map_location=info.device, weights_only=True))
-    ddp = DistributedDataParallel(model) if dist.is_initialized() else None
-    train_model: nn.Module = ddp if ddp is not None else model
-
-    if info.is_main:
-        output.mkdir(parents=True, exist_ok=True)
-    metrics = MetricsLog(output / "metrics.jsonl", info.is_main)
-    config_record = {
+def checkpoint_config(args: argparse.Namespace, model_config: ModelConfig, manifest: Manifest,
+                      tokenizer_json: bytes, train_windows: int, validation_windows: int) -> dict[str, Any]:
+    """The config.json of a checkpoint: model shape, tokenizer facts, data identity, training args."""
+    return {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_FORMAT_VERSION,
         "model": model_config.to_dict(),
@@ -376,13 +397,69 @@ def _run(args: argparse.Namespace, info: DistInfo) -> None:
             "special_tokens": manifest.tokenizer.get("special_tokens", {}),
         },
         "data": {
-            "manifest": str(Path(args.data).resolve()),
+            "manifest": args.data if "://" in args.data else str(Path(args.data).resolve()),
             "train_fingerprint": manifest.fingerprint("train"),
-            "train_windows": len(train_windows),
-            "validation_windows": len(val_windows) if val_windows is not None else 0,
+            "train_windows": train_windows,
+            "validation_windows": validation_windows,
         },
         "training": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
+
+
+def _run(args: argparse.Namespace, info: DistInfo) -> None:
+    _check_args(args, info.world_size)
+    output = Path(args.output)
+    latest = find_latest(output) if output.is_dir() else None
+    if latest is not None and not args.resume:
+        raise TrainingError(
+            f"{output} already holds checkpoints ({latest.name}); pass --resume or use a new --output"
+        )
+
+    manifest = load_manifest(args.data)
+    tokenizer_json = check_tokenizer(manifest)
+    train_windows = TokenWindows(load_split_tokens(manifest, "train"), args.seq_len)
+    sampler = WindowSampler(train_windows, args.batch_size, args.seed)
+    val_windows = None
+    if args.eval_every > 0 and manifest.has_split("validation"):
+        val_windows = TokenWindows(load_split_tokens(manifest, "validation"), args.seq_len)
+        val_windows = val_windows if len(val_windows) else None
+    if args.eval_every > 0 and val_windows is None and info.is_main:
+        print("no validation windows in the manifest; validation is skipped", flush=True)
+
+    start_step = 0
+    if args.resume and latest is not None:
+        saved_config = _load_json(latest / "config.json")
+        saved_state = _load_json(latest / "train_state.json")
+        _check_resume(saved_config, saved_state, args, manifest, sampler)
+        model_config = ModelConfig.from_dict(saved_config["model"])
+        start_step = saved_state["step"]
+        saved_preset = saved_config["training"].get("preset")
+        if info.is_main and saved_preset != args.preset:
+            print(f"resuming with the checkpoint's model (preset {saved_preset}); --preset is ignored")
+    else:
+        if info.is_main and args.resume:
+            print(f"no checkpoint in {output}; starting from step 0", flush=True)
+        model_config = _model_config(args, manifest)
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    model = Transformer(model_config).to(info.device)
+    optimizer = build_optimizer(model, args.lr, args.weight_decay, info.device)
+    if start_step:
+        assert latest is not None
+        def load(name: str) -> dict[str, Any]:
+            return torch.load(latest / name, map_location=info.device, weights_only=True)
+
+        model.load_state_dict(load("model.pt"))
+        optimizer.load_state_dict(load("optimizer.pt"))
+    ddp = DistributedDataParallel(model) if dist.is_initialized() else None
+
+    if info.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+    metrics = MetricsLog(output / "metrics.jsonl", info.is_main)
+    config_record = checkpoint_config(args, model_config, manifest, tokenizer_json, len(train_windows),
+                                      len(val_windows) if val_windows is not None else 0)
     micro_batch = args.batch_size // info.world_size // args.grad_accum
     tokens_per_step = args.batch_size * args.seq_len
     if info.is_main:
@@ -420,18 +497,7 @@ def _run(args: argparse.Namespace, info: DistInfo) -> None:
         for group in optimizer.param_groups:
             group["lr"] = lr
         inputs, targets = sampler.batch_for_step(step, info.rank, info.world_size)
-        loss_sum = torch.zeros((), device=info.device)
-        for micro in range(args.grad_accum):
-            chunk = slice(micro * micro_batch, (micro + 1) * micro_batch)
-            x, y = inputs[chunk].to(info.device), targets[chunk].to(info.device)
-            syncing = ddp is None or micro == args.grad_accum - 1
-            with contextlib.nullcontext() if syncing else ddp.no_sync():
-                with _autocast(info.device, args.dtype):
-                    _, loss = train_model(x, y)
-                (loss / args.grad_accum).backward()
-            loss_sum += loss.detach()
-        step_loss = _all_reduce(loss_sum / args.grad_accum, dist.ReduceOp.SUM) / info.world_size
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        step_loss, grad_norm = accumulate_gradients(model, ddp, inputs, targets, args, info)
         done = step + 1
         if not (torch.isfinite(step_loss) and torch.isfinite(grad_norm)):
             kept = find_latest(output) if output.is_dir() else None
