@@ -113,7 +113,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
         "run_id": record.get("run_id", run.root.name),
         "config_sha256": config_sha256(record.get("config", cfg.model_dump(mode="json"))),
         "policy_sha256": policy_sha256(
-            run.signals / "policy.yaml" if (run.signals / "policy.yaml").exists() else None
+            run.signals / "_policy.yaml" if (run.signals / "_policy.yaml").exists() else None
         ),
         "inputs": record.get("inputs", []),
     }

@@ -1,7 +1,7 @@
 """The signals stage: compute signals of every document shard and apply the policy.
 
 documents/{i}.parquet -> signals/{i}.parquet (id, signals..., keep, reasons); the policy used is
-copied to signals/policy.yaml so a report can tell which thresholds produced `keep`.
+copied to signals/_policy.yaml so a report can tell which thresholds produced `keep`.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def save_policy(run: RunDir, policy_path: str | None) -> None:
     """Record the policy a run used next to its signals."""
     from pipelines.policy import default_policy_path
 
-    write_atomic(run.signals / "policy.yaml", Path(policy_path or default_policy_path()).read_bytes())
+    write_atomic(run.signals / "_policy.yaml", Path(policy_path or default_policy_path()).read_bytes())
 
 
 def signal_files(run: RunDir) -> list[Path]:

@@ -1,6 +1,6 @@
 """Ingest: read input files into Parquet documents, sending bad records to quarantine.
 
-Shard `i` of a run is input file `i` of `documents/inputs.json`; it becomes `documents/{i:05d}.parquet`
+Shard `i` of a run is input file `i` of `documents/_inputs.json`; it becomes `documents/{i:05d}.parquet`
 (id, source, url, text) and `quarantine/{i:05d}.jsonl` (one JSON object per quarantined record).
 """
 
@@ -33,11 +33,11 @@ def shard_name(index: int) -> str:
 
 
 def plan_inputs(run: RunDir, uris: list[str]) -> list[dict[str, str]]:
-    """List the input files of a run and pin them in documents/inputs.json (shard i = file i)."""
+    """List the input files of a run and pin them in documents/_inputs.json (shard i = file i)."""
     inputs = [{"path": str(Path(path).resolve()), "source": source} for path, source in list_inputs(uris)]
     if not inputs:
         raise ValueError(f"no input files found in {uris}")
-    manifest = run.documents / "inputs.json"
+    manifest = run.documents / "_inputs.json"
     if manifest.exists():
         previous = json.loads(manifest.read_text())
         if previous != inputs:
@@ -58,7 +58,7 @@ class IngestShard:
 
     def __call__(self, index: int) -> dict[str, Any]:
         run = RunDir(self.run_root)
-        entry = json.loads((run.documents / "inputs.json").read_text())[index]
+        entry = json.loads((run.documents / "_inputs.json").read_text())[index]
         return ingest_file(entry["path"], entry["source"], run, index)
 
 

@@ -35,7 +35,7 @@ def _start_fresh_unless_resuming(run: RunDir, stage: str, *patterns: str) -> Non
 def run_ingest(run: RunDir, inputs: list[str], workers: int = 0) -> dict[str, Any]:
     """Read every input file into documents/ and quarantine/."""
     _start_fresh_unless_resuming(
-        run, "ingest", "documents/*.parquet", "documents/inputs.json", "quarantine/*.jsonl"
+        run, "ingest", "documents/*.parquet", "documents/_inputs.json", "quarantine/*.jsonl"
     )
     with run.stage("ingest") as summary:
         files = ingest.plan_inputs(run, inputs)

@@ -17,7 +17,7 @@ SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinysha
 
 def _chunks(n: int, words: int = 400) -> list[str]:
     tokens = SHAKESPEARE.read_text().split()
-    return [" ".join(tokens[i * words:(i + 1) * words]) for i in range(n)]
+    return [" ".join(tokens[i * words : (i + 1) * words]) for i in range(n)]
 
 
 def _edit(text: str, fraction: float, seed: int) -> str:
@@ -33,14 +33,15 @@ def _jaccard(a: str, b: str) -> float:
     return len(sa & sb) / len(sa | sb)
 
 
-def _run(tmp_path: Path, texts: list[str], workers: int = 1, files: int = 1
-         ) -> tuple[RunDir, dict[str, tuple[str, float]]]:
+def _run(
+    tmp_path: Path, texts: list[str], workers: int = 1, files: int = 1
+) -> tuple[RunDir, dict[str, tuple[str, float]]]:
     """Ingest `texts` split over `files` JSONL files, dedup them, return {removed id: (kept id, sim)}."""
     folder = tmp_path / f"in{workers}" / "docs"
     folder.mkdir(parents=True)
     per_file = -(-len(texts) // files)
     for f in range(files):
-        part = texts[f * per_file:(f + 1) * per_file]
+        part = texts[f * per_file : (f + 1) * per_file]
         (folder / f"part{f}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in part))
     run = RunDir(tmp_path / f"run{workers}").create()
     stages.run_ingest(run, [str(folder)], workers)
@@ -51,8 +52,8 @@ def _run(tmp_path: Path, texts: list[str], workers: int = 1, files: int = 1
 
 def test_planted_duplicates_are_found_and_distinct_documents_kept(tmp_path: Path) -> None:
     originals = _chunks(30)
-    near = _edit(originals[3], 0.01, seed=1)        # ~0.95 Jaccard on 5-gram shingles
-    far = _edit(originals[7], 0.25, seed=2)         # well below 0.8
+    near = _edit(originals[3], 0.01, seed=1)  # ~0.95 Jaccard on 5-gram shingles
+    far = _edit(originals[7], 0.25, seed=2)  # well below 0.8
     exact = "  " + originals[11].upper() + " !!! "  # identical after normalization
     assert _jaccard(originals[3], near) > 0.9 and _jaccard(originals[7], far) < 0.5
     texts = [*originals, near, far, exact]

@@ -1,4 +1,4 @@
-"""The whole product through the commands a user types: run, report, train (torchrun, 2 processes), generate."""
+"""The whole product through the commands a user types: run, report, train (torchrun), generate."""
 
 from __future__ import annotations
 
@@ -21,29 +21,40 @@ GRISTMILL = Path(sys.executable).parent / "gristmill"
 
 def gristmill(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([str(GRISTMILL), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"gristmill {' '.join(args)} failed:\n{result.stdout}\n{result.stderr[-5000:]}"
+    assert result.returncode == 0, (
+        f"gristmill {' '.join(args)} failed:\n{result.stdout}\n{result.stderr[-5000:]}"
+    )
     return result
 
 
 def _bad_inputs(folder: Path) -> dict[str, int]:
-    """Write inputs with one of each kind of bad record next to good ones; return expected quarantine counts."""
+    """Write one of each kind of bad record next to good ones; return the expected quarantine counts."""
     folder.mkdir(parents=True)
     good = json.dumps({"text": "A perfectly good record that must survive the bad ones around it."})
     lines = [
         good.encode(),
-        b'{"text": "unterminated',                      # malformed_json
-        b'{"text": "caf\xe9 au lait"}',                   # invalid_utf8
-        b'{"text": "nul \\u0000 byte"}',                  # nul_bytes
-        b'{"text": "   "}',                               # empty_text
-        b'{"title": "no text field"}',                    # missing_text
+        b'{"text": "unterminated',  # malformed_json
+        b'{"text": "caf\xe9 au lait"}',  # invalid_utf8
+        b'{"text": "nul \\u0000 byte"}',  # nul_bytes
+        b'{"text": "   "}',  # empty_text
+        b'{"title": "no text field"}',  # missing_text
         good.encode(),
     ]
     (folder / "mixed.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     (folder / "image.jsonl").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8)
-    whole = gzip.compress(b"".join(json.dumps({"text": f"record {i} " * 20}).encode() + b"\n" for i in range(50)))
+    whole = gzip.compress(
+        b"".join(json.dumps({"text": f"record {i} " * 20}).encode() + b"\n" for i in range(50))
+    )
     (folder / "cut.jsonl.gz").write_bytes(whole[: len(whole) // 2])
-    return {"malformed_json": 1, "invalid_utf8": 1, "nul_bytes": 1, "empty_text": 1, "missing_text": 1,
-            "not_text": 1, "truncated_file": 1}
+    return {
+        "malformed_json": 1,
+        "invalid_utf8": 1,
+        "nul_bytes": 1,
+        "empty_text": 1,
+        "missing_text": 1,
+        "not_text": 1,
+        "truncated_file": 1,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +66,21 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         src = SAMPLE / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, inputs / name)
     expected = _bad_inputs(work / "bad")
-    result = gristmill("run", "--input", str(inputs), str(work / "bad"), "--output", str(work / "runs"),
-                       "--run-id", "e2e", "--set", "tokenizer.vocab_size=1024", "--workers", "2", cwd=work)
+    result = gristmill(
+        "run",
+        "--input",
+        str(inputs),
+        str(work / "bad"),
+        "--output",
+        str(work / "runs"),
+        "--run-id",
+        "e2e",
+        "--set",
+        "tokenizer.vocab_size=1024",
+        "--workers",
+        "2",
+        cwd=work,
+    )
     assert "gristmill run e2e" in result.stdout  # the one-screen summary
     run = work / "runs" / "e2e"
     (run / "expected_quarantine.json").write_text(json.dumps(expected))
@@ -86,8 +110,11 @@ def test_quarantine_counts_every_bad_record(run_dir: Path) -> None:
 
 
 def test_good_records_next_to_bad_ones_survive(run_dir: Path) -> None:
-    ids = [i for p in sorted((run_dir / "documents").glob("*.parquet"))
-           for i in pq.read_table(p, columns=["id"]).column("id").to_pylist()]
+    ids = [
+        i
+        for p in sorted((run_dir / "documents").glob("*.parquet"))
+        for i in pq.read_table(p, columns=["id"]).column("id").to_pylist()
+    ]
     assert "bad/mixed.jsonl:1" in ids and "bad/mixed.jsonl:7" in ids
     truncated = [i for i in ids if i.startswith("bad/cut.jsonl.gz:")]
     assert 0 < len(truncated) < 50
@@ -95,8 +122,17 @@ def test_good_records_next_to_bad_ones_survive(run_dir: Path) -> None:
 
 def test_signals_policy_and_dedup_outputs(run_dir: Path) -> None:
     signals = pq.read_table(run_dir / "signals")
-    assert {"id", "word_count", "mean_word_length", "symbol_word_ratio", "stop_word_count", "lang", "lang_score",
-            "keep", "reasons"} <= set(signals.column_names)
+    assert {
+        "id",
+        "word_count",
+        "mean_word_length",
+        "symbol_word_ratio",
+        "stop_word_count",
+        "lang",
+        "lang_score",
+        "keep",
+        "reasons",
+    } <= set(signals.column_names)
     keep = signals.column("keep").to_pylist()
     reasons = signals.column("reasons").to_pylist()
     assert any(keep) and not all(keep), "the sample must have real documents to keep and to drop"
@@ -138,12 +174,40 @@ def test_report_files(run_dir: Path) -> None:
 
 def test_train_with_torchrun_then_generate(run_dir: Path) -> None:
     model = run_dir / "model"
-    gristmill("train", "--data", str(run_dir / "tokens" / "manifest.json"), "--nproc", "2", "--max-steps", "4",
-              "--output", str(model), "--set", "train.preset=tiny", "--set", "train.seq_len=64",
-              "--set", "train.batch_size=8", "--set", "train.eval_every=2", "--set", "train.log_every=1",
-              cwd=run_dir)
+    gristmill(
+        "train",
+        "--data",
+        str(run_dir / "tokens" / "manifest.json"),
+        "--nproc",
+        "2",
+        "--max-steps",
+        "4",
+        "--output",
+        str(model),
+        "--set",
+        "train.preset=tiny",
+        "--set",
+        "train.seq_len=64",
+        "--set",
+        "train.batch_size=8",
+        "--set",
+        "train.eval_every=2",
+        "--set",
+        "train.log_every=1",
+        cwd=run_dir,
+    )
     metrics = [json.loads(line) for line in (model / "metrics.jsonl").open()]
     assert any("loss" in m for m in metrics)
-    result = gristmill("generate", "--checkpoint", str(model), "--prompt", "The", "--max-new-tokens", "20",
-                       "--seed", "0", cwd=run_dir)
+    result = gristmill(
+        "generate",
+        "--checkpoint",
+        str(model),
+        "--prompt",
+        "The",
+        "--max-new-tokens",
+        "20",
+        "--seed",
+        "0",
+        cwd=run_dir,
+    )
     assert result.stdout.startswith("The") and len(result.stdout.strip()) > len("The")

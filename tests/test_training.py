@@ -50,20 +50,27 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def build_token_run(root: Path, text: str, lines_per_doc: int = 200, vocab_size: int = 1000,
-                    validation_fraction: float = 0.05) -> Path:
+def build_token_run(
+    root: Path, text: str, lines_per_doc: int = 200, vocab_size: int = 1000, validation_fraction: float = 0.05
+) -> Path:
     """Write tokenizer/tokenizer.json, tokens/{train,validation}-00000.parquet and tokens/manifest.json."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     lines = text.splitlines(keepends=True)
-    docs = {f"shakespeare-{i // lines_per_doc:04d}": "".join(lines[i : i + lines_per_doc])
-            for i in range(0, len(lines), lines_per_doc)}
+    docs = {
+        f"shakespeare-{i // lines_per_doc:04d}": "".join(lines[i : i + lines_per_doc])
+        for i in range(0, len(lines), lines_per_doc)
+    }
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT, PAD], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOT, PAD],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tokenizer.train_from_iterator(docs.values(), trainer)
     assert tokenizer.token_to_id(EOT) == 0 and tokenizer.token_to_id(PAD) == 1
     (root / "tokenizer").mkdir(parents=True)
@@ -90,8 +97,13 @@ def build_token_run(root: Path, text: str, lines_per_doc: int = 200, vocab_size:
         pq.write_table(table, tokens_dir / name, row_group_size=1024)
         data = (tokens_dir / name).read_bytes()
         n_tokens = sum(len(e) for e in encoded)
-        shard = {"path": name, "documents": len(ids), "tokens": n_tokens, "bytes": len(data),
-                 "sha256": _sha256(data)}
+        shard = {
+            "path": name,
+            "documents": len(ids),
+            "tokens": n_tokens,
+            "bytes": len(data),
+            "sha256": _sha256(data),
+        }
         manifest_splits[split] = {"documents": len(ids), "tokens": n_tokens, "shards": [shard]}
     manifest = {
         "format": "gristmill.tokens",
@@ -111,10 +123,16 @@ def build_token_run(root: Path, text: str, lines_per_doc: int = 200, vocab_size:
             "tokens": sum(s["tokens"] for s in manifest_splits.values()),
             "bytes": sum(s["shards"][0]["bytes"] for s in manifest_splits.values()),
         },
-        "split_rule": {"validation_fraction": validation_fraction,
-                       "method": "sha256(id) mod 10000 < fraction*10000"},
-        "lineage": {"run_id": "test", "config_sha256": "0" * 64, "policy_sha256": "0" * 64,
-                    "inputs": [str(TEXT)]},
+        "split_rule": {
+            "validation_fraction": validation_fraction,
+            "method": "sha256(id) mod 10000 < fraction*10000",
+        },
+        "lineage": {
+            "run_id": "test",
+            "config_sha256": "0" * 64,
+            "policy_sha256": "0" * 64,
+            "inputs": [str(TEXT)],
+        },
     }
     manifest_path = tokens_dir / "manifest.json"
     tmp = tokens_dir / "manifest.json.tmp"
@@ -150,10 +168,36 @@ def _run(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess[str
 
 
 def _train_args(manifest: Path, output: Path, max_steps: int = 6) -> list[str]:
-    return ["--data", str(manifest), "--output", str(output), "--max-steps", str(max_steps),
-            "--preset", "tiny", "--seq-len", "64", "--batch-size", "8", "--grad-accum", "2",
-            "--lr", "3e-3", "--warmup-steps", "2", "--eval-every", "3", "--eval-batches", "2",
-            "--log-every", "1", "--save-every", "3", "--seed", "0"]
+    return [
+        "--data",
+        str(manifest),
+        "--output",
+        str(output),
+        "--max-steps",
+        str(max_steps),
+        "--preset",
+        "tiny",
+        "--seq-len",
+        "64",
+        "--batch-size",
+        "8",
+        "--grad-accum",
+        "2",
+        "--lr",
+        "3e-3",
+        "--warmup-steps",
+        "2",
+        "--eval-every",
+        "3",
+        "--eval-batches",
+        "2",
+        "--log-every",
+        "1",
+        "--save-every",
+        "3",
+        "--seed",
+        "0",
+    ]
 
 
 def _metrics(output: Path, kind: str) -> list[dict]:
@@ -169,8 +213,18 @@ def _ok(proc: subprocess.CompletedProcess[str]) -> None:
 def trained(token_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Output dir of a real 2-process torchrun run (6 steps, checkpoints at 3 and 6)."""
     output = tmp_path_factory.mktemp("train") / "out"
-    proc = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                 "-m", "training.train", *_train_args(token_run, output)])
+    proc = _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "training.train",
+            *_train_args(token_run, output),
+        ]
+    )
     _ok(proc)
     return output
 
@@ -212,8 +266,10 @@ def test_kv_cache_matches_full_forward(n_kv_heads: int) -> None:
     idx = torch.randint(0, 97, (2, 20))
     full, _ = model(idx)
     cache = model.new_kv_cache(batch_size=2)
-    pieces = [model(idx[:, :7], kv_cache=cache, start_pos=0)[0],   # prefill
-              model(idx[:, 7:12], kv_cache=cache, start_pos=7)[0]]  # a chunk after cached positions
+    pieces = [
+        model(idx[:, :7], kv_cache=cache, start_pos=0)[0],  # prefill
+        model(idx[:, 7:12], kv_cache=cache, start_pos=7)[0],
+    ]  # a chunk after cached positions
     pieces += [model(idx[:, p : p + 1], kv_cache=cache, start_pos=p)[0] for p in range(12, 20)]  # one by one
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-4)
 
@@ -331,8 +387,13 @@ def test_lr_schedule() -> None:
 def test_torchrun_writes_checkpoint_and_metrics(trained: Path) -> None:
     ckpt = trained / "step-000006"
     assert (trained / "latest").read_text().strip() == "step-000006"
-    assert {p.name for p in ckpt.iterdir()} == {"model.pt", "optimizer.pt", "config.json", "train_state.json",
-                                                "tokenizer.json"}
+    assert {p.name for p in ckpt.iterdir()} == {
+        "model.pt",
+        "optimizer.pt",
+        "config.json",
+        "train_state.json",
+        "tokenizer.json",
+    }
     assert (trained / "step-000003" / "model.pt").is_file()
     assert not list(trained.glob(".tmp-*"))
     state = json.loads((ckpt / "train_state.json").read_text())
@@ -376,7 +437,8 @@ def test_resume_on_one_process_continues_exactly(trained: Path, tmp_path: Path) 
     ref_state = json.loads((trained / "step-000006" / "train_state.json").read_text())
     assert state["world_size"] == 1
     assert {k: state[k] for k in ("step", "epoch", "windows_consumed", "tokens_seen")} == {
-        k: ref_state[k] for k in ("step", "epoch", "windows_consumed", "tokens_seen")}
+        k: ref_state[k] for k in ("step", "epoch", "windows_consumed", "tokens_seen")
+    }
 
 
 def test_refuses_to_overwrite_checkpoints(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -406,8 +468,21 @@ def test_nonfinite_loss_stops_without_overwriting(trained: Path, tmp_path: Path)
 
 
 def test_generate_cli_prints_text(trained: Path) -> None:
-    proc = _run([sys.executable, "-m", "training.generate", "--checkpoint", str(trained),
-                 "--prompt", "ROMEO:", "--max-new-tokens", "30", "--seed", "1"])
+    proc = _run(
+        [
+            sys.executable,
+            "-m",
+            "training.generate",
+            "--checkpoint",
+            str(trained),
+            "--prompt",
+            "ROMEO:",
+            "--max-new-tokens",
+            "30",
+            "--seed",
+            "1",
+        ]
+    )
     _ok(proc)
     assert proc.stdout.startswith("ROMEO:")
     assert len(proc.stdout.strip()) > len("ROMEO:")
