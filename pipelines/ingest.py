@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -17,8 +16,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.progress import Progress
 from pipelines.readers import Document, Quarantined, list_inputs, read_file
-from pipelines.rundir import RunDir, write_atomic, write_json
+from pipelines.rundir import RunDir, write_json
 
 log = logging.getLogger("gristmill")
 
@@ -63,39 +63,39 @@ class IngestShard:
 
 
 def ingest_file(path: str, source: str, run: RunDir, index: int) -> dict[str, Any]:
-    """Write the documents and quarantine records of one input file; return its counts."""
-    start = time.perf_counter()
+    """Write the documents and quarantine records of one input file; return its counts.
+
+    Both outputs are streamed to temporary files and renamed at the end, quarantine first, so an
+    existing documents/ shard always has its quarantine file.
+    """
     out = run.documents / f"{shard_name(index)}.parquet"
     tmp = out.with_name(f".{out.name}.tmp")
-    quarantined: list[dict[str, str]] = []
-    n_docs = n_chars = 0
+    quarantine = run.quarantine / f"{shard_name(index)}.jsonl"
+    quarantine_tmp = quarantine.with_name(f".{quarantine.name}.tmp")
+    reasons: Counter[str] = Counter()
+    progress = Progress(f"ingest {source}")
+    n_chars = 0
     batch: list[Document] = []
-    with pq.ParquetWriter(tmp, DOCUMENT_SCHEMA, compression="zstd") as writer:
+    with (
+        pq.ParquetWriter(tmp, DOCUMENT_SCHEMA, compression="zstd") as writer,
+        quarantine_tmp.open("w") as bad,
+    ):
         for item in read_file(path, source):
             if isinstance(item, Quarantined):
-                quarantined.append(asdict(item))
+                bad.write(json.dumps(asdict(item), ensure_ascii=False) + "\n")
+                reasons[item.reason] += 1
                 continue
             batch.append(item)
-            n_docs += 1
             n_chars += len(item.text)
+            progress.add()
             if len(batch) >= BATCH_DOCUMENTS:
                 writer.write_table(_documents_table(batch))
                 batch = []
         writer.write_table(_documents_table(batch))
-    lines = "".join(json.dumps(q, ensure_ascii=False) + "\n" for q in quarantined)
-    write_atomic(run.quarantine / f"{shard_name(index)}.jsonl", lines)
+    quarantine_tmp.replace(quarantine)
     tmp.replace(out)
-    seconds = time.perf_counter() - start
-    reasons = Counter(q["reason"] for q in quarantined)
-    log.info(
-        "ingest %s: %d documents, %d quarantined %s, %.0f docs/s",
-        source,
-        n_docs,
-        len(quarantined),
-        dict(reasons) or "",
-        n_docs / max(seconds, 1e-9),
-    )
-    return {"documents": n_docs, "characters": n_chars, "quarantined": len(quarantined)}
+    progress.done(f"({sum(reasons.values())} quarantined{': ' + str(dict(reasons)) if reasons else ''})")
+    return {"documents": progress.count, "characters": n_chars, "quarantined": sum(reasons.values())}
 
 
 def _documents_table(batch: list[Document]) -> pa.Table:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
 from pipelines.corpus import iter_batches, unit_hash
+from pipelines.progress import Progress
 from pipelines.rundir import RunDir, write_json
 from tokenizer import EOT, file_sha256, load
 
@@ -119,8 +119,8 @@ def write_token_shards(run: RunDir, config: TokenizeConfig, lineage: dict[str, A
         stale.unlink()
     (run.tokens / "manifest.json").unlink(missing_ok=True)
     writers = {s: _SplitWriter(run.tokens, s, schema, config) for s in SPLITS}
-    start = last_log = time.perf_counter()
-    n_docs = n_tokens = 0
+    progress = Progress("tokenize", unit="tokens")
+    n_docs = 0
     for batch in iter_batches(run):
         ids = batch.column("id").to_pylist()
         encodings = tokenizer.encode_batch(batch.column("text").to_pylist(), add_special_tokens=False)
@@ -140,11 +140,8 @@ def write_token_shards(run: RunDir, config: TokenizeConfig, lineage: dict[str, A
                     )
                 )
         n_docs += len(ids)
-        n_tokens += sum(map(len, token_lists))
-        if time.perf_counter() - last_log > 10:
-            _log_progress(n_docs, n_tokens, start)
-            last_log = time.perf_counter()
-    _log_progress(n_docs, n_tokens, start)
+        progress.add(sum(map(len, token_lists)))
+    progress.done(f"from {n_docs} documents")
     for writer in writers.values():
         writer.close()
     special = {
@@ -176,11 +173,6 @@ def write_token_shards(run: RunDir, config: TokenizeConfig, lineage: dict[str, A
     }
     write_json(run.tokens / "manifest.json", manifest)
     return manifest
-
-
-def _log_progress(n_docs: int, n_tokens: int, start: float) -> None:
-    rate = n_tokens / max(time.perf_counter() - start, 1e-9)
-    log.info("tokenize: %d documents, %d tokens, %.0f tokens/s", n_docs, n_tokens, rate)
 
 
 def config_sha256(config: dict[str, Any]) -> str:
