@@ -14,7 +14,8 @@ demo: setup
 	$(BIN)/gristmill generate --checkpoint runs/demo/model --prompt "The old house" --max-new-tokens 80 --seed 0
 
 ## The test suite (what .ci/run calls).
-test: setup
+test:
+	@scripts/setup.sh --browser
 	$(BIN)/python -m pytest -q tests
 
 ## Benchmarks (tests/bench), not part of the test suite.

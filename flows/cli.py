@@ -19,6 +19,8 @@ def _setup_logging(under_prefect: bool) -> None:
     """Log lines of `gristmill` go through Prefect's handlers in a flow, else to stderr."""
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "gristmill")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # the ephemeral API server needs more than Prefect's default 20 s on a busy two-core machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if not under_prefect and not log.handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
@@ -123,14 +125,24 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from pipelines import stages
-    from pipelines.report import summary_lines
+    from pipelines.report import summary_lines, write_diff, write_whatif
     from pipelines.rundir import RunDir
 
     run = RunDir(args.run)
-    if not run.run_json.exists():
-        raise SystemExit(f"error: {args.run} is not a run directory (no run.json)")
-    print("\n".join(summary_lines(stages.run_report(run))))
-    print(f"  report: {run.report / 'report.html'}")
+    for path in (args.run, args.against):
+        if path and not RunDir(path).run_json.exists():
+            raise SystemExit(f"error: {path} is not a run directory (no run.json)")
+    if args.policy:
+        comparison, paths = write_whatif(run, args.policy, args.workers or 0)
+        print(f"what-if {args.policy}: kept documents {comparison['kept_documents_before']:,} -> "
+              f"{comparison['kept_documents_after']:,} ({comparison['newly_dropped']:,} newly dropped, "
+              f"{comparison['newly_kept']:,} newly kept)")
+    elif args.against:
+        _, paths = write_diff(run, RunDir(args.against), args.workers or 0)
+    else:
+        print("\n".join(summary_lines(stages.run_report(run, args.workers or 0))))
+        paths = [run.report / "report.html"]
+    print("  written: " + ", ".join(str(p) for p in paths))
     return 0
 
 
@@ -205,6 +217,42 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- quality classifier (issue 3)
+
+
+def cmd_quality_train(args: argparse.Namespace) -> int:
+    from pipelines.quality import train
+
+    evaluation = train(
+        args.positive, args.negative, args.output, holdout=args.holdout, seed=args.seed, epoch=args.epoch
+    )
+    print("\n".join(evaluation.lines()))
+    print(f"model: {args.output} ({Path(args.output).stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+def _add_quality_parser(sub: Any) -> None:
+    p = sub.add_parser("quality", help="quality classifier commands")
+    qsub = p.add_subparsers(dest="quality_command", required=True)
+    t = qsub.add_parser(
+        "train",
+        help="train a fastText quality classifier; prints precision/recall on a held-out split",
+        description="Documents under --positive are high quality, those under --negative are not; each is "
+        "cut into examples of at most 1,000 characters. The model is quantized, and a policy rule on "
+        "quality_score uses it once signals.quality_model points at it.",
+    )
+    t.add_argument("--positive", nargs="+", required=True, metavar="URI", help="high-quality documents")
+    t.add_argument("--negative", nargs="+", required=True, metavar="URI", help="low-quality documents")
+    t.add_argument("--output", required=True, metavar="MODEL", help="where to write the model (.ftz)")
+    t.add_argument("--holdout", type=float, default=0.2, help="share of examples held out for evaluation")
+    t.add_argument("--epoch", type=int, default=10, help="training epochs")
+    t.add_argument("--seed", type=int, default=0, help="seed of the split and of training")
+    t.set_defaults(func=cmd_quality_train)
+
+
+# ----------------------------------------------------------------------
+
+
 def _add_config_args(p: argparse.ArgumentParser, inputs: bool = True, run_id: bool = False) -> None:
     p.add_argument("config", nargs="?", help="run config YAML (defaults: `gristmill config`)")
     if inputs:
@@ -254,8 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, metavar="DIR", help="run directory")
     p.set_defaults(func=cmd_tokenize)
 
-    p = sub.add_parser("report", help="write RUN/report (HTML, Markdown, JSON)")
+    p = sub.add_parser("report", help="write RUN/report (HTML, Markdown, JSON); what-if; run-to-run diff")
     p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("--policy", metavar="FILE", help="what-if: re-apply this policy to the stored signals")
+    p.add_argument("--against", metavar="RUN", help="diff: compare with another run directory")
+    p.add_argument("--workers", type=int, help="worker processes for counting tokens (0: every core)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("train", help="train a model on token shards with torchrun")
@@ -280,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="print every config field with its default and meaning")
     p.set_defaults(func=cmd_config)
+
+    _add_quality_parser(sub)
     return parser
 
 

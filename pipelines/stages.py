@@ -158,9 +158,9 @@ def run_tokenize(run: RunDir, config: TokenizeConfig, lineage: dict[str, Any]) -
     return summary
 
 
-def run_report(run: RunDir) -> dict[str, Any]:
+def run_report(run: RunDir, workers: int = 0) -> dict[str, Any]:
     """Write report/ (JSON, Markdown, HTML) and return the report."""
     with run.stage("report") as summary:
-        built = report.write_report(run)
+        built = report.write_report(run, workers)
         summary.update(path=str(run.report / "report.html"))
     return built

@@ -1,0 +1,98 @@
+"""The filter report of a run: report.html (self-contained), report.md, report.json.
+
+`write_report` aggregates a run; `write_whatif` re-applies another policy to the stored signals;
+`write_diff` compares two runs. All three read only stored outputs, never recompute signals.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from pipelines.policy import load_policy
+from pipelines.report import build, render
+from pipelines.report.data import load_run
+from pipelines.rundir import RunDir, write_atomic, write_json
+
+__all__ = ["build_report", "summary_lines", "write_diff", "write_report", "write_whatif"]
+
+
+def build_report(run: RunDir, workers: int = 0) -> dict[str, Any]:
+    return build.build(load_run(run, workers))
+
+
+def write_report(run: RunDir, workers: int = 0) -> dict[str, Any]:
+    """Build the report and write report.json, report.md and report.html."""
+    report = build_report(run, workers)
+    run.report.mkdir(parents=True, exist_ok=True)
+    write_json(run.report / "report.json", report)
+    write_atomic(run.report / "report.md", render.render_markdown(report))
+    write_atomic(run.report / "report.html", render.render_html(report))
+    return report
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "other"
+
+
+def write_whatif(run: RunDir, policy_path: str | Path, workers: int = 0) -> tuple[dict[str, Any], list[Path]]:
+    """Apply another policy to the run's stored signals; write report/whatif-<policy>.{json,md,html}."""
+    data = load_run(run, workers)
+    if data.signals is None:
+        raise ValueError(f"{run.root} has no signals to re-apply a policy to")
+    comparison = build.policy_comparison(data, load_policy(policy_path))
+    stem = f"whatif-{_slug(Path(policy_path).stem)}"
+    name = Path(policy_path).name
+    paths = [run.report / f"{stem}.{ext}" for ext in ("json", "md", "html")]
+    write_json(paths[0], comparison)
+    write_atomic(
+        paths[1], render.render_whatif(comparison, str(data.record.get("run_id")), name, data.unit, "md")
+    )
+    write_atomic(
+        paths[2], render.render_whatif(comparison, str(data.record.get("run_id")), name, data.unit, "html")
+    )
+    return comparison, paths
+
+
+def write_diff(run: RunDir, other: RunDir, workers: int = 0) -> tuple[dict[str, Any], list[Path]]:
+    """Compare two runs' reports; write report/diff-<other run>.{json,md,html} into this run."""
+    this_report = _existing_or_built(run, workers)
+    other_report = _existing_or_built(other, workers)
+    diff = build.run_comparison(this_report, other_report)
+    stem = f"diff-{_slug(str(other_report.get('run_id') or other.root.name))}"
+    paths = [run.report / f"{stem}.{ext}" for ext in ("json", "md", "html")]
+    write_json(paths[0], diff)
+    write_atomic(paths[1], render.render_diff(diff, "md"))
+    write_atomic(paths[2], render.render_diff(diff, "html"))
+    return diff, paths
+
+
+def _existing_or_built(run: RunDir, workers: int) -> dict[str, Any]:
+    path = run.report / "report.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    return write_report(run, workers)
+
+
+def summary_lines(report: dict[str, Any]) -> list[str]:
+    """A one-screen summary of a run for the console."""
+    lines = [f"gristmill run {report['run_id']}"]
+    for step in report["funnel"]:
+        docs_in = f"{step['documents_in']:,}" if step.get("documents_in") is not None else ""
+        size = step.get("tokens_out") if step.get("tokens_out") is not None else step.get("characters_out")
+        extra = f"  {size:,} {report['unit'] if step.get('tokens_out') is None else 'tokens'}" if size else ""
+        lines.append(f"  {step['stage']:<9} {docs_in:>10} -> {step['documents_out']:>10,} documents{extra}")
+    if report.get("rules"):
+        lines.append(
+            "  drops:   " + ", ".join(f"{r['rule']}={r['documents']:,}" for r in report["rules"][:8])
+        )
+    if report.get("duplicates"):
+        d = report["duplicates"]
+        lines.append(
+            f"  dedup:   {d['removed']:,} removed in {d['clusters']:,} clusters ({d['exact']:,} exact)"
+        )
+    if report["quarantine"]:
+        lines.append("  quarantine: " + ", ".join(f"{k}={v:,}" for k, v in report["quarantine"].items()))
+    return lines
