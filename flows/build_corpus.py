@@ -6,9 +6,11 @@ A stage that run.json records as done is skipped, so running the flow again with
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.config import RunConfig
 from pipelines import stages
@@ -66,8 +68,30 @@ def tokenize_task(run_root: str, config: dict[str, Any], lineage: dict[str, Any]
 
 
 @task(name="report")
-def report_task(run_root: str) -> dict[str, Any]:
-    return stages.run_report(RunDir(run_root))
+def report_task(run_root: str, workers: int) -> dict[str, Any]:
+    """Write report/ and publish the Markdown report and a summary table as Prefect artifacts."""
+    run = RunDir(run_root)
+    report = stages.run_report(run, workers)
+    key = artifact_key(str(report["run_id"]))
+    create_markdown_artifact(
+        (run.report / "report.md").read_text(),
+        key=f"{key}-report",
+        description=f"gristmill filter report of run {report['run_id']}",
+    )
+    create_table_artifact(
+        [
+            {k: step.get(k) for k in ("stage", "documents_in", "documents_out", "tokens_in", "tokens_out")}
+            for step in report["funnel"]
+        ],
+        key=f"{key}-funnel",
+        description=f"documents and tokens in and out of each stage, run {report['run_id']}",
+    )
+    return report
+
+
+def artifact_key(run_id: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"gristmill-{run_id}".lower()).strip("-")
 
 
 @flow(name="build_corpus", flow_run_name="build-corpus-{run_id}")
@@ -88,6 +112,6 @@ def build_corpus(config: dict[str, Any], run_id: str) -> dict[str, Any]:
         "inputs": cfg.inputs,
     }
     tokenize_task(str(run.root), cfg.tokenize.model_dump(), lineage)
-    report = report_task(str(run.root))
+    report = report_task(str(run.root), workers)
     run.update(status="done", finished_at=now())
     return report

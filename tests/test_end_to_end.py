@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -19,8 +20,15 @@ SAMPLE = REPO / "data" / "sample"
 GRISTMILL = Path(sys.executable).parent / "gristmill"
 
 
-def gristmill(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([str(GRISTMILL), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+def gristmill(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [str(GRISTMILL), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
     assert result.returncode == 0, (
         f"gristmill {' '.join(args)} failed:\n{result.stdout}\n{result.stderr[-5000:]}"
     )
@@ -80,6 +88,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "--workers",
         "2",
         cwd=work,
+        env={"PREFECT_HOME": str(work / "prefect")},
     )
     assert "gristmill run e2e" in result.stdout  # the one-screen summary
     run = work / "runs" / "e2e"
@@ -166,9 +175,9 @@ def test_tokenizer_and_manifest(run_dir: Path) -> None:
 def test_report_files(run_dir: Path) -> None:
     report = json.loads((run_dir / "report" / "report.json").read_text())
     assert [s["stage"] for s in report["funnel"]] == ["ingest", "filter", "dedup", "tokenize"]
-    assert report["drop_reasons"] and all(r["documents"] >= r["only_reason"] for r in report["drop_reasons"])
+    assert report["rules"] and all(r["documents"] >= r["documents_alone"] for r in report["rules"])
     html = (run_dir / "report" / "report.html").read_text()
-    assert "<svg" in html and "Drop reasons" in html and "<script" not in html
+    assert "<svg" in html and "Rules" in html and "<script" not in html
     assert "## Funnel" in (run_dir / "report" / "report.md").read_text()
 
 
@@ -211,3 +220,38 @@ def test_train_with_torchrun_then_generate(run_dir: Path) -> None:
         cwd=run_dir,
     )
     assert result.stdout.startswith("The") and len(result.stdout.strip()) > len("The")
+
+
+READ_ARTIFACTS = """
+import asyncio, json
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, TaskRunFilter
+from prefect.client.schemas.sorting import ArtifactSort
+
+async def main():
+    async with get_client() as client:
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(), flow_run_filter=FlowRunFilter(), task_run_filter=TaskRunFilter(),
+            sort=ArtifactSort.CREATED_DESC, limit=50,
+        )
+        print(json.dumps([{"key": a.key, "type": a.type, "data": a.data} for a in artifacts]))
+
+asyncio.run(main())
+"""
+
+
+def test_report_published_as_prefect_artifacts(run_dir: Path) -> None:
+    """The flow's artifacts, read back from the Prefect database of the run's (ephemeral) API."""
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(run_dir.parent.parent / "prefect"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", READ_ARTIFACTS], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    artifacts = {a["key"]: a for a in json.loads(result.stdout.strip().splitlines()[-1])}
+    assert artifacts["gristmill-e2e-report"]["type"] == "markdown"
+    assert "## Funnel" in artifacts["gristmill-e2e-report"]["data"]
+    assert artifacts["gristmill-e2e-funnel"]["type"] == "table"
