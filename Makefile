@@ -1,11 +1,15 @@
 # Every target sets up .venv itself (scripts/setup.sh), so each works on a fresh clone.
-.PHONY: setup demo test bench lint sample clean
+.PHONY: setup tools demo test bench lint sample clean
 
 VENV := .venv
 BIN := $(VENV)/bin
 
 setup:
 	@scripts/setup.sh
+
+## checkov in its own venv (.venv-tools), for the infrastructure checks of the test suite.
+tools:
+	@scripts/setup-tools.sh
 
 ## The main job: build a corpus from the bundled sample, train a small model on it, generate text.
 demo: setup
@@ -16,6 +20,7 @@ demo: setup
 ## The test suite (what .ci/run calls).
 test:
 	@scripts/setup.sh --browser
+	@scripts/setup-tools.sh
 	$(BIN)/python -m pytest -q tests
 
 ## Benchmarks (tests/bench), not part of the test suite.
