@@ -21,12 +21,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
+from shared_data import SHARED_DATA
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from pipelines.readers import REASONS, Document, Quarantined, list_inputs, read_file
 
-DATA = Path("/work/shared/data")
+DATA = SHARED_DATA
 SHAKESPEARE = DATA / "tinyshakespeare" / "input.txt"
 WHIRLWIND_WARC = DATA / "commoncrawl-whirlwind" / "whirlwind.warc.gz"
 WHIRLWIND_WET = DATA / "commoncrawl-whirlwind" / "whirlwind.warc.wet.gz"
