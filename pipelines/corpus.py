@@ -1,24 +1,44 @@
-"""The final corpus of a run: documents the policy kept and near-dedup did not remove."""
+"""The final corpus of a run: documents the policy kept and near-dedup did not remove.
+
+Text comes from `text_path`: the signals stage's cleaned text (clean/{shard}.parquet, C4's line
+cleaning) once it exists, else the ingested text (documents/{shard}.parquet). Both hold `id` and `text`
+in the same row order as documents/ and signals/.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.dedup import kept_mask, removed_ids
 from pipelines.ingest import document_files
 from pipelines.rundir import RunDir
 
 BATCH_ROWS = 1_000
 
 
+def clean_dir(run: RunDir) -> Path:
+    """Where the signals stage writes the cleaned text of every document."""
+    return run.root / "clean"
+
+
+def text_path(run: RunDir, shard: str) -> Path:
+    """The Parquet file (`id`, `text`) that later stages read shard `shard`'s text from: the cleaned
+    text when the signals stage has written it, else the ingested documents."""
+    cleaned = clean_dir(run) / shard
+    return cleaned if cleaned.exists() else run.documents / shard
+
+
 def iter_batches(run: RunDir) -> Iterator[pa.Table]:
     """Tables of (id, text) of the final corpus, in input order, at most BATCH_ROWS rows each."""
+    from pipelines.dedup import kept_mask, removed_ids  # (dedup reads text through text_path)
+
     removed = removed_ids(run)
-    for path in document_files(run):
+    for documents in document_files(run):
+        path = text_path(run, documents.name)
         keep = kept_mask(run, path.name)
         if removed:
             ids = pq.read_table(path, columns=["id"]).column("id").to_pylist()

@@ -6,7 +6,10 @@ import os
 from functools import lru_cache
 from typing import Any
 
-MAX_CHARS = 100_000  # lid.176 decides on the first characters; a 30 MB page costs no more than this
+# lid.176 reads the first HEAD_CHARS and MIDDLE_CHARS from the middle of a longer text: enough to tell the
+# language, and a 30 MB page costs no more than a short one.
+HEAD_CHARS = 700
+MIDDLE_CHARS = 300
 
 
 def default_model_path() -> str:
@@ -30,8 +33,20 @@ def load_model(path: str | None = None) -> Any:
 
 def identify(text: str, model_path: str | None = None) -> tuple[str, float]:
     """Return (ISO code, confidence) of the most likely language of `text`, or ("und", 0.0) for no text."""
-    flat = " ".join(text[:MAX_CHARS].split())
+    if len(text) > HEAD_CHARS + MIDDLE_CHARS:
+        middle = len(text) // 2
+        text = f"{text[:HEAD_CHARS]} {text[middle : middle + MIDDLE_CHARS]}"
+    flat = valid_utf8(" ".join(text.split()))
     if not flat:
         return "und", 0.0
     labels, scores = load_model(model_path).predict(flat, k=1)
     return labels[0].removeprefix("__label__"), float(min(scores[0], 1.0))
+
+
+def valid_utf8(text: str) -> str:
+    """`text` with lone surrogates (which fastText cannot take) replaced."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text

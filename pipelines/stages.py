@@ -8,12 +8,13 @@ run.json is skipped, and a stage interrupted mid-way resumes from its completed 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines import dedup, filtering, ingest, report
+from pipelines import dedup, filtering, ingest, minhash, report
 from pipelines.corpus import sample_texts
 from pipelines.executor import run_shards
 from pipelines.rundir import RunDir, write_json
@@ -57,14 +58,28 @@ def run_ingest(run: RunDir, inputs: list[str], workers: int = 0) -> dict[str, An
 
 
 def run_signals(
-    run: RunDir, policy_path: str | None = None, langid_model: str | None = None, workers: int = 0
+    run: RunDir,
+    policy_path: str | None = None,
+    langid_model: str | None = None,
+    workers: int = 0,
+    quality_model: str | None = None,
+    cleaning: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Compute signals of every document and apply the policy."""
-    _start_fresh_unless_resuming(run, "signals", "signals/*.parquet")
+    """Clean and score every document (clean/, signals/) and apply the policy.
+
+    `quality_model` and `cleaning` default to the `signals:` section of the config recorded in run.json
+    (null quality model: the bundled one).
+    """
+    recorded = run.load().get("config", {}).get("signals", {})
+    quality_model = quality_model or recorded.get("quality_model")
+    cleaning = cleaning if cleaning is not None else recorded.get("cleaning")
+    _start_fresh_unless_resuming(run, "signals", "signals/*.parquet", "clean/*.parquet")
     with run.stage("signals") as summary:
         filtering.save_policy(run, policy_path)
         n = len(ingest.document_files(run))
-        run_shards("signals", filtering.SignalsShard(str(run.root), policy_path, langid_model), n, workers)
+        filtering.warm_up(langid_model, quality_model)  # forked workers inherit models and expressions
+        task = filtering.SignalsShard(str(run.root), policy_path, langid_model, quality_model, cleaning)
+        run_shards("signals", task, n, workers)
         keep = filtering.read_signals(run, ["keep"]).column("keep")
         summary.update(documents=len(keep), kept=int(pc.sum(keep).as_py() or 0))
         summary["dropped"] = summary["documents"] - summary["kept"]
@@ -78,13 +93,25 @@ def run_signals(
 
 
 def run_dedup(run: RunDir, config: dedup.DedupConfig, workers: int = 0) -> dict[str, Any]:
-    """Near-dedup the kept documents."""
-    _start_fresh_unless_resuming(run, "dedup", "dedup/signatures/*.parquet", "dedup/removed.parquet")
+    """Near-dedup the kept documents: signatures per shard in parallel, then clustering in one process."""
+    _start_fresh_unless_resuming(
+        run,
+        "dedup",
+        "dedup/signatures/*.parquet",
+        "dedup/bands/*.parquet",
+        "dedup/removed.parquet",
+        "dedup/clusters.parquet",
+        "dedup/summary.json",
+    )
     with run.stage("dedup") as summary:
         n = len(ingest.document_files(run))
+        minhash.warm()  # lookup tables built once, inherited by the forked workers
+        start = time.perf_counter()
         run_shards("dedup signatures", dedup.SignatureShard(str(run.root), config), n, workers)
-        removed = dedup.cluster(run, config)
-        summary.update(removed=removed.num_rows)
+        signature_seconds = time.perf_counter() - start
+        result = dedup.cluster(run, config)
+        summary.update(dedup.summary_counts(result))
+        summary["seconds"] = {"signatures": round(signature_seconds, 3), **summary["seconds"]}
     return summary
 
 

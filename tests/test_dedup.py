@@ -1,4 +1,4 @@
-"""Near-dedup on real text with planted duplicates of known similarity."""
+"""Near-dedup: datasketch-identical signatures, exact duplicates, survivors, determinism, cross-run index."""
 
 from __future__ import annotations
 
@@ -6,68 +6,172 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
+from datasketch import MinHashLSH
+from dedup_corpus import dedup_run, edit, real_documents, removed, sample_texts, write_inputs
+from pydantic import ValidationError
 
-from pipelines import stages
-from pipelines.dedup import DedupConfig, normalize, shingles
+from pipelines import minhash, stages
+from pipelines.dedup import DedupConfig
+from pipelines.dedup_index import DedupIndex
 from pipelines.rundir import RunDir
 
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare" / "input.txt"
+TRICKY = [
+    "",
+    "!!! ... ---",
+    "Hello",
+    "Straße İstanbul ΟΔΟΣ Ǆemal ẞ KELVIN-Sign",
+    "under_score snake_case a1b2 ½ ² ٣ 三",
+    "日本語のテキスト、漢字。 abc DEF",
+    "x" * 10 + "\u00e9 déjà-vu naïve façade",
+    "emoji 🙂 between words 🙂🙂 end",
+    "a b c d",
+]
 
 
-def _chunks(n: int, words: int = 400) -> list[str]:
-    tokens = SHAKESPEARE.read_text().split()
-    return [" ".join(tokens[i * words : (i + 1) * words]) for i in range(n)]
+def test_signatures_are_datasketch_minhashes() -> None:
+    """The vectorized signatures equal datasketch's own MinHash (affine32) over the same shingles."""
+    texts = sample_texts("web.jsonl.zst")[:50] + sample_texts("udhr.jsonl.zst")[:40:2] + TRICKY
+    for num_perm, seed, size in ((128, 1, 5), (64, 7, 3), (32, 2, 9)):
+        fast = minhash.signatures(pa.array(texts), num_perm, seed, size, batch_bytes=40_000)
+        for i, text in enumerate(texts):
+            reference = minhash.datasketch_minhash(text, num_perm, seed, size)
+            assert np.array_equal(fast.minhash[i], reference.hashvalues), (i, text[:80])
+            assert fast.n_words[i] == len(minhash.words(text)), (i, text[:80])
+    lean = minhash.as_datasketch(fast.minhash[0], seed=2)
+    assert lean.jaccard(minhash.datasketch_minhash(texts[0], 32, 2, 9)) == 1.0
 
 
-def _edit(text: str, fraction: float, seed: int) -> str:
-    rng = random.Random(seed)
-    words = text.split()
-    for i in rng.sample(range(len(words)), int(len(words) * fraction)):
-        words[i] = f"zz{rng.randrange(10**6)}"
-    return " ".join(words)
+def test_normalization_tables_cover_unicode() -> None:
+    """No alphanumeric code point, and no lowercase mapping, lies above the tables' limits."""
+    assert not any(chr(c).isalnum() for c in range(minhash.ALNUM_LIMIT, 0x110000))
+    assert all(chr(c).lower() == chr(c) for c in range(minhash.LOWER_LIMIT, 0x110000))
+    expected = ["hello", "world", "snake", "case", "3", "14", "ǆ"]
+    assert minhash.words("Hello, WORLD! snake_case 3.14 Ǆ") == expected
 
 
-def _jaccard(a: str, b: str) -> float:
-    sa, sb = shingles(normalize(a), 5), shingles(normalize(b), 5)
-    return len(sa & sb) / len(sa | sb)
+def test_lsh_bands_and_rows_are_datasketchs() -> None:
+    for threshold in (0.7, 0.8, 0.9):
+        lsh = MinHashLSH(threshold=threshold, num_perm=128)
+        assert DedupConfig(threshold=threshold).lsh() == (lsh.b, lsh.r)
+    assert DedupConfig(bands=16, rows=8).lsh() == (16, 8)
+    with pytest.raises(ValidationError):
+        DedupConfig(bands=16)
+    with pytest.raises(ValidationError):
+        DedupConfig(bands=20, rows=8)
+    with pytest.raises(ValidationError):
+        DedupConfig(threshhold=0.5)
 
 
-def _run(
-    tmp_path: Path, texts: list[str], workers: int = 1, files: int = 1
-) -> tuple[RunDir, dict[str, tuple[str, float]]]:
-    """Ingest `texts` split over `files` JSONL files, dedup them, return {removed id: (kept id, sim)}."""
-    folder = tmp_path / f"in{workers}" / "docs"
-    folder.mkdir(parents=True)
-    per_file = -(-len(texts) // files)
-    for f in range(files):
-        part = texts[f * per_file : (f + 1) * per_file]
-        (folder / f"part{f}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in part))
-    run = RunDir(tmp_path / f"run{workers}").create()
-    stages.run_ingest(run, [str(folder)], workers)
-    stages.run_dedup(run, DedupConfig(), workers)
-    removed = pq.read_table(run.dedup / "removed.parquet").to_pylist()
-    return run, {r["id"]: (r["duplicate_of"], r["similarity"]) for r in removed}
+def _ascii_upper(text: str) -> str:
+    return "".join(c.upper() if c.isascii() else c for c in text)
 
 
-def test_planted_duplicates_are_found_and_distinct_documents_kept(tmp_path: Path) -> None:
-    originals = _chunks(30)
-    near = _edit(originals[3], 0.01, seed=1)  # ~0.95 Jaccard on 5-gram shingles
-    far = _edit(originals[7], 0.25, seed=2)  # well below 0.8
-    exact = "  " + originals[11].upper() + " !!! "  # identical after normalization
-    assert _jaccard(originals[3], near) > 0.9 and _jaccard(originals[7], far) < 0.5
-    texts = [*originals, near, far, exact]
-    _, removed = _run(tmp_path, texts)
-    # ids are "<source>:<line>", lines are 1-based
-    assert removed[f"docs/part0.jsonl:{len(originals) + 1}"][0] == "docs/part0.jsonl:4"
-    assert removed[f"docs/part0.jsonl:{len(originals) + 3}"] == ("docs/part0.jsonl:12", 1.0)
-    assert f"docs/part0.jsonl:{len(originals) + 2}" not in removed
-    assert len(removed) == 2
+def test_exact_short_and_empty_documents(tmp_path: Path) -> None:
+    base = real_documents()[:6]
+    texts = [
+        *base,
+        "  " + _ascii_upper(base[2]).replace(" ", "  ") + " !!! ",  # 7: equal to 3 after normalization
+        base[4],  # 8: byte-identical to 5
+        "Short text here.",  # 9
+        "short TEXT, here!",  # 10: exact duplicate of 9
+        "Short text there.",  # 11: another short text: Jaccard 0, kept
+        "?!?!",  # 12: no words: never a duplicate
+        "... !!!",  # 13: no words either
+    ]
+    run, ids = dedup_run(tmp_path / "run", texts)
+    out = removed(run)
+    assert out == {ids[6]: (ids[2], 1.0), ids[7]: (ids[4], 1.0), ids[9]: (ids[8], 1.0)}
+    summary = json.loads((run.dedup / "summary.json").read_text())
+    assert summary["removed_exact"] == 3 and summary["removed_near"] == 0 and summary["empty"] == 2
+    clusters = pq.read_table(run.dedup / "clusters.parquet").to_pylist()
+    assert [(c["survivor"], c["size"], c["exact"]) for c in clusters] == [(ids[i], 2, 1) for i in (2, 4, 8)]
 
 
-def test_same_clusters_whatever_the_number_of_workers(tmp_path: Path) -> None:
-    originals = _chunks(12)
-    texts = [*originals, _edit(originals[0], 0.01, 3), originals[5]]
-    _, one = _run(tmp_path, texts, workers=1, files=3)
-    _, two = _run(tmp_path, texts, workers=2, files=3)
-    assert one == two and len(one) == 2
+def _near_duplicate_corpus(n: int = 150) -> list[str]:
+    rng = random.Random(3)
+    originals = real_documents()[:n]
+    rates = [0.002, 0.01, 0.03] * n
+    variants = [edit(originals[i], rates[i], rng) for i in range(0, n, 3)]
+    return originals + variants + [originals[5], _ascii_upper(originals[40])]
+
+
+def test_same_result_whatever_the_workers_and_memory_bound(tmp_path: Path) -> None:
+    """1 worker, everything in memory == 2 workers, band keys grouped in several key ranges."""
+    texts = _near_duplicate_corpus()
+    one, _ = dedup_run(tmp_path / "one", texts, DedupConfig(), workers=1, files=4)
+    two, _ = dedup_run(tmp_path / "two", texts, DedupConfig(max_rows_in_memory=1_000), workers=2, files=4)
+    for name in ("removed.parquet", "clusters.parquet"):
+        assert pq.read_table(one.dedup / name).equals(pq.read_table(two.dedup / name)), name
+    assert len(removed(one)) >= 40
+
+
+def _write_signals(run: RunDir, keep: list[bool], quality: list[float | None]) -> None:
+    """A signals shard as the signals stage writes it (id, keep, quality_score)."""
+    ids = pq.read_table(run.documents / "00000.parquet", columns=["id"]).column("id")
+    table = pa.table({"id": ids, "keep": keep, "quality_score": pa.array(quality, pa.float64())})
+    pq.write_table(table, run.signals / "00000.parquet")
+
+
+def test_survivor_has_the_highest_quality_then_comes_first(tmp_path: Path) -> None:
+    rng = random.Random(5)
+    a, b = real_documents()[10:12]
+    texts = [a, edit(a, 0.005, rng), edit(a, 0.005, rng), b, b, edit(b, 0.005, rng), a]
+    ids = write_inputs(tmp_path / "docs", texts)
+    run = RunDir(tmp_path / "run").create()
+    stages.run_ingest(run, [str(tmp_path / "docs")], 1)
+    # the third copy of `a` scores highest; `b`'s copies have no score, the last one is dropped by the policy
+    _write_signals(run, [True] * 6 + [False], [0.2, 0.1, 0.9, None, None, None, 1.0])
+    stages.run_dedup(run, DedupConfig(), 1)
+    out = removed(run)
+    expected = {ids[0]: ids[2], ids[1]: ids[2], ids[4]: ids[3], ids[5]: ids[3]}
+    assert {k: v[0] for k, v in out.items()} == expected
+    assert out[ids[4]][1] == 1.0 and 0.8 <= out[ids[0]][1] < 1.0
+
+
+def test_cross_run_index(tmp_path: Path) -> None:
+    """Run B drops near-duplicates of run A's survivors, then adds its own; re-running B changes nothing."""
+    rng = random.Random(11)
+    docs = real_documents()[20:100]
+    index = str(tmp_path / "index")
+    config = DedupConfig(index=index)
+    run_a, ids_a = dedup_run(tmp_path / "runA", [*docs[:40], docs[0]], config)
+    assert removed(run_a) == {ids_a[40]: (ids_a[0], 1.0)}
+    texts_b = [edit(docs[1], 0.005, rng), docs[2], *docs[40:60], edit(docs[45], 0.005, rng)]
+    run_b, ids_b = dedup_run(tmp_path / "runB", texts_b, config)
+    out = removed(run_b)
+    assert out[ids_b[1]] == (f"runA/{ids_a[2]}", 1.0)
+    assert out[ids_b[0]][0] == f"runA/{ids_a[1]}" and out[ids_b[0]][1] >= 0.8
+    assert out[ids_b[22]][0] == ids_b[7] and len(out) == 3
+    summary = json.loads((run_b.dedup / "summary.json").read_text())
+    assert summary["removed_matching_earlier_runs"] == 2
+    assert summary["index"] == {"path": index, "earlier_runs": ["runA"], "earlier_documents": 40, "added": 20}
+    stages.run_dedup(run_b, config, 1)  # again: its own part in the index is not a reason to remove
+    assert removed(run_b) == out
+    manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
+    assert [(p["run_id"], p["documents"]) for p in manifest["parts"]] == [("runA", 40), ("runB", 20)]
+    run_c, ids_c = dedup_run(tmp_path / "runC", [docs[50], docs[39], docs[70]], config)
+    assert removed(run_c) == {ids_c[0]: (f"runB/{ids_b[12]}", 1.0), ids_c[1]: (f"runA/{ids_a[39]}", 1.0)}
+
+
+def test_crash_mid_append_leaves_a_usable_index(tmp_path: Path) -> None:
+    docs = real_documents()[100:130]
+    config = DedupConfig(index=str(tmp_path / "index"))
+    dedup_run(tmp_path / "runA", docs[:20], config)
+    index = DedupIndex(config.index, config.signature_params())
+    before = (tmp_path / "index" / "manifest.json").read_bytes()
+    chunk = pq.read_table(next((tmp_path / "index" / "parts").glob("*/docs-00000.parquet")))
+    with pytest.raises(RuntimeError), index.appending("runX") as part:
+        part.add(chunk, np.zeros((chunk.num_rows, config.lsh()[0]), np.int64))
+        raise RuntimeError("worker lost mid-append")
+    assert (tmp_path / "index" / "manifest.json").read_bytes() == before
+    assert {c.run_id for c in index.chunks()} == {"runA"}
+    run_b, ids_b = dedup_run(tmp_path / "runB", [docs[3], *docs[20:30]], config)  # reads the index
+    assert list(removed(run_b)) == [ids_b[0]]
+    parts = json.loads((tmp_path / "index" / "manifest.json").read_text())["parts"]
+    assert [(p["part"], p["documents"]) for p in parts] == [("00000-runA", 20), ("00001-runB", 10)]
+    with pytest.raises(ValueError, match="not comparable"):
+        DedupIndex(config.index, DedupConfig(num_perm=64).signature_params()).chunks()

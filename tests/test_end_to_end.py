@@ -231,8 +231,11 @@ from prefect.client.schemas.sorting import ArtifactSort
 async def main():
     async with get_client() as client:
         artifacts = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(), flow_run_filter=FlowRunFilter(), task_run_filter=TaskRunFilter(),
-            sort=ArtifactSort.CREATED_DESC, limit=50,
+            artifact_filter=ArtifactFilter(),
+            flow_run_filter=FlowRunFilter(),
+            task_run_filter=TaskRunFilter(),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=50,
         )
         print(json.dumps([{"key": a.key, "type": a.type, "data": a.data} for a in artifacts]))
 

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from pipelines import stages
+from pipelines.corpus import text_path
 from pipelines.dedup import DedupConfig
 from pipelines.policy import load_policy
 from pipelines.rundir import RunDir
@@ -53,9 +54,13 @@ def _signals(run: RunDir) -> list[dict]:
 
 
 def _tokens_by_id(run: RunDir) -> dict[str, int]:
-    """Token counts computed here, independently of the report code."""
+    """Token counts computed here, independently of the report code, on the text later stages read."""
     tokenizer = load(run.tokenizer / "tokenizer.json")
-    docs = pq.read_table(run.documents, columns=["id", "text"]).to_pylist()
+    docs = [
+        row
+        for path in sorted(run.documents.glob("*.parquet"))
+        for row in pq.read_table(text_path(run, path.name), columns=["id", "text"]).to_pylist()
+    ]
     encoded = tokenizer.encode_batch([d["text"] for d in docs], add_special_tokens=False)
     return {d["id"]: len(e.ids) for d, e in zip(docs, encoded, strict=True)}
 

@@ -29,7 +29,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, st
     work = tmp_path_factory.mktemp("stages")
     inputs = work / "in"
     inputs.mkdir()
-    for name in ("udhr.jsonl.zst", "spam.jsonl.zst"):
+    for name in ("books.jsonl.zst", "spam.jsonl.zst"):
         shutil.copy(REPO / "data" / "sample" / name, inputs / name)
     flow = gristmill(
         "run", "--input", str(inputs), "--output", str(work / "runs"), "--run-id", "flow", *SETTINGS, cwd=work

@@ -1,144 +1,55 @@
-"""Training stage: model, shard reader, a real torchrun run, exact resume and generation.
+"""Training stage: model, streaming shard reader, torchrun runs from a loopback S3 server, exact resume
+after SIGKILL and on other world sizes, FSDP2, NaN stop, generation and Hugging Face export.
 
-The ``token_run`` fixture builds real shards per docs/shard-format.md from tiny Shakespeare: a
-byte-level BPE tokenizer trained here, ~200-line documents, train/validation Parquet shards with a
-``list<uint16>`` column and a manifest.json.
+Shards are built per docs/shard-format.md from tiny Shakespeare (tests/token_shards.py) and served
+by a real S3 server on 127.0.0.1 (moto, the ``s3_server`` fixture of tests/conftest.py).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections import Counter
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
+from s3_server import aws_env, create_bucket, upload_dir
+from token_shards import TEXT, build_token_run, expected_stream
 
+from training import storage
+from training.checkpoint import CheckpointStore
 from training.data import (
-    DataError,
-    IntegrityError,
-    TokenWindows,
-    WindowSampler,
-    check_tokenizer,
+    BatchStream,
+    EpochSchedule,
+    WindowSource,
     epoch_order,
-    load_manifest,
-    load_split_tokens,
+    rank_slice,
+    validation_windows,
 )
 from training.generate import generate, load_checkpoint, stream_text
+from training.generate import main as generate_main
+from training.manifest import DataError, IntegrityError, check_tokenizer, load_manifest, verify_shards
+from training.mfu import flops_per_token, matmul_params, peak_flops
+from training.mixing import Interleave, MixedSchedule
 from training.model import PRESETS, ModelConfig, Transformer
-from training.train import lr_at
+from training.schedule import lr_at
+from training.trace import load_trace
 from training.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
-TEXT = Path("/work/shared/data/tinyshakespeare/input.txt")
-EOT, PAD = "<|endoftext|>", "<|pad|>"
+BUCKET = "gristmill-test"
 
 
-# ---------------------------------------------------------------- building shards per the contract
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def build_token_run(
-    root: Path, text: str, lines_per_doc: int = 200, vocab_size: int = 1000, validation_fraction: float = 0.05
-) -> Path:
-    """Write tokenizer/tokenizer.json, tokens/{train,validation}-00000.parquet and tokens/manifest.json."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    lines = text.splitlines(keepends=True)
-    docs = {
-        f"shakespeare-{i // lines_per_doc:04d}": "".join(lines[i : i + lines_per_doc])
-        for i in range(0, len(lines), lines_per_doc)
-    }
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOT, PAD],
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tokenizer.train_from_iterator(docs.values(), trainer)
-    assert tokenizer.token_to_id(EOT) == 0 and tokenizer.token_to_id(PAD) == 1
-    (root / "tokenizer").mkdir(parents=True)
-    tok_path = root / "tokenizer" / "tokenizer.json"
-    tokenizer.save(str(tok_path))
-
-    threshold = validation_fraction * 10000
-    splits: dict[str, list[str]] = {"train": [], "validation": []}
-    for doc_id in docs:
-        is_val = int(hashlib.sha256(doc_id.encode()).hexdigest(), 16) % 10000 < threshold
-        splits["validation" if is_val else "train"].append(doc_id)
-    assert splits["validation"], "the split rule should select some validation documents"
-
-    tokens_dir = root / "tokens"
-    tokens_dir.mkdir()
-    schema = pa.schema([("id", pa.string()), ("input_ids", pa.list_(pa.uint16())), ("n_tokens", pa.int32())])
-    manifest_splits = {}
-    for split, ids in splits.items():
-        texts = [docs[i] for i in ids]
-        encoded = [enc.ids for enc in tokenizer.encode_batch(texts, add_special_tokens=False)]
-        columns = {"id": ids, "input_ids": encoded, "n_tokens": [len(e) for e in encoded]}
-        table = pa.table(columns, schema=schema)
-        name = f"{split}-00000.parquet"
-        pq.write_table(table, tokens_dir / name, row_group_size=1024)
-        data = (tokens_dir / name).read_bytes()
-        n_tokens = sum(len(e) for e in encoded)
-        shard = {
-            "path": name,
-            "documents": len(ids),
-            "tokens": n_tokens,
-            "bytes": len(data),
-            "sha256": _sha256(data),
-        }
-        manifest_splits[split] = {"documents": len(ids), "tokens": n_tokens, "shards": [shard]}
-    manifest = {
-        "format": "gristmill.tokens",
-        "format_version": 1,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "dtype": "uint16",
-        "tokenizer": {
-            "path": "../tokenizer/tokenizer.json",
-            "sha256": _sha256(tok_path.read_bytes()),
-            "vocab_size": tokenizer.get_vocab_size(),
-            "special_tokens": {EOT: 0, PAD: 1},
-            "eot_id": 0,
-        },
-        "splits": manifest_splits,
-        "totals": {
-            "documents": len(docs),
-            "tokens": sum(s["tokens"] for s in manifest_splits.values()),
-            "bytes": sum(s["shards"][0]["bytes"] for s in manifest_splits.values()),
-        },
-        "split_rule": {
-            "validation_fraction": validation_fraction,
-            "method": "sha256(id) mod 10000 < fraction*10000",
-        },
-        "lineage": {
-            "run_id": "test",
-            "config_sha256": "0" * 64,
-            "policy_sha256": "0" * 64,
-            "inputs": [str(TEXT)],
-        },
-    }
-    manifest_path = tokens_dir / "manifest.json"
-    tmp = tokens_dir / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, manifest_path)
-    return manifest_path
+# ---------------------------------------------------------------- data and environment
 
 
 @pytest.fixture(scope="session")
@@ -148,84 +59,100 @@ def token_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_token_run(tmp_path_factory.mktemp("run"), TEXT.read_text(encoding="utf-8"))
 
 
-def _copy_run(manifest: Path, dest: Path) -> Path:
-    shutil.copytree(manifest.parent.parent, dest)
-    return dest / "tokens" / "manifest.json"
+@pytest.fixture(scope="session")
+def s3_data(s3_server: str, token_run: Path) -> str:
+    """URI of the token run's manifest on the loopback S3 server."""
+    create_bucket(s3_server, BUCKET)
+    upload_dir(s3_server, token_run.parent.parent, BUCKET, "run")
+    return f"s3://{BUCKET}/run/tokens/manifest.json"
 
 
-# ---------------------------------------------------------------- subprocess helpers
+@pytest.fixture
+def s3_env(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point this process's boto3 at the loopback server."""
+    for key, value in aws_env(s3_server).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(storage, "_client", None)
+    return s3_server
 
 
-def _env() -> dict[str, str]:
+def _env(s3_server: str | None = None) -> dict[str, str]:
     dist_vars = {"WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
     env = {k: v for k, v in os.environ.items() if k not in dist_vars}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    return env
+    return {**env, **(aws_env(s3_server) if s3_server else {})}
 
 
-def _run(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
-
-
-def _train_args(manifest: Path, output: Path, max_steps: int = 6) -> list[str]:
+def _torchrun(nproc: int) -> list[str]:
     return [
-        "--data",
-        str(manifest),
-        "--output",
-        str(output),
-        "--max-steps",
-        str(max_steps),
-        "--preset",
-        "tiny",
-        "--seq-len",
-        "64",
-        "--batch-size",
-        "8",
-        "--grad-accum",
-        "2",
-        "--lr",
-        "3e-3",
-        "--warmup-steps",
-        "2",
-        "--eval-every",
-        "3",
-        "--eval-batches",
-        "2",
-        "--log-every",
-        "1",
-        "--save-every",
-        "3",
-        "--seed",
-        "0",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "training.train",
     ]
 
 
-def _metrics(output: Path, kind: str) -> list[dict]:
-    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
-    return [r for r in records if r["type"] == kind]
+def _run(
+    args: list[str], s3_server: str | None = None, timeout: int = 240
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args, cwd=REPO, env=_env(s3_server), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _ok(proc: subprocess.CompletedProcess[str]) -> None:
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-6000:]}"
+    )
+
+
+MAX_STEPS = 8
+
+
+def _train_args(
+    data: str | list[str], output: str | Path, max_steps: int = MAX_STEPS, deterministic: bool = True
+) -> list[str]:
+    """Arguments of every test run; ``deterministic`` for the runs compared bitwise."""
+    return [
+        "--data", *([data] if isinstance(data, str) else data),
+        "--output", str(output),
+        "--max-steps", str(max_steps),
+        "--preset", "tiny",
+        "--seq-len", "64",
+        "--batch-size", "8",
+        "--grad-accum", "2",
+        "--lr", "3e-3",
+        "--warmup-steps", "2",
+        "--eval-every", "4",
+        "--eval-batches", "2",
+        "--log-every", "1",
+        "--save-every", "2",
+        "--keep-last", "10",
+        "--seed", "0",
+        *(["--deterministic"] if deterministic else []),
+    ]  # fmt: skip
+
+
+def _metrics(output: str | Path, kind: str) -> list[dict]:
+    text = storage.read_bytes(f"{storage.normalize(output)}/metrics.jsonl").decode()
+    return [r for r in map(json.loads, text.splitlines()) if r["type"] == kind]
+
+
+def _step_windows(output: str | Path) -> dict[int, list[list[int]]]:
+    """Windows of each step from the trace, all ranks concatenated in rank order."""
+    return {
+        step: [w for r in records for w in r["windows"]] for step, records in load_trace(str(output)).items()
+    }
 
 
 @pytest.fixture(scope="module")
-def trained(token_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Output dir of a real 2-process torchrun run (6 steps, checkpoints at 3 and 6)."""
-    output = tmp_path_factory.mktemp("train") / "out"
-    proc = _run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "training.train",
-            *_train_args(token_run, output),
-        ]
-    )
-    _ok(proc)
+def reference(s3_server: str, s3_data: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An uninterrupted 2-process DDP run (torchrun, gloo) on shards streamed from S3."""
+    output = tmp_path_factory.mktemp("reference") / "out"
+    _ok(_run([*_torchrun(2), *_train_args(s3_data, output)], s3_server))
     return output
 
 
@@ -268,8 +195,8 @@ def test_kv_cache_matches_full_forward(n_kv_heads: int) -> None:
     cache = model.new_kv_cache(batch_size=2)
     pieces = [
         model(idx[:, :7], kv_cache=cache, start_pos=0)[0],  # prefill
-        model(idx[:, 7:12], kv_cache=cache, start_pos=7)[0],
-    ]  # a chunk after cached positions
+        model(idx[:, 7:12], kv_cache=cache, start_pos=7)[0],  # a chunk after cached positions
+    ]
     pieces += [model(idx[:, p : p + 1], kv_cache=cache, start_pos=p)[0] for p in range(12, 20)]  # one by one
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-4)
 
@@ -285,18 +212,34 @@ def test_gqa_config_and_parameter_savings() -> None:
         _tiny(n_kv_heads=3)
 
 
+def test_activation_checkpointing_gives_the_same_gradients() -> None:
+    torch.manual_seed(0)
+    model = Transformer(_tiny(n_kv_heads=2))
+    idx, targets = torch.randint(0, 97, (2, 16)), torch.randint(0, 97, (2, 16))
+    grads = []
+    for recompute in (False, True):
+        model.zero_grad()
+        model.activation_checkpointing = recompute
+        model(idx, targets)[1].backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for plain, recomputed in zip(*grads, strict=True):
+        torch.testing.assert_close(plain, recomputed, atol=1e-6, rtol=1e-5)
+
+
 def test_config_roundtrip_presets_and_init() -> None:
     cfg = _tiny(n_kv_heads=2, ffn_hidden=100)
     assert cfg.ffn_hidden == 128  # rounded up to multiple_of
     assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match="unknown"):
         ModelConfig.from_dict({**cfg.to_dict(), "bogus": 1})
-    assert set(PRESETS) == {"tiny", "small", "gpt2-124m", "1b"}
+    assert set(PRESETS) == {"tiny", "small", "15m", "gpt2-124m", "1b"}
     with torch.device("meta"):
         gpt2 = Transformer(PRESETS["gpt2-124m"].with_overrides(vocab_size=50257))
         big = Transformer(PRESETS["1b"])
+        bench = Transformer(PRESETS["15m"].with_overrides(vocab_size=8192))
     assert 120e6 < gpt2.num_parameters() < 130e6
     assert 0.9e9 < big.num_parameters() < 1.2e9
+    assert 13e6 < bench.num_parameters() < 16e6
 
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=512, d_model=256, n_layers=8, n_heads=4))
@@ -308,69 +251,18 @@ def test_config_roundtrip_presets_and_init() -> None:
     assert untied.lm_head.weight is not untied.tok_emb.weight
 
 
-# ---------------------------------------------------------------- data
-
-
-def test_split_stream_follows_manifest_order(token_run: Path) -> None:
-    manifest = load_manifest(token_run)
-    assert check_tokenizer(manifest).startswith(b"{")
-    stream = load_split_tokens(manifest, "train")
-    table = pq.read_table(token_run.parent / "train-00000.parquet")
-    expected = [t for doc in table.column("input_ids").to_pylist() for t in [*doc, manifest.eot_id]]
-    assert stream.dtype == np.uint16
-    np.testing.assert_array_equal(stream, np.array(expected, dtype=np.uint16))
-    windows = TokenWindows(stream, 64)
-    assert len(windows) == len(stream) // 65
-    x, y = windows.gather(np.array([3]))
-    assert x.dtype == torch.long and x.shape == (1, 64)
-    np.testing.assert_array_equal(x[0, 1:].numpy(), y[0, :-1].numpy())
-    np.testing.assert_array_equal(y[0].numpy(), stream[3 * 65 + 1 : 4 * 65])
-
-
-def test_window_order_is_independent_of_world_size(token_run: Path) -> None:
-    manifest = load_manifest(token_run)
-    windows = TokenWindows(load_split_tokens(manifest, "train"), 64)
-    batch = 24
-    sampler = WindowSampler(windows, batch, seed=7)
-    spe = sampler.steps_per_epoch
-    assert spe == len(windows) // batch
-    for step in [0, 1, spe - 1, spe, spe + 3]:  # crossing into epoch 1
-        single = sampler.indices_for_step(step)
-        for world in (2, 3, 4):
-            union = np.concatenate([sampler.indices_for_step(step, r, world) for r in range(world)])
-            np.testing.assert_array_equal(union, single)
-        x, _ = sampler.batch_for_step(step, 1, 4)
-        assert x.shape == (6, 64)
-    epoch0 = np.concatenate([sampler.indices_for_step(s) for s in range(spe)])
-    assert len(np.unique(epoch0)) == len(epoch0) == spe * batch
-    np.testing.assert_array_equal(epoch0, epoch_order(len(windows), 7, 0)[: spe * batch])
-    np.testing.assert_array_equal(sampler.indices_for_step(spe), epoch_order(len(windows), 7, 1)[:batch])
-    assert sampler.position(spe + 3).epoch == 1 and sampler.position(spe + 3).windows_consumed == 3 * batch
-    with pytest.raises(ValueError, match="divide"):
-        sampler.indices_for_step(0, 0, 5)
-
-
-def test_shard_sha256_mismatch_raises(token_run: Path, tmp_path: Path) -> None:
-    manifest_path = _copy_run(token_run, tmp_path / "run")
-    shard = manifest_path.parent / "train-00000.parquet"
-    data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    shard.write_bytes(bytes(data))
-    with pytest.raises(IntegrityError, match="sha256"):
-        load_split_tokens(load_manifest(manifest_path), "train")
-    load_split_tokens(load_manifest(manifest_path), "validation")  # untouched shard still reads
-
-
-def test_tokenizer_and_format_checks(token_run: Path, tmp_path: Path) -> None:
-    manifest_path = _copy_run(token_run, tmp_path / "run")
-    tok = manifest_path.parent.parent / "tokenizer" / "tokenizer.json"
-    tok.write_text(tok.read_text() + "\n")
-    with pytest.raises(IntegrityError, match="tokenizer"):
-        check_tokenizer(load_manifest(manifest_path))
-    data = json.loads(manifest_path.read_text())
-    manifest_path.write_text(json.dumps({**data, "format_version": 2}))
-    with pytest.raises(DataError, match="format_version"):
-        load_manifest(manifest_path)
+def test_flops_per_token_and_peaks(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = PRESETS["gpt2-124m"].with_overrides(vocab_size=50257)
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    norms = sum(p.numel() for n, p in model.named_parameters() if "norm" in n)
+    assert matmul_params(cfg) == model.num_parameters() - norms  # tied: embedding counted once, as the head
+    assert flops_per_token(cfg, 1024) == 6 * matmul_params(cfg) + 12 * 12 * 768 * 1024
+    peak, where = peak_flops(torch.device("cpu"), "fp32")
+    assert peak is not None and peak > 1e9 and where == "cpu estimate"
+    assert peak_flops(torch.device("cpu"), "bf16", override=5e12) == (5e12, "override")
+    monkeypatch.setenv("GRISTMILL_PEAK_FLOPS", "7e12")
+    assert peak_flops(torch.device("cpu"), "fp32") == (7e12, "override")
 
 
 def test_lr_schedule() -> None:
@@ -381,115 +273,398 @@ def test_lr_schedule() -> None:
     assert lr_at(100, 100, 1.0, 10, 0.1) == pytest.approx(0.1)
 
 
-# ---------------------------------------------------------------- training runs
+# ---------------------------------------------------------------- streaming reader
 
 
-def test_torchrun_writes_checkpoint_and_metrics(trained: Path) -> None:
-    ckpt = trained / "step-000006"
-    assert (trained / "latest").read_text().strip() == "step-000006"
+@pytest.mark.parametrize("variant", ["statistics", "no_statistics_and_empty_document"])
+def test_windows_match_the_manifest_order_stream(variant: str, tmp_path: Path) -> None:
+    plain = variant == "statistics"
+    manifest_path = build_token_run(
+        tmp_path,
+        TEXT.read_text(encoding="utf-8")[:300_000],
+        lines_per_doc=50,
+        empty_document=not plain,
+        write_statistics=plain,
+    )
+    stream = np.array(expected_stream(manifest_path, "train"))
+    source = WindowSource(load_manifest(str(manifest_path)), "train", 64)
+    assert source.index.n_tokens == len(stream) and len(source) == len(stream) // 65
+    assert (
+        len(source.index) > 4 and len(set(source.index.shard.tolist())) == 2
+    )  # several row groups, 2 shards
+    for w in range(len(source)):
+        tokens, segments = source.window(w)
+        np.testing.assert_array_equal(tokens, stream[w * 65 : (w + 1) * 65])
+    # The trace names exactly the rows whose tokens make up the window.
+    import pyarrow.parquet as pq
+
+    w = next(
+        w
+        for w in range(len(source))
+        if len(source.window(w)[1]) > 1 or source.window(w)[1][0].first_row != source.window(w)[1][0].last_row
+    )
+    tokens, segments = source.window(w)
+    rebuilt = []
+    for seg in segments:
+        docs = pq.read_table(manifest_path.parent / seg.shard).column("input_ids").to_pylist()
+        rebuilt += [t for doc in docs[seg.first_row : seg.last_row + 1] for t in [*doc, 0]]
+    assert "".join(map(chr, tokens.tolist())) in "".join(map(chr, rebuilt))
+    x, y = source.gather([3, 5])
+    assert x.dtype == torch.long and x.shape == (2, 64)
+    np.testing.assert_array_equal(x[0, 1:].numpy(), y[0, :-1].numpy())
+
+
+def test_s3_reads_only_the_row_groups_it_needs(token_run: Path, s3_data: str, s3_env: str) -> None:
+    local = WindowSource(load_manifest(str(token_run)), "train", 64)
+    remote = WindowSource(load_manifest(s3_data), "train", 64, cache_bytes=1)
+    assert remote.index.n_tokens == local.index.n_tokens and len(remote.index) == len(local.index)
+    window = len(remote) // 2
+    tokens, segments = remote.window(window)
+    np.testing.assert_array_equal(tokens, local.window(window)[0])
+    assert remote.reader.fetches == len(remote.row_groups(window)) < len(remote.index)
+    assert segments == local.window(window)[1]
+    remote.reader.close()
+
+
+def test_window_order_is_independent_of_world_size_and_workers(token_run: Path) -> None:
+    source = WindowSource(load_manifest(str(token_run)), "train", 64)
+    batch = 24
+    schedule = EpochSchedule(len(source), batch, seed=7)
+    spe = schedule.steps_per_epoch
+    for step in [0, 1, spe - 1, spe, spe + 3]:  # crossing into epoch 1
+        single = schedule.global_batch_at(step)
+        for world in (2, 3, 4):
+            union = np.concatenate([rank_slice(single, r, world) for r in range(world)])
+            np.testing.assert_array_equal(union, single)
+    epoch0 = np.concatenate([schedule.global_batch_at(s)[:, 1] for s in range(spe)])
+    assert len(np.unique(epoch0)) == len(epoch0) == spe * batch
+    np.testing.assert_array_equal(epoch0, epoch_order(len(source), 7, 0)[: spe * batch])
+    np.testing.assert_array_equal(schedule.global_batch_at(spe)[:, 1], epoch_order(len(source), 7, 1)[:batch])
+    assert schedule.position(spe + 3) == {"schedule": "epoch", "epoch": 1, "windows_consumed": 3 * batch}
+    with pytest.raises(ValueError, match="divide"):
+        rank_slice(schedule.global_batch_at(0), 0, 5)
+
+    # Batches from the background thread and from 2 DataLoader worker processes are the same.
+    start, stop = spe - 2, spe + 2
+    threaded = list(BatchStream([source], schedule, 1, 2, start, stop))
+    workers = list(BatchStream([source], schedule, 1, 2, start, stop, workers=2))
+    assert [b.step for b in threaded] == [b.step for b in workers] == list(range(start, stop))
+    for a, b in zip(threaded, workers, strict=True):
+        assert torch.equal(a.inputs, b.inputs) and a.windows == b.windows and a.sources == b.sources
+        assert a.windows == [[0, int(w)] for w in rank_slice(schedule.global_batch_at(a.step), 1, 2)[:, 1]]
+    val = [validation_windows(100, 40, 8, r, w) for w, r in [(1, 0), (2, 0), (2, 1), (4, 3)]]
+    assert len(val[0]) == 40 and np.array_equal(np.concatenate(val[1:3]), val[0]) and len(val[3]) == 10
+
+
+def test_interleave_follows_weights_and_is_resumable() -> None:
+    weights = [Fraction(3), Fraction(1, 2), Fraction(5, 4)]
+    mix = Interleave(weights)
+    replay = mix.slots(0, 4000)
+    counts = Counter(k for k, _ in replay)
+    for k, w in enumerate(weights):
+        assert abs(counts[k] - 4000 * w / sum(weights)) <= 1
+    for n in (0, 1, 17, 999, 2500, 4000):  # closed-form counts equal a replay from slot 0
+        assert mix.counts_at(n) == [sum(1 for k, _ in replay[:n] if k == s) for s in range(3)]
+    assert mix.slots(1234, 50) == replay[1234:1284]
+    # Sample indices per source are consecutive: no sample is skipped or repeated.
+    for k in range(3):
+        assert [j for s, j in replay if s == k] == list(range(counts[k]))
+
+    schedule = MixedSchedule([10, 7, 13], ["0.6", "0.1", "0.3"], global_batch=6, seed=3)
+    seen = [schedule.global_batch_at(s) for s in range(20)]
+    per_source = Counter(int(k) for batch in seen for k in batch[:, 0])
+    assert per_source == {0: 72, 1: 12, 2: 36}
+    first_epoch = [int(w) for batch in seen for k, w in batch if k == 1][:7]
+    assert sorted(first_epoch) == list(range(7))  # a whole permutation of source 1 before repeating
+    assert schedule.position(20)["sources"][0] == {"consumed": 72, "epoch": 7, "windows_consumed": 2}
+
+
+def test_integrity_checks(token_run: Path, tmp_path: Path) -> None:
+    shutil.copytree(token_run.parent.parent, tmp_path / "run")
+    manifest_path = tmp_path / "run" / "tokens" / "manifest.json"
+    shard = manifest_path.parent / "train-00000.parquet"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="sha256"):
+        verify_shards(load_manifest(str(manifest_path)), "train")
+    verify_shards(load_manifest(str(manifest_path)), "validation")  # untouched shard still verifies
+    shard.write_bytes(bytes(data[:-10]))
+    with pytest.raises(IntegrityError, match="bytes"):
+        WindowSource(load_manifest(str(manifest_path)), "train", 64)
+
+    tok = manifest_path.parent.parent / "tokenizer" / "tokenizer.json"
+    tok.write_text(tok.read_text() + "\n")
+    with pytest.raises(IntegrityError, match="tokenizer"):
+        check_tokenizer(load_manifest(str(manifest_path)))
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "format_version": 2}))
+    with pytest.raises(DataError, match="format_version"):
+        load_manifest(str(manifest_path))
+
+
+def test_storage_uris_and_retries(s3_env: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert storage.join("s3://b/run/tokens", "../tokenizer/t.json") == "s3://b/run/tokenizer/t.json"
+    assert storage.parent("s3://b/run/tokens/manifest.json") == "s3://b/run/tokens"
+    create_bucket(s3_env, "scratch")
+    storage.write_bytes("s3://scratch/a/b.bin", bytes(range(200)))
+    assert storage.read_range("s3://scratch/a/b.bin", 10, 5) == bytes(range(10, 15))
+    assert storage.size("s3://scratch/a/b.bin") == 200 and storage.list_dirs("s3://scratch") == ["a"]
+    with pytest.raises(storage.NotFound):
+        storage.read_bytes("s3://scratch/missing")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens: retried, then an error
+    monkeypatch.setenv("GRISTMILL_S3_RETRIES", "2")
+    monkeypatch.setattr(storage, "_client", None)
+    with pytest.raises(storage.StorageError, match="failed"):
+        storage.read_bytes("s3://scratch/a/b.bin")
+
+
+# ---------------------------------------------------------------- torchrun runs
+
+
+def test_torchrun_from_s3_writes_checkpoints_metrics_and_trace(reference: Path, token_run: Path) -> None:
+    assert (reference / "latest").read_text().strip() == "step-000008"
+    ckpt = reference / "step-000008"
     assert {p.name for p in ckpt.iterdir()} == {
-        "model.pt",
-        "optimizer.pt",
+        "model",
+        "optimizer",
+        "rng",
         "config.json",
         "train_state.json",
         "tokenizer.json",
     }
-    assert (trained / "step-000003" / "model.pt").is_file()
-    assert not list(trained.glob(".tmp-*"))
+    assert (ckpt / "model" / ".metadata").is_file() and (ckpt / "optimizer" / ".metadata").is_file()
+    assert sorted(p.name for p in (ckpt / "rng").iterdir()) == ["rank-00000.json", "rank-00001.json"]
+    assert sorted(p.name for p in reference.glob("step-*")) == [f"step-00000{i}" for i in (2, 4, 6, 8)]
+    assert not list(reference.glob(".tmp-*"))
     state = json.loads((ckpt / "train_state.json").read_text())
-    assert state["step"] == 6 and state["world_size"] == 2 and state["tokens_seen"] == 6 * 8 * 64
+    assert state["step"] == 8 and state["world_size"] == 2 and state["tokens_seen"] == 8 * 8 * 64
+    assert state["position"] == {"schedule": "epoch", "epoch": 0, "windows_consumed": 64}
     config = json.loads((ckpt / "config.json").read_text())
     assert config["model"]["d_model"] == 128 and config["tokenizer"]["eot_id"] == 0
-    assert config["training"]["batch_size"] == 8
-    keys = set(torch.load(ckpt / "model.pt", weights_only=True))
-    assert "tok_emb.weight" in keys and not any(k.startswith("module.") for k in keys)
+    assert config["data"]["sources"][0]["manifest"].startswith("s3://")
 
-    train = _metrics(trained, "train")
-    assert [r["step"] for r in train] == [1, 2, 3, 4, 5, 6]
-    assert {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(train[0])
+    train = _metrics(reference, "train")
+    assert [r["step"] for r in train] == list(range(1, 9))
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "mfu", "data_wait_s", "position"} <= set(train[0])
+    assert all(0 < r["mfu"] < 1 and r["tokens_per_s"] > 0 for r in train)
     losses = [r["loss"] for r in train]
-    assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0] - 0.3, losses
-    val = _metrics(trained, "val")
-    assert [r["step"] for r in val] == [3, 6]
-    assert val[1]["val_loss"] < val[0]["val_loss"]
+    val = _metrics(reference, "val")
+    assert [r["step"] for r in val] == [4, 8] and val[1]["val_loss"] < val[0]["val_loss"]
     assert val[1]["val_ppl"] == pytest.approx(math.exp(val[1]["val_loss"]))
 
+    # The trace: every step's global batch is the schedule's, split over the two ranks, and names the
+    # rows each window was cut from.
+    schedule = EpochSchedule(config["data"]["sources"][0]["train_windows"], 8, 0)
+    trace = load_trace(str(reference))
+    assert sorted(trace) == list(range(1, 9))
+    for step, records in trace.items():
+        assert [r["rank"] for r in records] == [0, 1] and all(r["world_size"] == 2 for r in records)
+        assert [w for r in records for w in r["windows"]] == schedule.global_batch_at(step - 1).tolist()
+    source = WindowSource(load_manifest(str(token_run)), "train", 64)
+    for record in trace[3]:
+        for (_, window), pieces in zip(record["windows"], record["sources"], strict=True):
+            assert pieces == [s.to_json() for s in source.window(window)[1]]
 
-def test_resume_on_one_process_continues_exactly(trained: Path, tmp_path: Path) -> None:
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run_bitwise(
+    reference: Path, s3_server: str, s3_data: str, tmp_path: Path
+) -> None:
     output = tmp_path / "out"
-    shutil.copytree(trained, output)
-    shutil.rmtree(output / "step-000006")
-    (output / "latest").write_text("step-000003\n")
-    reference = _metrics(trained, "train")
-    lines = (output / "metrics.jsonl").read_text().splitlines(keepends=True)
-    (output / "metrics.jsonl").write_text("".join(line for line in lines if json.loads(line)["step"] <= 3))
-
-    manifest = json.loads((trained / "step-000006" / "config.json").read_text())["data"]["manifest"]
-    proc = _run([sys.executable, "-m", "training.train", *_train_args(Path(manifest), output), "--resume"])
-    _ok(proc)
-    assert "start step 3 of 6" in proc.stdout
-    resumed = _metrics(output, "train")
-    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
-    for ref, got in zip(reference[3:], resumed[3:], strict=True):  # same windows, other world size
-        assert got["loss"] == pytest.approx(ref["loss"], rel=1e-3)
-    state = json.loads((output / "step-000006" / "train_state.json").read_text())
-    ref_state = json.loads((trained / "step-000006" / "train_state.json").read_text())
-    assert state["world_size"] == 1
-    assert {k: state[k] for k in ("step", "epoch", "windows_consumed", "tokens_seen")} == {
-        k: ref_state[k] for k in ("step", "epoch", "windows_consumed", "tokens_seen")
-    }
-
-
-def test_refuses_to_overwrite_checkpoints(trained: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    manifest = json.loads((trained / "step-000006" / "config.json").read_text())["data"]["manifest"]
-    assert train_main(_train_args(Path(manifest), trained)) == 1
-    assert "pass --resume" in capsys.readouterr().err
-    assert (trained / "latest").read_text().strip() == "step-000006"
-
-
-def test_nonfinite_loss_stops_without_overwriting(trained: Path, tmp_path: Path) -> None:
-    output = tmp_path / "out"
-    shutil.copytree(trained, output)
-    weights = output / "step-000006" / "model.pt"
-    state = torch.load(weights, weights_only=True)
-    state["norm.weight"][0] = float("nan")
-    torch.save(state, weights)
-    manifest = json.loads((output / "step-000006" / "config.json").read_text())["data"]["manifest"]
-    proc = _run([sys.executable, "-m", "training.train", *_train_args(Path(manifest), output, 8), "--resume"])
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "non-finite loss at step 7" in proc.stderr
-    assert (output / "latest").read_text().strip() == "step-000006"
-    assert sorted(p.name for p in output.glob("step-*")) == ["step-000003", "step-000006"]
-    assert not list(output.glob(".tmp-*"))
-
-
-# ---------------------------------------------------------------- generation
-
-
-def test_generate_cli_prints_text(trained: Path) -> None:
-    proc = _run(
-        [
-            sys.executable,
-            "-m",
-            "training.generate",
-            "--checkpoint",
-            str(trained),
-            "--prompt",
-            "ROMEO:",
-            "--max-new-tokens",
-            "30",
-            "--seed",
-            "1",
-        ]
+    args = [*_torchrun(2), *_train_args(s3_data, output)]
+    log = (tmp_path / "killed.log").open("w")
+    proc = subprocess.Popen(
+        args, cwd=REPO, env=_env(s3_server), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
-    _ok(proc)
-    assert proc.stdout.startswith("ROMEO:")
-    assert len(proc.stdout.strip()) > len("ROMEO:")
+    metrics = output / "metrics.jsonl"
+    deadline = time.monotonic() + 180
+    try:
+        while True:  # kill every process of the run (agent and both ranks) once step 5 is logged
+            steps = (
+                [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+                if metrics.is_file()
+                else []
+            )
+            if steps and max(steps) >= 5:
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "killed.log").read_text()
+            time.sleep(0.01)
+        victims = [proc.pid, *_descendants(proc.pid)]
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+        log.close()
+    assert proc.returncode == -signal.SIGKILL and len(victims) >= 3
+    latest = (output / "latest").read_text().strip()
+    assert latest in ("step-000004", "step-000006"), latest  # killed after a checkpoint, before the end
+    logged = max(r["step"] for r in _metrics(output, "train"))
+
+    resumed = _run([*args, "--resume"], s3_server)
+    _ok(resumed)
+    assert f"start step {int(latest[-6:])} of {MAX_STEPS}" in resumed.stdout
+    ref, got = _metrics(reference, "train"), _metrics(output, "train")
+    assert [r["step"] for r in got] == list(range(1, MAX_STEPS + 1))
+    assert [r["loss"] for r in got] == [r["loss"] for r in ref]  # bitwise: same floats
+    assert [r["grad_norm"] for r in got] == [r["grad_norm"] for r in ref]
+    assert [r["val_loss"] for r in _metrics(output, "val")] == [
+        r["val_loss"] for r in _metrics(reference, "val")
+    ]
+    assert _step_windows(output) == _step_windows(reference)
+    assert logged >= 5
 
 
-def test_generate_function_and_utf8_streaming(trained: Path) -> None:
-    loaded = load_checkpoint(trained / "step-000006")
+def _retarget_latest(src: Path, dest: str | Path, step: int) -> None:
+    """Copy a run's output and make checkpoint ``step`` the latest (later ones stay until overwritten)."""
+    shutil.copytree(src, dest)
+    (Path(dest) / "latest").write_text(f"step-{step:06d}\n")
+
+
+def test_resume_on_one_process_consumes_exactly_the_remaining_windows(
+    reference: Path, s3_data: str, s3_env: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "out"
+    _retarget_latest(reference, output, 4)
+    assert train_main([*_train_args(s3_data, output), "--resume"]) == 0  # in this process: no torchrun
+    assert "start step 4 of 8" in capsys.readouterr().out
+    # No window repeated or skipped: steps 1-4 from the 2-rank run, 5-8 from the 1-process run, and
+    # together exactly the uninterrupted run's windows.
+    trace = load_trace(str(output))
+    assert {r["world_size"] for s in (1, 2, 3, 4) for r in trace[s]} == {2}
+    assert {r["world_size"] for s in (5, 6, 7, 8) for r in trace[s]} == {1}
+    windows = _step_windows(output)
+    assert windows == _step_windows(reference)
+    flat = [tuple(w) for s in sorted(windows) for w in windows[s]]
+    assert len(flat) == len(set(flat)) == MAX_STEPS * 8
+    ref, got = _metrics(reference, "train"), _metrics(output, "train")
+    assert [r["loss"] for r in got[:4]] == [r["loss"] for r in ref[:4]]
+    for a, b in zip(ref[4:], got[4:], strict=True):  # other reduction order: equal up to rounding
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+    state = json.loads((output / "step-000008" / "train_state.json").read_text())
+    assert state["world_size"] == 1 and state["position"]["windows_consumed"] == 64
+
+
+def test_fsdp2_on_s3_output_resumes_on_two_ranks_and_generates(
+    reference: Path, s3_server: str, s3_data: str, s3_env: str
+) -> None:
+    output = f"s3://{BUCKET}/fsdp-out"
+    args = [*_train_args(s3_data, output, deterministic=False), "--parallel", "fsdp"]
+    _ok(_run([*_torchrun(1), *args, "--stop-at", "4"], s3_server))
+    store = CheckpointStore(output)
+    assert store.latest() == "step-000004"
+    assert store.step_names() == ["step-000002", "step-000004"]
+    storage.write_bytes(f"{output}/latest", b"step-000002\n")
+    resumed = _run([*_torchrun(2), *args, "--stop-at", "6", "--resume"], s3_server)
+    _ok(resumed)
+    assert "start step 2 of 8" in resumed.stdout and "2 rank(s)" in resumed.stdout
+    assert (
+        store.latest() == "step-000006" and "step-000004" in store.step_names()
+    )  # rewritten by the 2-rank run
+    files = storage.list_files(f"{output}/step-000006/model")
+    assert {".metadata", "__0_0.distcp", "__1_0.distcp"} <= set(files)  # sharded over two ranks
+    # 1 rank for steps 1-2, then 2 ranks: the same windows as the uninterrupted DDP run, losses equal
+    # up to the different reduction order.
+    windows, ref_windows = _step_windows(output), _step_windows(reference)
+    assert windows == {s: ref_windows[s] for s in range(1, 7)}
+    got, ref = _metrics(output, "train"), _metrics(reference, "train")
+    assert [r["step"] for r in got] == list(range(1, 7))
+    for a, b in zip(ref, got, strict=False):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+    loaded = load_checkpoint(output)
+    assert loaded.path.endswith("step-000006")
+    prompt = [loaded.eot_id, *loaded.tokenizer.encode("KING:", add_special_tokens=False).ids]
+    assert 0 < len(list(generate(loaded.model, prompt, 8, temperature=0.0))) <= 8
+
+
+def test_mixing_two_manifests_follows_the_weights(token_run: Path, tmp_path: Path) -> None:
+    other = build_token_run(
+        tmp_path / "other",
+        TEXT.read_text(encoding="utf-8")[:400_000],
+        lines_per_doc=60,
+        train_shards=1,
+        row_group_rows=8,
+    )
+    shutil.copy(token_run.parent.parent / "tokenizer" / "tokenizer.json", other.parent.parent / "tokenizer")
+    manifest = json.loads(other.read_text())
+    manifest["tokenizer"] = json.loads(token_run.read_text())["tokenizer"]
+    other.write_text(json.dumps(manifest))
+    output = tmp_path / "out"
+    args = [*_train_args([str(token_run), str(other)], output, 4, False), "--data-weights", "3", "1"]
+    assert train_main(args) == 0
+    windows = _step_windows(output)
+    counts = Counter(k for s in windows for k, _ in windows[s])
+    assert counts == {0: 24, 1: 8}
+    config = json.loads((output / "step-000004" / "config.json").read_text())
+    assert [s["weight"] for s in config["data"]["sources"]] == ["3", "1"]
+    assert {"val_loss_by_source"} <= set(_metrics(output, "val")[0])
+    # Other weights are another data order: resuming with them is refused.
+    args[args.index("--data-weights") + 1 :] = ["1", "1"]
+    assert train_main([*args, "--max-steps", "6", "--resume"]) == 1
+
+
+def test_refuses_to_overwrite_checkpoints(
+    reference: Path, token_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert train_main(_train_args(str(token_run), reference)) == 1
+    assert "pass --resume" in capsys.readouterr().err
+    assert (reference / "latest").read_text().strip() == "step-000008"
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(
+    reference: Path, token_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    output = tmp_path / "out"
+    _retarget_latest(reference, output, 6)
+    weights = output / "step-000006" / "model"  # a NaN in the final norm poisons the next step's loss
+    state = Transformer(
+        ModelConfig.from_dict(json.loads((output / "step-000006" / "config.json").read_text())["model"])
+    ).state_dict()
+    dcp.load(state, checkpoint_id=weights, no_dist=True)
+    state["norm.weight"][0] = float("nan")
+    shutil.rmtree(weights)
+    dcp.save(state, checkpoint_id=weights, no_dist=True)
+    assert train_main([*_train_args(str(token_run), output, deterministic=False), "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "non-finite loss at step 7" in err and "step-000006" in err, err
+    assert (output / "latest").read_text().strip() == "step-000006"
+    assert sorted(p.name for p in output.glob("step-*")) == [f"step-00000{i}" for i in (2, 4, 6, 8)]
+    assert not list(output.glob(".tmp-*"))
+    assert max(r["step"] for r in _metrics(output, "train")) == 6  # the failed step is not logged as trained
+
+
+# ---------------------------------------------------------------- generation and export
+
+
+def test_generate_cli_prints_text(reference: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--checkpoint", str(reference), "--prompt", "ROMEO:", "--max-new-tokens", "30", "--seed", "1"]
+    assert generate_main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ROMEO:") and len(out.strip()) > len("ROMEO:")
+    assert generate_main([*argv[:1], str(reference / "missing"), *argv[2:]]) == 1
+    assert "no checkpoint found" in capsys.readouterr().err
+
+
+def test_generate_function_and_utf8_streaming(reference: Path) -> None:
+    loaded = load_checkpoint(str(reference / "step-000008"))
     prompt = [loaded.eot_id, *loaded.tokenizer.encode("KING:", add_special_tokens=False).ids]
     greedy = [list(generate(loaded.model, prompt, 12, temperature=0.0)) for _ in range(2)]
     assert greedy[0] == greedy[1] and 0 < len(greedy[0]) <= 12
@@ -499,8 +674,7 @@ def test_generate_function_and_utf8_streaming(trained: Path) -> None:
         return list(generate(loaded.model, prompt, 20, 0.8, 50, 0.9, loaded.eot_id, gen))
 
     assert sampled(3) == sampled(3)
-    # A sequence that ends in end-of-text stops before it.
-    first = greedy[0][0]
+    first = greedy[0][0]  # a sequence that ends in end-of-text stops before it
     assert list(generate(loaded.model, prompt, 5, temperature=0.0, eot_id=first)) == []
 
     text = "héllo wörld, 你好 🙂!"
@@ -509,3 +683,32 @@ def test_generate_function_and_utf8_streaming(trained: Path) -> None:
     pieces = list(stream_text(loaded.tokenizer, ids))
     assert "".join(pieces) == text
     assert not any("\ufffd" in piece for piece in pieces)
+
+
+@pytest.mark.parametrize("variant", ["trained", "gqa_untied"])
+def test_export_to_hugging_face_llama_matches_logits(variant: str, reference: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.export import export_checkpoint, export_model
+
+    loaded = load_checkpoint(str(reference))
+    if variant == "trained":
+        model = loaded.model
+        out = export_checkpoint(str(reference), tmp_path / "hf")
+    else:
+        torch.manual_seed(0)
+        cfg = loaded.model.config.with_overrides(n_kv_heads=2, tie_embeddings=False)
+        model = Transformer(cfg).eval()
+        out = export_model(model, loaded.tokenizer, loaded.eot_id, tmp_path / "hf")
+    hf = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert type(hf).__name__ == "LlamaForCausalLM"
+    assert hf.config.tie_word_embeddings == model.config.tie_embeddings
+    ids = torch.randint(0, model.config.vocab_size, (2, 48), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, _ = model(ids)
+        theirs = hf(ids).logits
+    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    text = "ROMEO: wherefore art thou"
+    assert tokenizer(text, add_special_tokens=False).input_ids == loaded.tokenizer.encode(text).ids
+    assert tokenizer.eos_token_id == loaded.eot_id

@@ -1,293 +1,319 @@
-"""Reader side of the token shard contract (docs/shard-format.md, format version 1).
+"""Training windows over streamed token shards, their global order, and this rank's batches.
 
-``load_manifest`` reads and checks manifest.json, ``check_tokenizer`` verifies the tokenizer it
-points to, ``load_split_tokens`` verifies every shard's sha256 and returns the split as one token
-stream with ``eot_id`` after each document, and ``WindowSampler`` cuts that stream into
-``seq_len + 1`` windows and hands out the batch of any global step for any rank. All I/O goes
-through :func:`read_bytes` and :func:`join_uri`, the one place to add ``s3://`` later.
+A :class:`WindowSource` is one split of one manifest cut into non-overlapping windows of
+``seq_len + 1`` tokens (docs/shard-format.md). A schedule maps a global step to the global batch of
+(source, window) pairs: :class:`EpochSchedule` is the contract for a single manifest, and
+:class:`training.mixing.MixedSchedule` mixes several by weight. Neither depends on the number of
+ranks or loader workers: rank ``r`` of ``W`` takes the ``r``-th contiguous slice of the global batch,
+so a run resumes exactly from a step on any world size that divides the batch. :class:`BatchStream`
+yields this rank's batches in step order, building them on a background thread (or on DataLoader
+worker processes, worker ``i`` taking every ``n``-th step) while row groups of the next steps are
+fetched ahead; each batch says which shard, row group and rows every window came from.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import posixpath
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Protocol
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 from torch import Tensor
 
-FORMAT = "gristmill.tokens"
-FORMAT_VERSION = 1
+from training.manifest import DataError, IntegrityError, Manifest, check_tokenizer, load_manifest, sha256_hex
+from training.mixing import MixedSchedule
+from training.shards import RowGroupReader, Segment, SplitIndex
+
+__all__ = [
+    "Batch",
+    "BatchStream",
+    "DataError",
+    "EpochSchedule",
+    "IntegrityError",
+    "Manifest",
+    "MixedSchedule",
+    "Schedule",
+    "WindowSource",
+    "check_tokenizer",
+    "epoch_order",
+    "load_manifest",
+    "make_schedule",
+    "rank_slice",
+    "sha256_hex",
+    "validation_windows",
+]
 
 
-class DataError(RuntimeError):
-    """The manifest, a shard or the tokenizer does not match the shard contract."""
+class WindowSource:
+    """Windows of ``seq_len + 1`` tokens over one split's stream; the short tail is dropped."""
 
-
-class IntegrityError(DataError):
-    """A file's sha256 differs from the one recorded in the manifest."""
-
-
-# ---------------------------------------------------------------- I/O (the one place for s3:// later)
-
-
-def _is_remote(uri: str) -> bool:
-    return "://" in uri and not uri.startswith("file://")
-
-
-def _local_path(uri: str) -> Path:
-    return Path(uri.removeprefix("file://"))
-
-
-def read_bytes(uri: str) -> bytes:
-    """Whole contents of a local path (``file://`` allowed). Remote schemes are not supported yet."""
-    if _is_remote(uri):
-        raise NotImplementedError(f"cannot read {uri!r}: only local paths are supported for now")
-    try:
-        return _local_path(uri).read_bytes()
-    except FileNotFoundError as exc:
-        raise DataError(f"file not found: {uri}") from exc
-
-
-def join_uri(base_dir: str, relative: str) -> str:
-    """Resolve a manifest-relative path against the directory holding the manifest."""
-    if _is_remote(base_dir):
-        scheme, rest = base_dir.split("://", 1)
-        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, relative))}"
-    return str((_local_path(base_dir) / relative).resolve())
-
-
-def parent_uri(uri: str) -> str:
-    if _is_remote(uri):
-        return posixpath.dirname(uri)
-    return str(_local_path(uri).resolve().parent)
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-# ---------------------------------------------------------------- manifest
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """A parsed manifest.json and the directory its relative paths start from."""
-
-    uri: str
-    base_dir: str
-    data: dict[str, Any]
-
-    @property
-    def tokenizer(self) -> dict[str, Any]:
-        return self.data["tokenizer"]
-
-    @property
-    def eot_id(self) -> int:
-        return int(self.tokenizer["eot_id"])
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.tokenizer["vocab_size"])
-
-    @property
-    def tokenizer_uri(self) -> str:
-        return join_uri(self.base_dir, self.tokenizer["path"])
-
-    def split(self, name: str) -> dict[str, Any]:
-        splits = self.data["splits"]
-        if name not in splits:
-            raise DataError(f"manifest {self.uri} has no split {name!r} (has {sorted(splits)})")
-        return splits[name]
-
-    def has_split(self, name: str) -> bool:
-        return name in self.data["splits"] and bool(self.data["splits"][name]["shards"])
-
-    def fingerprint(self, split: str) -> str:
-        """sha256 over the split's shard checksums: identifies the exact token stream."""
-        digests = "\n".join(shard["sha256"] for shard in self.split(split)["shards"])
-        return sha256_hex(digests.encode())
-
-
-def load_manifest(uri: str | Path) -> Manifest:
-    """Read manifest.json and check its format name, version and required keys."""
-    uri = str(uri)
-    try:
-        data = json.loads(read_bytes(uri))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{uri} is not valid JSON: {exc}") from exc
-    if data.get("format") != FORMAT:
-        raise DataError(f"{uri}: format is {data.get('format')!r}, expected {FORMAT!r}")
-    if data.get("format_version") != FORMAT_VERSION:
-        raise DataError(
-            f"{uri}: format_version {data.get('format_version')!r} is not supported "
-            f"(this reader understands version {FORMAT_VERSION})"
-        )
-    for key in ("tokenizer", "splits", "dtype"):
-        if key not in data:
-            raise DataError(f"{uri}: missing key {key!r}")
-    for key in ("path", "sha256", "vocab_size", "eot_id"):
-        if key not in data["tokenizer"]:
-            raise DataError(f"{uri}: missing key tokenizer.{key}")
-    return Manifest(uri=uri, base_dir=parent_uri(uri), data=data)
-
-
-def check_tokenizer(manifest: Manifest) -> bytes:
-    """Return the tokenizer.json bytes after checking their sha256 and special-token ids."""
-    from tokenizers import Tokenizer
-
-    uri = manifest.tokenizer_uri
-    data = read_bytes(uri)
-    expected = manifest.tokenizer["sha256"]
-    if sha256_hex(data) != expected:
-        raise IntegrityError(
-            f"tokenizer {uri} has sha256 {sha256_hex(data)}, but the manifest expects {expected}: "
-            "the shards were tokenized with a different tokenizer"
-        )
-    tokenizer = Tokenizer.from_str(data.decode("utf-8"))
-    for token, token_id in manifest.tokenizer.get("special_tokens", {}).items():
-        if tokenizer.token_to_id(token) != token_id:
-            raise DataError(
-                f"tokenizer {uri} maps {token!r} to {tokenizer.token_to_id(token)}, manifest says {token_id}"
-            )
-    return data
-
-
-# ---------------------------------------------------------------- shards
-
-
-def _shard_stream(table: pa.Table, eot_id: int, dtype: np.dtype, where: str) -> tuple[np.ndarray, int]:
-    """Concatenate a shard's documents with eot_id after each; returns (stream, content tokens)."""
-    column = table.column("input_ids")
-    if column.null_count:
-        raise DataError(f"{where}: input_ids has null rows")
-    pieces = []
-    n_content = 0
-    for chunk in column.chunks:
-        values = chunk.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
-        ends = np.cumsum(pc.list_value_length(chunk).to_numpy(zero_copy_only=False))
-        n_content += len(values)
-        pieces.append(np.insert(values, ends, dtype.type(eot_id)))
-    stream = np.concatenate(pieces) if pieces else np.empty(0, dtype=dtype)
-    return stream, n_content
-
-
-def load_split_tokens(manifest: Manifest, split: str) -> np.ndarray:
-    """The split's token stream (manifest order, eot after each document), every shard verified."""
-    dtype = np.dtype(manifest.data["dtype"])
-    if dtype not in (np.dtype("uint16"), np.dtype("uint32")):
-        raise DataError(f"{manifest.uri}: unsupported dtype {dtype}")
-    streams = []
-    for shard in manifest.split(split)["shards"]:
-        uri = join_uri(manifest.base_dir, shard["path"])
-        data = read_bytes(uri)
-        digest = sha256_hex(data)
-        if digest != shard["sha256"]:
-            raise IntegrityError(
-                f"shard {uri} has sha256 {digest}, but the manifest records {shard['sha256']}: "
-                "the file is corrupt or was changed after the manifest was written"
-            )
-        table = pq.read_table(pa.BufferReader(data), columns=["input_ids"])
-        stream, n_content = _shard_stream(table, manifest.eot_id, dtype, uri)
-        if n_content != shard["tokens"] or table.num_rows != shard["documents"]:
-            raise DataError(
-                f"shard {uri}: {table.num_rows} documents / {n_content} tokens, manifest says "
-                f"{shard['documents']} / {shard['tokens']}"
-            )
-        streams.append(stream)
-    tokens = np.concatenate(streams) if streams else np.empty(0, dtype=dtype)
-    if len(tokens) and int(tokens.max()) >= manifest.vocab_size:
-        raise DataError(
-            f"split {split!r} holds token id {int(tokens.max())} >= vocab_size {manifest.vocab_size}"
-        )
-    return tokens
-
-
-# ---------------------------------------------------------------- windows
-
-
-class TokenWindows:
-    """Non-overlapping windows of ``seq_len + 1`` tokens over a stream; the short tail is dropped."""
-
-    def __init__(self, tokens: np.ndarray, seq_len: int) -> None:
-        self.seq_len = seq_len
-        self.n_windows = len(tokens) // (seq_len + 1)
-        self._windows = tokens[: self.n_windows * (seq_len + 1)].reshape(self.n_windows, seq_len + 1)
+    def __init__(
+        self, manifest: Manifest, split: str, seq_len: int, cache_bytes: int = 512 << 20, threads: int = 4
+    ) -> None:
+        self.manifest, self.split, self.seq_len = manifest, split, seq_len
+        self.index = SplitIndex(manifest, split)
+        self.reader = RowGroupReader(self.index, cache_bytes, threads)
+        self.n_windows = self.index.n_tokens // (seq_len + 1)
 
     def __len__(self) -> int:
         return self.n_windows
 
-    def gather(self, indices: np.ndarray) -> tuple[Tensor, Tensor]:
-        """(inputs, targets) LongTensors of shape [len(indices), seq_len]."""
-        rows = torch.from_numpy(self._windows[np.asarray(indices, dtype=np.int64)].astype(np.int64))
-        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+    def _span(self, window: int) -> tuple[int, int]:
+        if not 0 <= window < self.n_windows:
+            raise IndexError(f"window {window} out of range (0..{self.n_windows - 1})")
+        start = window * (self.seq_len + 1)
+        return start, start + self.seq_len + 1
+
+    def row_groups(self, window: int) -> range:
+        """Index positions of the row groups this window reads."""
+        return self.index.locate(*self._span(window))
+
+    def window(self, window: int) -> tuple[np.ndarray, list[Segment]]:
+        """The window's ``seq_len + 1`` tokens and the rows they came from."""
+        return self.reader.read(*self._span(window))
+
+    def prefetch(self, windows: Sequence[int]) -> None:
+        self.reader.prefetch(sorted({pos for w in windows for pos in self.row_groups(int(w))}))
+
+    def gather(self, windows: Sequence[int]) -> tuple[Tensor, Tensor]:
+        """(inputs, targets) LongTensors of shape [len(windows), seq_len]."""
+        rows = np.stack([self.window(int(w))[0] for w in windows]).astype(np.int64)
+        tensor = torch.from_numpy(rows)
+        return tensor[:, :-1].contiguous(), tensor[:, 1:].contiguous()
 
 
+# ---------------------------------------------------------------- global order
+
+
+@lru_cache(maxsize=4)
 def epoch_order(n_windows: int, seed: int, epoch: int) -> np.ndarray:
     """The permutation of window indices for an epoch, seeded by (seed, epoch)."""
-    return np.random.default_rng([seed, epoch]).permutation(n_windows)
+    order = np.random.default_rng([seed, epoch]).permutation(n_windows)
+    order.flags.writeable = False
+    return order
 
 
-@dataclass(frozen=True)
-class WindowPosition:
-    """Where the reader stands: windows consumed so far in ``epoch`` (counted over all ranks)."""
+class Schedule(Protocol):
+    global_batch: int
 
-    epoch: int
-    windows_consumed: int
+    def global_batch_at(self, step: int) -> np.ndarray: ...
+
+    def position(self, step: int) -> dict[str, Any]: ...
 
 
-class WindowSampler:
-    """Deterministic global batches: step ``s`` of an epoch takes ``order[s*B:(s+1)*B]``.
+class EpochSchedule:
+    """The single-manifest contract: step ``s`` of an epoch takes ``order[s*B:(s+1)*B]``.
 
     When fewer than ``B`` windows remain the rest of the epoch is skipped and the next epoch's
-    permutation starts. Rank ``r`` of ``W`` takes the ``r``-th contiguous ``B/W`` slice, so the union
-    over ranks is the same global batch for every world size that divides ``B``.
+    permutation starts.
     """
 
-    def __init__(self, windows: TokenWindows, global_batch: int, seed: int) -> None:
+    kind = "epoch"
+
+    def __init__(self, n_windows: int, global_batch: int, seed: int) -> None:
         if global_batch < 1:
             raise ValueError("global batch must be positive")
-        if len(windows) < global_batch:
+        if n_windows < global_batch:
             raise DataError(
-                f"only {len(windows)} windows of {windows.seq_len + 1} tokens, fewer than one batch "
-                f"of {global_batch}: use a smaller --batch-size/--seq-len or more data"
+                f"only {n_windows} windows, fewer than one batch of {global_batch}: "
+                "use a smaller --batch-size/--seq-len or more data"
             )
-        self.windows = windows
-        self.global_batch = global_batch
-        self.seed = seed
-        self.steps_per_epoch = len(windows) // global_batch
-        self._cached: tuple[int, np.ndarray] | None = None
+        self.n_windows, self.global_batch, self.seed = n_windows, global_batch, seed
+        self.steps_per_epoch = n_windows // global_batch
 
-    def position(self, step: int) -> WindowPosition:
-        """Position before global step ``step`` (0-based), i.e. after ``step`` completed steps."""
+    def position(self, step: int) -> dict[str, Any]:
+        """Position before global step ``step`` (after ``step`` completed steps)."""
         epoch, in_epoch = divmod(step, self.steps_per_epoch)
-        return WindowPosition(epoch=epoch, windows_consumed=in_epoch * self.global_batch)
+        return {"schedule": self.kind, "epoch": epoch, "windows_consumed": in_epoch * self.global_batch}
 
-    def _order(self, epoch: int) -> np.ndarray:
-        if self._cached is None or self._cached[0] != epoch:
-            self._cached = (epoch, epoch_order(len(self.windows), self.seed, epoch))
-        return self._cached[1]
-
-    def indices_for_step(self, step: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
-        if self.global_batch % world_size:
-            raise ValueError(f"world size {world_size} does not divide the global batch {self.global_batch}")
-        pos = self.position(step)
-        batch = self._order(pos.epoch)[pos.windows_consumed : pos.windows_consumed + self.global_batch]
-        per_rank = self.global_batch // world_size
-        return batch[rank * per_rank : (rank + 1) * per_rank]
-
-    def batch_for_step(self, step: int, rank: int = 0, world_size: int = 1) -> tuple[Tensor, Tensor]:
-        """This rank's (inputs, targets), each [B/W, seq_len], for global step ``step``."""
-        return self.windows.gather(self.indices_for_step(step, rank, world_size))
+    def global_batch_at(self, step: int) -> np.ndarray:
+        """[global_batch, 2] array of (source 0, window) for global step ``step``."""
+        epoch, in_epoch = divmod(step, self.steps_per_epoch)
+        start = in_epoch * self.global_batch
+        windows = epoch_order(self.n_windows, self.seed, epoch)[start : start + self.global_batch]
+        return np.stack([np.zeros_like(windows), windows], axis=1)
 
 
-def validation_indices(n_windows: int, max_windows: int, rank: int, world_size: int) -> np.ndarray:
-    """Fixed validation windows (the first ``max_windows``, in order), split contiguously over ranks."""
-    return np.array_split(np.arange(min(n_windows, max_windows)), world_size)[rank]
+def make_schedule(
+    n_windows: Sequence[int], weights: Sequence[Any] | None, global_batch: int, seed: int
+) -> Schedule:
+    """The contract's :class:`EpochSchedule` for one source, a :class:`MixedSchedule` for several."""
+    if len(n_windows) == 1:
+        return EpochSchedule(n_windows[0], global_batch, seed)
+    return MixedSchedule(n_windows, weights or list(n_windows), global_batch, seed)
+
+
+def rank_slice(global_batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """Rank ``r``'s contiguous share of a global batch."""
+    if len(global_batch) % world_size:
+        raise ValueError(f"world size {world_size} does not divide the global batch {len(global_batch)}")
+    per_rank = len(global_batch) // world_size
+    return global_batch[rank * per_rank : (rank + 1) * per_rank]
+
+
+def validation_windows(
+    n_windows: int, max_windows: int, global_batch: int, rank: int, world_size: int
+) -> np.ndarray:
+    """Fixed validation windows (the first ones, in order), the same count on every rank.
+
+    Up to ``max_windows``, rounded down to whole global batches when there are enough windows, so
+    the set does not depend on the world size.
+    """
+    n = min(n_windows, max_windows)
+    n = n - n % global_batch if n >= global_batch else n - n % world_size
+    return np.array_split(np.arange(n), world_size)[rank]
+
+
+# ---------------------------------------------------------------- batches of this rank
+
+
+@dataclass
+class Batch:
+    """This rank's share of one global step, with where every window came from."""
+
+    step: int
+    inputs: Tensor
+    targets: Tensor
+    windows: list[list[int]] = field(default_factory=list)  # [source, window] per row
+    sources: list[list[list[Any]]] = field(default_factory=list)  # per row: [shard, row_group, first, last]
+
+    def pin_memory(self) -> Batch:
+        """Page-locked inputs/targets for asynchronous host-to-GPU copies (DataLoader calls this)."""
+        self.inputs, self.targets = self.inputs.pin_memory(), self.targets.pin_memory()
+        return self
+
+
+def build_batch(
+    sources: Sequence[WindowSource], schedule: Schedule, step: int, rank: int, world_size: int
+) -> Batch:
+    pairs = rank_slice(schedule.global_batch_at(step), rank, world_size)
+    rows, windows, traces = [], [], []
+    for k, w in pairs:
+        tokens, segments = sources[int(k)].window(int(w))
+        rows.append(tokens)
+        windows.append([int(k), int(w)])
+        traces.append([s.to_json() for s in segments])
+    tensor = torch.from_numpy(np.stack(rows).astype(np.int64))
+    return Batch(step, tensor[:, :-1].contiguous(), tensor[:, 1:].contiguous(), windows, traces)
+
+
+def _prefetch(
+    sources: Sequence[WindowSource], schedule: Schedule, step: int, rank: int, world_size: int
+) -> None:
+    pairs = rank_slice(schedule.global_batch_at(step), rank, world_size)
+    for k in np.unique(pairs[:, 0]):
+        sources[int(k)].prefetch(pairs[pairs[:, 0] == k, 1].tolist())
+
+
+class _StepDataset(torch.utils.data.IterableDataset):
+    """DataLoader view: worker ``i`` of ``n`` builds steps ``start+i, start+i+n, ...``."""
+
+    def __init__(self, stream: BatchStream) -> None:
+        self.stream = stream
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = torch.utils.data.get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+        return self.stream.iter_steps(
+            range(self.stream.start + worker, self.stream.stop, n_workers), lookahead_stride=n_workers
+        )
+
+
+class BatchStream:
+    """This rank's batches for global steps ``start .. stop-1``, in order.
+
+    With ``workers == 0`` a background thread builds up to ``prefetch_steps`` batches ahead;
+    otherwise a DataLoader with that many worker processes does. Row groups of the next
+    ``prefetch_steps`` steps are requested ahead of time either way.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[WindowSource],
+        schedule: Schedule,
+        rank: int,
+        world_size: int,
+        start: int,
+        stop: int,
+        prefetch_steps: int = 2,
+        workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        self.sources, self.schedule = list(sources), schedule
+        self.rank, self.world_size = rank, world_size
+        self.start, self.stop = start, stop
+        self.prefetch_steps, self.workers, self.pin_memory = max(1, prefetch_steps), workers, pin_memory
+        rank_slice(np.zeros((schedule.global_batch, 2)), rank, world_size)  # fail early on a bad world size
+
+    def iter_steps(self, steps: range, lookahead_stride: int = 1) -> Iterator[Batch]:
+        """Build the batches of ``steps`` in this process, prefetching row groups ahead."""
+        requested = set()
+        for step in steps:
+            for ahead in range(
+                step, min(step + self.prefetch_steps * lookahead_stride + 1, self.stop), lookahead_stride
+            ):
+                if ahead not in requested:
+                    requested.add(ahead)
+                    _prefetch(self.sources, self.schedule, ahead, self.rank, self.world_size)
+            requested.discard(step)
+            yield build_batch(self.sources, self.schedule, step, self.rank, self.world_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self.start >= self.stop:
+            return iter(())
+        if self.workers > 0:
+            loader = torch.utils.data.DataLoader(
+                _StepDataset(self),
+                batch_size=None,
+                num_workers=self.workers,
+                prefetch_factor=self.prefetch_steps,
+                pin_memory=self.pin_memory,
+                collate_fn=lambda batch: batch,
+                multiprocessing_context="fork",
+            )
+            return self._checked(iter(loader))
+        return self._checked(self._threaded())
+
+    def _checked(self, batches: Iterator[Batch]) -> Iterator[Batch]:
+        for expected, batch in zip(range(self.start, self.stop), batches, strict=True):
+            if batch.step != expected:
+                raise DataError(f"data loader produced step {batch.step}, expected {expected}")
+            yield batch
+
+    def _threaded(self) -> Iterator[Batch]:
+        out: queue.Queue[Batch | BaseException | None] = queue.Queue(maxsize=self.prefetch_steps)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for batch in self.iter_steps(range(self.start, self.stop)):
+                    if self.pin_memory:
+                        batch.pin_memory()
+                    while not stop.is_set():
+                        try:
+                            out.put(batch, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                out.put(None)
+            except BaseException as exc:  # surfaced in the training thread
+                out.put(exc)
+
+        thread = threading.Thread(target=produce, name=f"batches-rank{self.rank}", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = out.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()

@@ -1,15 +1,17 @@
 """Sample text from a checkpoint: ``python -m training.generate --checkpoint DIR --prompt TEXT``.
 
 ``--checkpoint`` is a checkpoint directory (``step-N``) or a training output directory, whose
-``latest`` checkpoint is used. The checkpoint holds everything needed: config.json, model.pt and
-tokenizer.json. Tokens are sampled with a KV cache (temperature, top-k, top-p), generation stops at
-the end-of-text id, and text is streamed as soon as it decodes to whole UTF-8 characters.
+``latest`` checkpoint is used, local or ``s3://``. The checkpoint holds everything needed:
+config.json, the DCP model state (``model/``) and tokenizer.json. Tokens are sampled with a KV
+cache (temperature, top-k, top-p), generation stops at the end-of-text id, and text is streamed as
+soon as it decodes to whole UTF-8 characters.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -20,9 +22,11 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from training.data import sha256_hex
+from training.checkpoint import CheckpointError, load_model_weights, resolve
+from training.manifest import sha256_hex
 from training.model import ModelConfig, Transformer
-from training.train import HelpFormatter, TrainingError, resolve_checkpoint
+from training.storage import StorageError
+from training.train import HelpFormatter, TrainingError
 
 
 @dataclass
@@ -33,21 +37,30 @@ class LoadedModel:
     tokenizer: Tokenizer
     eot_id: int
     config: dict[str, Any]
-    path: Path
+    path: str
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load config.json, model.pt and tokenizer.json from a checkpoint (or output) directory."""
-    ckpt = resolve_checkpoint(path)
-    config = json.loads((ckpt / "config.json").read_text())
-    tokenizer_bytes = (ckpt / config["tokenizer"]["file"]).read_bytes()
-    if sha256_hex(tokenizer_bytes) != config["tokenizer"]["sha256"]:
-        raise TrainingError(f"{ckpt}: tokenizer.json does not match the sha256 in config.json")
-    model = Transformer(ModelConfig.from_dict(config["model"]))
-    model.load_state_dict(torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True))
+    """Load config.json, the DCP model state and tokenizer.json of a checkpoint into one process.
+
+    ``path`` is a checkpoint directory or a training output (its ``latest``), local or ``s3://``;
+    from S3 only ``model/``, config.json and tokenizer.json are downloaded.
+    """
+    store, name = resolve(str(path))
+    local = store.local_copy(name, parts=("model", "config.json", "tokenizer.json"))
+    try:
+        config = json.loads((local / "config.json").read_text())
+        tokenizer_bytes = (local / config["tokenizer"]["file"]).read_bytes()
+        if sha256_hex(tokenizer_bytes) != config["tokenizer"]["sha256"]:
+            raise TrainingError(f"{store.uri(name)}: tokenizer.json does not match the sha256 in config.json")
+        model = Transformer(ModelConfig.from_dict(config["model"]))
+        load_model_weights(model, local)
+    finally:
+        if store.remote:
+            shutil.rmtree(local, ignore_errors=True)
     model.to(device).eval()
     tokenizer = Tokenizer.from_str(tokenizer_bytes.decode("utf-8"))
-    return LoadedModel(model, tokenizer, int(config["tokenizer"]["eot_id"]), config, ckpt)
+    return LoadedModel(model, tokenizer, int(config["tokenizer"]["eot_id"]), config, store.uri(name))
 
 
 def sample_next(
@@ -144,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
         loaded = load_checkpoint(args.checkpoint, device)
-    except (TrainingError, FileNotFoundError, KeyError, ValueError) as exc:
+    except (TrainingError, CheckpointError, StorageError, FileNotFoundError, KeyError, ValueError) as exc:
         print(f"error: cannot load checkpoint {args.checkpoint}: {exc}", file=sys.stderr)
         return 1
     generator = None
@@ -154,8 +167,16 @@ def main(argv: list[str] | None = None) -> int:
     prompt_ids = [loaded.eot_id, *loaded.tokenizer.encode(args.prompt, add_special_tokens=False).ids]
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
-    tokens = generate(loaded.model, prompt_ids, args.max_new_tokens, args.temperature, args.top_k,
-                      args.top_p, loaded.eot_id, generator)
+    tokens = generate(
+        loaded.model,
+        prompt_ids,
+        args.max_new_tokens,
+        args.temperature,
+        args.top_k,
+        args.top_p,
+        loaded.eot_id,
+        generator,
+    )
     for piece in stream_text(loaded.tokenizer, tokens):
         sys.stdout.write(piece)
         sys.stdout.flush()

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -76,6 +77,8 @@ class ModelConfig:
 PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(d_model=128, n_layers=2, n_heads=4, max_seq_len=256),
     "small": ModelConfig(d_model=256, n_layers=4, n_heads=4, max_seq_len=512),
+    # ~14-16M parameters with an 8k-16k vocabulary: the CPU benchmark model.
+    "15m": ModelConfig(d_model=384, n_layers=6, n_heads=6, ffn_hidden=1152, max_seq_len=512),
     "gpt2-124m": ModelConfig(d_model=768, n_layers=12, n_heads=12, ffn_hidden=2048, max_seq_len=1024),
     "1b": ModelConfig(d_model=2048, n_layers=16, n_heads=16, n_kv_heads=8, ffn_hidden=8192, max_seq_len=2048),
 }
@@ -227,11 +230,16 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Decoder-only language model."""
+    """Decoder-only language model.
+
+    ``activation_checkpointing = True`` recomputes each block's activations in the backward pass
+    (non-reentrant ``torch.utils.checkpoint``) instead of storing them.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+        self.activation_checkpointing = False
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
         self.rotary = RotaryEmbedding(config)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
@@ -254,6 +262,7 @@ class Transformer(nn.Module):
             nn.init.normal_(block.mlp.w2.weight, mean=0.0, std=out_std)
 
     def num_parameters(self) -> int:
+        """Distinct parameters (a tied embedding counts once)."""
         return sum(p.numel() for p in self.parameters())
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
@@ -272,8 +281,12 @@ class Transformer(nn.Module):
         _, t = idx.shape
         cos, sin = self.rotary(start_pos, t)
         x = self.tok_emb(idx)
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x, cos, sin, kv_cache, start_pos)
+            if recompute and kv_cache is None:
+                x = checkpoint(block, x, cos, sin, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, kv_cache, start_pos)
         logits = self.lm_head(self.norm(x))
         loss = None
         if targets is not None:

@@ -1,22 +1,19 @@
 """Training entrypoint: ``python -m training.train`` or ``torchrun --nproc_per_node N -m training.train``.
 
-Under torchrun (``WORLD_SIZE`` set) it joins a process group (nccl with CUDA, gloo on CPU) and wraps
-the model in DistributedDataParallel; otherwise it runs as one plain process. Global step ``s`` trains
-on the windows that :class:`training.data.WindowSampler` assigns to it, so runs and resumes are exact
-for every world size that divides ``--batch-size``.
+Under torchrun (``WORLD_SIZE`` set) it joins a process group (nccl with CUDA, gloo on CPU) and
+replicates the model with DistributedDataParallel or shards it with FSDP2 (``--parallel fsdp``);
+otherwise it runs as one plain process. Data streams from token shards on a local path or
+``s3://`` (training/data.py); global step ``s`` trains on the windows its schedule assigns to it
+whatever the world size, so runs resume exactly on any world size that divides ``--batch-size``.
 
-Layout of ``--output``::
+Output (a local directory or an ``s3://`` prefix)::
 
-    metrics.jsonl          one JSON object per log line: {"type": "train"|"val", "step": ..., ...}
-    latest                 text file naming the newest complete checkpoint directory
-    step-000500/           one checkpoint, written as .tmp-step-000500/ and renamed when complete
-        model.pt           model state dict (plain module, not DDP-wrapped)
-        optimizer.pt       AdamW state dict
-        config.json        {"format", "model", "tokenizer": {..., "eot_id"}, "data": {...}, "training": args}
-        train_state.json   {"step", "epoch", "windows_consumed", "tokens_seen", ...}
-        tokenizer.json     the manifest's tokenizer, so generation needs only this directory
+    metrics.jsonl        one JSON object per log line: {"type": "train"|"val", "step": ..., ...}
+    trace/               per-step data trace of every rank (training/trace.py)
+    latest, step-N/      checkpoints (training/checkpoint.py)
 
-Only the newest ``--keep-last`` checkpoints are kept. ``--resume`` continues from ``latest``.
+For an S3 output, metrics.jsonl and the trace are written to a local staging directory and
+uploaded with every checkpoint and at exit.
 """
 
 from __future__ import annotations
@@ -27,10 +24,11 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -40,23 +38,31 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from training.data import (
-    DataError,
-    Manifest,
-    TokenWindows,
-    WindowPosition,
-    WindowSampler,
-    check_tokenizer,
-    load_manifest,
-    load_split_tokens,
-    sha256_hex,
-    validation_indices,
+from training import storage
+from training.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_FORMAT_VERSION,
+    CheckpointError,
+    CheckpointStore,
+    rng_state,
+    set_rng_state,
 )
+from training.data import (
+    Batch,
+    BatchStream,
+    Schedule,
+    WindowSource,
+    make_schedule,
+    validation_windows,
+)
+from training.manifest import DataError, Manifest, check_tokenizer, load_manifest, sha256_hex, verify_shards
+from training.mfu import flops_per_token, peak_flops
+from training.mixing import as_fraction
 from training.model import PRESETS, ModelConfig, Transformer
+from training.schedule import build_scheduler, scheduler_state
+from training.trace import TRACE_DIR, TraceWriter
 
-CHECKPOINT_FORMAT = "gristmill.checkpoint"
-CHECKPOINT_FORMAT_VERSION = 1
-LATEST = "latest"
+__all__ = ["TrainingError", "build_parser", "main", "train"]
 
 
 class TrainingError(RuntimeError):
@@ -82,9 +88,28 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a decoder-only transformer on gristmill token shards (torchrun-compatible).",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("--data", required=True, help="path of the shards' manifest.json")
-    p.add_argument("--output", required=True, help="directory for checkpoints and metrics.jsonl")
+    p.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        metavar="MANIFEST",
+        help="manifest.json of the shards (local or s3://); several are mixed by weight",
+    )
+    p.add_argument(
+        "--data-weights",
+        nargs="+",
+        metavar="W",
+        help="share of training tokens per --data manifest (default: their train token counts)",
+    )
+    p.add_argument("--output", required=True, help="directory or s3:// prefix for checkpoints and logs")
     p.add_argument("--max-steps", type=int, required=True, help="total optimizer steps of the run")
+    p.add_argument(
+        "--stop-at",
+        type=int,
+        default=None,
+        help="end this invocation after global step N with a checkpoint, without changing the LR "
+        "schedule of --max-steps (e.g. for preemptible jobs; default: --max-steps)",
+    )
     p.add_argument("--preset", default="small", choices=sorted(PRESETS), help="model size preset")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per training sequence")
     p.add_argument("--batch-size", type=int, default=16, help="global sequences per optimizer step")
@@ -102,7 +127,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=10, help="log training metrics every N steps")
     p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (0: at the end)")
     p.add_argument("--keep-last", type=int, default=3, help="number of newest checkpoints to keep")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="bf16 enables autocast")
+    p.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="bf16: autocast (single process, DDP) or FSDP2 bf16 params with fp32 reductions",
+    )
+    p.add_argument(
+        "--parallel",
+        default="ddp",
+        choices=["ddp", "fsdp"],
+        help="data parallelism under torchrun: replicate (DDP) or shard (FSDP2 fully_shard)",
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (default: off)")
+    p.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="recompute block activations in backward (default: off)",
+    )
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="torch.use_deterministic_algorithms (bitwise-repeatable runs; default: off)",
+    )
+    p.add_argument(
+        "--peak-flops",
+        type=float,
+        default=None,
+        help="peak FLOP/s per device for MFU (default: table by device, env GRISTMILL_PEAK_FLOPS)",
+    )
+    p.add_argument(
+        "--loader-workers",
+        type=int,
+        default=0,
+        help="DataLoader worker processes per rank (default: 0, a background thread)",
+    )
+    p.add_argument("--prefetch-steps", type=int, default=2, help="batches built and row groups fetched ahead")
+    p.add_argument(
+        "--data-cache-mb", type=int, default=512, help="decoded row groups kept per split and rank"
+    )
+    p.add_argument(
+        "--verify-shards",
+        action="store_true",
+        help="hash every shard against the manifest's sha256 first (a full read; default: off)",
+    )
+    p.add_argument(
+        "--trace",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write the per-step data trace under OUTPUT/trace",
+    )
+    p.add_argument(
+        "--staging-dir",
+        default=None,
+        help="local directory for S3 checkpoint/log staging (default: under $TMPDIR)",
+    )
     p.add_argument(
         "--resume",
         action="store_true",
@@ -112,17 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_args(args: argparse.Namespace, world_size: int) -> None:
-    if args.max_steps < 1 or args.seq_len < 1 or args.grad_accum < 1 or args.keep_last < 1:
-        raise TrainingError("--max-steps, --seq-len, --grad-accum and --keep-last must be positive")
+    if min(args.max_steps, args.seq_len, args.grad_accum, args.keep_last, args.log_every) < 1:
+        raise TrainingError(
+            "--max-steps, --seq-len, --grad-accum, --keep-last and --log-every must be positive"
+        )
     if args.batch_size % (world_size * args.grad_accum):
         raise TrainingError(
             f"--batch-size {args.batch_size} must be divisible by world size {world_size} "
             f"x --grad-accum {args.grad_accum}"
         )
+    if args.data_weights is not None and len(args.data_weights) != len(args.data):
+        raise TrainingError(f"{len(args.data)} --data manifests but {len(args.data_weights)} --data-weights")
     if args.warmup_steps is None:
         args.warmup_steps = args.max_steps // 10
-    if args.log_every < 1:
-        raise TrainingError("--log-every must be positive")
+    if args.stop_at is None or args.stop_at > args.max_steps:
+        args.stop_at = args.max_steps
 
 
 # ---------------------------------------------------------------- distributed setup
@@ -162,19 +245,21 @@ def setup_distributed() -> DistInfo:
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls for fp32 runs
     else:
         device = torch.device("cpu")
     torch.set_num_threads(max(1, available_cpus() // local_world_size))
     if "WORLD_SIZE" in os.environ and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            dist.init_process_group(backend="nccl", device_id=device)
+        else:
+            dist.init_process_group(backend="gloo")
     return DistInfo(rank, world_size, local_rank, local_world_size, device)
 
 
-def _all_reduce(tensor: torch.Tensor, op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> torch.Tensor:
+def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
-        dist.all_reduce(tensor, op=op)
+        dist.all_reduce(tensor)
     return tensor
 
 
@@ -183,16 +268,7 @@ def _barrier() -> None:
         dist.barrier()
 
 
-# ---------------------------------------------------------------- optimisation
-
-
-def lr_at(step: int, max_steps: int, peak: float, warmup: int, min_ratio: float) -> float:
-    """Linear warmup to ``peak`` over ``warmup`` steps, then cosine decay to ``peak * min_ratio``."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
-    floor = peak * min_ratio
-    return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - floor)
+# ---------------------------------------------------------------- model, parallelism, optimizer
 
 
 def build_optimizer(
@@ -207,184 +283,203 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
 
 
-# ---------------------------------------------------------------- checkpoints
+@dataclass
+class Parallel:
+    """The model as trained: ``forward`` runs a training micro-batch, ``sync(last)`` says whether
+    gradients are reduced after this micro-batch's backward."""
+
+    model: Transformer  # parameters, state dicts, evaluation
+    forward: Callable[..., Any]
+    sync: Callable[[bool], contextlib.AbstractContextManager[Any]]
+    autocast: bool
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+def parallelize(model: Transformer, args: argparse.Namespace, info: DistInfo) -> Parallel:
+    """Apply activation checkpointing, FSDP2 or DDP, and torch.compile as asked."""
+    model.activation_checkpointing = args.activation_checkpointing
+    bf16 = args.dtype == "bf16"
+    if args.parallel == "fsdp":
+        if not dist.is_initialized():
+            raise TrainingError("--parallel fsdp needs a process group: launch with torchrun")
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mesh = init_device_mesh(info.device.type, (info.world_size,))
+        policy = (
+            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            if bf16
+            else MixedPrecisionPolicy()
+        )
+        for block in model.blocks:
+            if args.compile:
+                block.compile()
+            fully_shard(block, mesh=mesh, mp_policy=policy)
+        fully_shard(model, mesh=mesh, mp_policy=policy)
+
+        @contextlib.contextmanager
+        def fsdp_sync(last: bool) -> Any:
+            model.set_requires_gradient_sync(last)  # type: ignore[operator]
+            yield
+
+        return Parallel(model, model, fsdp_sync, autocast=False)
+    if dist.is_initialized() and info.world_size > 1:
+        ddp = DistributedDataParallel(
+            model, device_ids=[info.local_rank] if info.device.type == "cuda" else None
+        )
+        forward = torch.compile(ddp) if args.compile else ddp
+        return Parallel(
+            model, forward, lambda last: contextlib.nullcontext() if last else ddp.no_sync(), bf16
+        )
+    forward = torch.compile(model) if args.compile else model
+    return Parallel(model, forward, lambda last: contextlib.nullcontext(), bf16)
 
 
-def _step_of(path: Path) -> int:
-    return int(path.name.removeprefix("step-"))
+def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def _step_dirs(output: Path) -> list[Path]:
-    dirs = [p for p in output.glob("step-*") if p.is_dir() and p.name.removeprefix("step-").isdigit()]
-    return sorted(dirs, key=_step_of)
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """A plain tensor from a replicated DTensor (FSDP2's grad norm), else the tensor itself."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
-def find_latest(output: Path) -> Path | None:
-    """The checkpoint ``latest`` names (or the newest complete step dir if the pointer is missing)."""
-    pointer = output / LATEST
-    if pointer.is_file():
-        target = output / pointer.read_text().strip()
-        if (target / "train_state.json").is_file():
-            return target
-        raise TrainingError(f"{pointer} names {target}, which is not a complete checkpoint")
-    complete = [p for p in _step_dirs(output) if (p / "train_state.json").is_file()]
-    return complete[-1] if complete else None
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory itself, or the latest checkpoint of a training output directory."""
-    path = Path(path)
-    if (path / "model.pt").is_file():
-        return path
-    latest = find_latest(path) if path.is_dir() else None
-    if latest is None:
-        raise TrainingError(f"no checkpoint found at {path}")
-    return latest
-
-
-def save_checkpoint(
-    output: Path,
-    step: int,
-    model: nn.Module,
+def train_step(
+    par: Parallel,
+    batch: Batch,
     optimizer: torch.optim.Optimizer,
-    config: dict[str, Any],
-    state: dict[str, Any],
-    tokenizer_json: bytes,
-    keep_last: int,
-) -> Path:
-    """Write ``step-N`` completely under a temporary name, rename it, then repoint ``latest``."""
-    name = f"step-{step:06d}"
-    tmp = output / f".tmp-{name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save(model.state_dict(), tmp / "model.pt")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    _write_json(tmp / "config.json", config)
-    _write_json(tmp / "train_state.json", state)
-    (tmp / "tokenizer.json").write_bytes(tokenizer_json)
-    final = output / name
-    if final.exists():  # left by an abandoned run past the checkpoint we resumed from
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    pointer_tmp = output / f".tmp-{LATEST}"
-    pointer_tmp.write_text(name + "\n")
-    os.replace(pointer_tmp, output / LATEST)
-    older = [p for p in _step_dirs(output) if _step_of(p) <= step]
-    for stale in older[:-keep_last]:
-        shutil.rmtree(stale, ignore_errors=True)
-    return final
-
-
-def _load_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text())
-
-
-def _check_resume(saved_config: dict[str, Any], saved_state: dict[str, Any], args: argparse.Namespace,
-                  manifest: Manifest, sampler: WindowSampler) -> None:
-    """Refuse to resume when the data position would not mean the same thing any more."""
-    for key, flag in (("seq_len", "--seq-len"), ("global_batch_size", "--batch-size"), ("seed", "--seed")):
-        now = {"seq_len": args.seq_len, "global_batch_size": args.batch_size, "seed": args.seed}[key]
-        if saved_state[key] != now:
-            raise TrainingError(f"cannot resume: checkpoint used {flag} {saved_state[key]}, this run {now}")
-    if saved_config["data"]["train_fingerprint"] != manifest.fingerprint("train"):
-        raise TrainingError("cannot resume: the train split's shards differ from the checkpoint's")
-    expected = sampler.position(saved_state["step"])
-    saved = WindowPosition(saved_state["epoch"], saved_state["windows_consumed"])
-    if expected != saved:
-        raise TrainingError(f"cannot resume: checkpoint data position {saved} != expected {expected}")
-
-
-# ---------------------------------------------------------------- logging and evaluation
-
-
-class MetricsLog:
-    """Rank-0 metrics: a readable line on stdout and a JSON object in metrics.jsonl."""
-
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.path = path
-        self.enabled = enabled
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        parts = [f"{record['type']} step {record['step']}"]
-        for key, value in record.items():
-            if key not in ("type", "step"):
-                parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
-        print(" | ".join(parts), flush=True)
-        with self.path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
-
-
-def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=dtype == "bf16")
+    scheduler: Any,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step over this rank's batch in ``--grad-accum`` micro-batches (gradients reduced
+    on the last), clipped. Returns (this rank's mean loss, global grad norm) without syncing."""
+    inputs = batch.inputs.to(device, non_blocking=True)
+    targets = batch.targets.to(device, non_blocking=True)
+    micro = inputs.shape[0] // args.grad_accum
+    loss_sum = torch.zeros((), device=device)
+    for m in range(args.grad_accum):
+        with par.sync(m == args.grad_accum - 1):
+            with _autocast(device, par.autocast):
+                _, loss = par.forward(
+                    inputs[m * micro : (m + 1) * micro], targets[m * micro : (m + 1) * micro]
+                )
+            (loss / args.grad_accum).backward()
+        loss_sum += loss.detach().float()
+    grad_norm = _local(nn.utils.clip_grad_norm_(par.model.parameters(), args.grad_clip))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_sum / args.grad_accum, grad_norm.detach()
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, windows: TokenWindows, args: argparse.Namespace, info: DistInfo,
-             micro_batch: int) -> float:
-    """Mean token loss over the fixed validation windows, reduced over all ranks."""
-    model.eval()
-    n_val = args.eval_batches * args.batch_size
-    indices = validation_indices(len(windows), n_val, info.rank, info.world_size)
-    totals = torch.zeros(2, dtype=torch.float64, device=info.device)
-    for start in range(0, len(indices), micro_batch):
-        inputs, targets = windows.gather(indices[start : start + micro_batch])
-        with _autocast(info.device, args.dtype):
-            _, loss = model(inputs.to(info.device), targets.to(info.device))
-        totals[0] += loss.double() * targets.numel()
-        totals[1] += targets.numel()
+def evaluate(
+    par: Parallel, sources: list[WindowSource], args: argparse.Namespace, info: DistInfo, micro_batch: int
+) -> list[float]:
+    """Mean token loss over each source's fixed validation windows, reduced over all ranks."""
+    par.model.eval()
+    totals = torch.zeros(len(sources), 2, dtype=torch.float64, device=info.device)
+    for k, source in enumerate(sources):
+        indices = validation_windows(
+            len(source), args.eval_batches * args.batch_size, args.batch_size, info.rank, info.world_size
+        )
+        for start in range(0, len(indices), micro_batch):
+            inputs, targets = source.gather(indices[start : start + micro_batch])
+            with _autocast(info.device, par.autocast):
+                _, loss = par.model(inputs.to(info.device), targets.to(info.device))
+            totals[k, 0] += loss.double() * targets.numel()
+            totals[k, 1] += targets.numel()
     _all_reduce(totals)
-    model.train()
-    return (totals[0] / totals[1]).item()
+    par.model.train()
+    return (totals[:, 0] / totals[:, 1].clamp(min=1)).tolist()
 
 
-# ---------------------------------------------------------------- one optimizer step
+# ---------------------------------------------------------------- logs
 
 
-def accumulate_gradients(
-    model: nn.Module,
-    ddp: DistributedDataParallel | None,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    args: argparse.Namespace,
-    info: DistInfo,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Forward/backward this rank's batch in ``--grad-accum`` micro-batches (gradients all-reduced
-    once, on the last), then clip. Returns (loss averaged over all ranks, global grad norm)."""
-    micro_batch = inputs.shape[0] // args.grad_accum
-    forward = ddp if ddp is not None else model
-    loss_sum = torch.zeros((), device=info.device)
-    for micro in range(args.grad_accum):
-        chunk = slice(micro * micro_batch, (micro + 1) * micro_batch)
-        x, y = inputs[chunk].to(info.device), targets[chunk].to(info.device)
-        syncing = ddp is None or micro == args.grad_accum - 1
-        with contextlib.nullcontext() if syncing else ddp.no_sync():
-            with _autocast(info.device, args.dtype):
-                _, loss = forward(x, y)
-            (loss / args.grad_accum).backward()
-        loss_sum += loss.detach()
-    step_loss = _all_reduce(loss_sum / args.grad_accum) / info.world_size
-    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-    return step_loss, grad_norm
+class RunLogs:
+    """metrics.jsonl (rank 0) and this rank's trace, kept in the output directory or, for an S3
+    output, in a local mirror uploaded by :meth:`sync`. Records after ``start_step`` left by an
+    abandoned run are dropped."""
+
+    def __init__(self, store: CheckpointStore, info: DistInfo, start_step: int, trace: bool) -> None:
+        self.store, self.info = store, info
+        self.root = store.staging / "logs" if store.remote else Path(store.output)
+        self.metrics_path = self.root / "metrics.jsonl"
+        if info.is_main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._restart_metrics(start_step)
+            self._drop_abandoned_traces(start_step)
+        _barrier()
+        self.trace = TraceWriter(self.root if trace else None, start_step, info.rank, info.world_size)
+
+    def _restart_metrics(self, start_step: int) -> None:
+        if self.store.remote:
+            try:
+                data = storage.read_bytes(self.store.uri("metrics.jsonl"))
+            except storage.NotFound:
+                data = b""
+        else:
+            data = self.metrics_path.read_bytes() if self.metrics_path.is_file() else b""
+        kept = [
+            line for line in data.decode().splitlines() if line and json.loads(line)["step"] <= start_step
+        ]
+        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+
+    def _drop_abandoned_traces(self, start_step: int) -> None:
+        trace_root = f"{self.store.output}/{TRACE_DIR}"
+        for name in storage.list_dirs(trace_root):
+            if name.startswith("from-") and int(name.removeprefix("from-")) >= start_step:
+                storage.delete_tree(f"{trace_root}/{name}")
+                if self.store.remote:
+                    storage.delete_tree(self.root / TRACE_DIR / name)
+
+    def metric(self, record: dict[str, Any]) -> None:
+        if not self.info.is_main:
+            return
+        parts = [f"{record['type']} step {record['step']}"]
+        for key, value in record.items():
+            if key not in ("type", "step") and not isinstance(value, dict | list):
+                parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+        print(" | ".join(parts), flush=True)
+        with self.metrics_path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def sync(self) -> None:
+        """Flush; for an S3 output upload metrics.jsonl (rank 0) and this rank's trace file."""
+        self.trace.flush()
+        if not self.store.remote:
+            return
+        if self.info.is_main and self.metrics_path.is_file():
+            storage.upload_file(self.metrics_path, self.store.uri("metrics.jsonl"))
+        if self.trace.path is not None and self.trace.path.is_file():
+            storage.upload_file(self.trace.path, self.store.uri(self.trace.relative_path or ""))
+
+    def close(self) -> None:
+        self.trace.close()
 
 
-# ---------------------------------------------------------------- the run
+# ---------------------------------------------------------------- run identity and resume checks
 
 
 def _model_config(args: argparse.Namespace, manifest: Manifest) -> ModelConfig:
     preset = PRESETS[args.preset]
-    max_seq_len = max(preset.max_seq_len, args.seq_len)
-    return preset.with_overrides(vocab_size=manifest.vocab_size, max_seq_len=max_seq_len)
+    return preset.with_overrides(
+        vocab_size=manifest.vocab_size, max_seq_len=max(preset.max_seq_len, args.seq_len)
+    )
 
 
-def checkpoint_config(args: argparse.Namespace, model_config: ModelConfig, manifest: Manifest,
-                      tokenizer_json: bytes, train_windows: int, validation_windows: int) -> dict[str, Any]:
-    """The config.json of a checkpoint: model shape, tokenizer facts, data identity, training args."""
+def checkpoint_config(
+    args: argparse.Namespace,
+    model_config: ModelConfig,
+    manifests: list[Manifest],
+    tokenizer_json: bytes,
+    sources: list[WindowSource],
+    weights: list[Fraction],
+    val_windows: list[int],
+) -> dict[str, Any]:
+    """config.json of a checkpoint: model shape, tokenizer facts, data identity, training args."""
+    manifest = manifests[0]
     return {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_FORMAT_VERSION,
@@ -397,159 +492,307 @@ def checkpoint_config(args: argparse.Namespace, model_config: ModelConfig, manif
             "special_tokens": manifest.tokenizer.get("special_tokens", {}),
         },
         "data": {
-            "manifest": args.data if "://" in args.data else str(Path(args.data).resolve()),
-            "train_fingerprint": manifest.fingerprint("train"),
-            "train_windows": train_windows,
-            "validation_windows": validation_windows,
+            "seq_len": args.seq_len,
+            "sources": [
+                {
+                    "manifest": m.uri,
+                    "train_fingerprint": m.fingerprint("train"),
+                    "train_windows": len(s),
+                    "validation_windows": v,
+                    "weight": str(w),
+                }
+                for m, s, w, v in zip(manifests, sources, weights, val_windows, strict=True)
+            ],
         },
         "training": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }
 
 
-def _run(args: argparse.Namespace, info: DistInfo) -> None:
-    _check_args(args, info.world_size)
-    output = Path(args.output)
-    latest = find_latest(output) if output.is_dir() else None
-    if latest is not None and not args.resume:
+def _check_resume(
+    saved_config: dict[str, Any],
+    saved_state: dict[str, Any],
+    args: argparse.Namespace,
+    config: dict[str, Any],
+    schedule: Schedule,
+) -> None:
+    """Refuse to resume when the data position would not mean the same thing any more."""
+    now = {"seq_len": args.seq_len, "global_batch_size": args.batch_size, "seed": args.seed}
+    flags = {"seq_len": "--seq-len", "global_batch_size": "--batch-size", "seed": "--seed"}
+    for key, value in now.items():
+        if saved_state[key] != value:
+            raise TrainingError(
+                f"cannot resume: checkpoint used {flags[key]} {saved_state[key]}, this run {value}"
+            )
+    saved = [(s["train_fingerprint"], s["weight"]) for s in saved_config["data"]["sources"]]
+    current = [(s["train_fingerprint"], s["weight"]) for s in config["data"]["sources"]]
+    if saved != current:
         raise TrainingError(
-            f"{output} already holds checkpoints ({latest.name}); pass --resume or use a new --output"
+            "cannot resume: the training data (shards of each --data manifest, or their --data-weights) "
+            "differ from the checkpoint's"
+        )
+    expected = schedule.position(saved_state["step"])
+    if saved_state["position"] != expected:
+        raise TrainingError(
+            f"cannot resume: checkpoint data position {saved_state['position']} != {expected}"
         )
 
-    manifest = load_manifest(args.data)
-    tokenizer_json = check_tokenizer(manifest)
-    train_windows = TokenWindows(load_split_tokens(manifest, "train"), args.seq_len)
-    sampler = WindowSampler(train_windows, args.batch_size, args.seed)
-    val_windows = None
-    if args.eval_every > 0 and manifest.has_split("validation"):
-        val_windows = TokenWindows(load_split_tokens(manifest, "validation"), args.seq_len)
-        val_windows = val_windows if len(val_windows) else None
-    if args.eval_every > 0 and val_windows is None and info.is_main:
-        print("no validation windows in the manifest; validation is skipped", flush=True)
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def _run(args: argparse.Namespace, info: DistInfo) -> None:
+    _check_args(args, info.world_size)
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    store = CheckpointStore(
+        args.output, info.rank, info.local_rank, args.staging_dir and Path(args.staging_dir)
+    )
+    latest = store.latest()
+    if latest is not None and not args.resume:
+        raise TrainingError(
+            f"{store.output} already holds checkpoints ({latest}); pass --resume or use a new --output"
+        )
+
+    manifests = [load_manifest(uri) for uri in args.data]
+    tokenizer_json = check_tokenizer(manifests[0])
+    for other in manifests[1:]:
+        check_tokenizer(other)
+        if other.tokenizer["sha256"] != manifests[0].tokenizer["sha256"]:
+            raise DataError(f"{other.uri} was tokenized with another tokenizer than {manifests[0].uri}")
+    if args.verify_shards and info.is_main:
+        for m in manifests:
+            for split in ("train", "validation"):
+                if m.has_split(split):
+                    verify_shards(m, split)
+    _barrier()
+    cache = args.data_cache_mb << 20
+    sources = [WindowSource(m, "train", args.seq_len, cache) for m in manifests]
+    weights = (
+        [as_fraction(w) for w in args.data_weights]
+        if args.data_weights
+        else [Fraction(int(m.split("train")["tokens"])) for m in manifests]
+    )
+    schedule = make_schedule([len(s) for s in sources], weights, args.batch_size, args.seed)
+    val_sources = [
+        WindowSource(m, "validation", args.seq_len, cache) if m.has_split("validation") else None
+        for m in manifests
+    ]
+    val_counts = [len(v) if v is not None else 0 for v in val_sources]
+    val_live = (
+        [v for v in val_sources if v is not None and len(v) >= info.world_size] if args.eval_every > 0 else []
+    )
+    if args.eval_every > 0 and not val_live and info.is_main:
+        print("no validation windows in the manifest(s); validation is skipped", flush=True)
 
     start_step = 0
+    saved_state: dict[str, Any] | None = None
+    model_config = _model_config(args, manifests[0])
     if args.resume and latest is not None:
-        saved_config = _load_json(latest / "config.json")
-        saved_state = _load_json(latest / "train_state.json")
-        _check_resume(saved_config, saved_state, args, manifest, sampler)
+        saved_config = store.read_json(latest, "config.json")
+        saved_state = store.read_json(latest, "train_state.json")
         model_config = ModelConfig.from_dict(saved_config["model"])
+        config = checkpoint_config(
+            args, model_config, manifests, tokenizer_json, sources, weights, val_counts
+        )
+        _check_resume(saved_config, saved_state, args, config, schedule)
         start_step = saved_state["step"]
-        saved_preset = saved_config["training"].get("preset")
-        if info.is_main and saved_preset != args.preset:
-            print(f"resuming with the checkpoint's model (preset {saved_preset}); --preset is ignored")
-    else:
-        if info.is_main and args.resume:
-            print(f"no checkpoint in {output}; starting from step 0", flush=True)
-        model_config = _model_config(args, manifest)
+        if info.is_main and saved_config["training"].get("preset") != args.preset:
+            print(
+                f"resuming with the checkpoint's model (preset {saved_config['training'].get('preset')}); "
+                "--preset is ignored",
+                flush=True,
+            )
+    elif info.is_main and args.resume:
+        print(f"no checkpoint in {store.output}; starting from step 0", flush=True)
+    config = checkpoint_config(args, model_config, manifests, tokenizer_json, sources, weights, val_counts)
 
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    _seed_everything(args.seed)
     model = Transformer(model_config).to(info.device)
+    n_params = model.num_parameters()
+    par = parallelize(model, args, info)
     optimizer = build_optimizer(model, args.lr, args.weight_decay, info.device)
-    if start_step:
-        assert latest is not None
-        def load(name: str) -> dict[str, Any]:
-            return torch.load(latest / name, map_location=info.device, weights_only=True)
+    scheduler = build_scheduler(optimizer, args.max_steps, args.warmup_steps, args.min_lr_ratio)
+    if saved_state is not None and latest is not None:
+        rng = store.load(latest, model, optimizer, info.device)
+        scheduler.load_state_dict(
+            {**saved_state["scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)}
+        )
+        peak = scheduler.base_lrs[0]
+        if info.is_main and not math.isclose(peak, args.lr):
+            print(
+                f"resuming the checkpoint's LR schedule (peak {peak:g}); --lr {args.lr:g} is ignored",
+                flush=True,
+            )
+        if rng is not None:
+            set_rng_state(rng, info.device)
 
-        model.load_state_dict(load("model.pt"))
-        optimizer.load_state_dict(load("optimizer.pt"))
-    ddp = DistributedDataParallel(model) if dist.is_initialized() else None
-
-    if info.is_main:
-        output.mkdir(parents=True, exist_ok=True)
-    metrics = MetricsLog(output / "metrics.jsonl", info.is_main)
-    config_record = checkpoint_config(args, model_config, manifest, tokenizer_json, len(train_windows),
-                                      len(val_windows) if val_windows is not None else 0)
+    logs = RunLogs(store, info, start_step, args.trace)
     micro_batch = args.batch_size // info.world_size // args.grad_accum
     tokens_per_step = args.batch_size * args.seq_len
+    flops_token = flops_per_token(model_config, args.seq_len)
+    peak, peak_source = peak_flops(info.device, args.dtype, args.peak_flops)
     if info.is_main:
         print(
-            f"model {model.num_parameters():,} parameters | {info.world_size} rank(s) on {info.device} | "
-            f"{len(train_windows):,} train windows ({sampler.steps_per_epoch} steps/epoch) | "
-            f"start step {start_step} of {args.max_steps}",
+            f"model {n_params:,} parameters | {info.world_size} rank(s) on {info.device} ({args.parallel}, "
+            f"{args.dtype}{', compiled' if args.compile else ''}) | "
+            f"{' + '.join(f'{len(s):,}' for s in sources)} train windows | start step {start_step} of "
+            f"{args.max_steps} | peak {peak / 1e12 if peak else float('nan'):.3g} TFLOP/s ({peak_source})",
             flush=True,
         )
 
     def save(step: int) -> None:
-        pos = sampler.position(step)
         state = {
             "step": step,
-            "epoch": pos.epoch,
-            "windows_consumed": pos.windows_consumed,
-            "total_windows_consumed": step * args.batch_size,
             "tokens_seen": step * tokens_per_step,
             "global_batch_size": args.batch_size,
             "seq_len": args.seq_len,
             "seed": args.seed,
             "world_size": info.world_size,
+            "parallel": args.parallel,
+            "position": schedule.position(step),
+            "scheduler": scheduler_state(scheduler),
         }
+        files = {
+            "config.json": (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
+            "train_state.json": (json.dumps(state, indent=2, sort_keys=True) + "\n").encode(),
+            "tokenizer.json": tokenizer_json,
+        }
+        uri = store.save(step, model, optimizer, files, rng_state(info.device), args.keep_last)
+        logs.sync()
         if info.is_main:
-            path = save_checkpoint(output, step, model, optimizer, config_record, state, tokenizer_json,
-                                   args.keep_last)
-            print(f"saved checkpoint {path}", flush=True)
-        _barrier()
+            print(f"saved checkpoint {uri}", flush=True)
 
+    pending_loss: list[torch.Tensor] = []
+    pending_norm: list[torch.Tensor] = []
+    pending_steps: list[int] = []
+
+    def settle() -> tuple[list[float], list[float]]:
+        """All-reduce the pending per-step losses; stop on a non-finite loss or gradient norm."""
+        if not pending_loss:
+            return [], []
+        losses = (_all_reduce(torch.stack(pending_loss)) / info.world_size).tolist()
+        norms = torch.stack(pending_norm).tolist()
+        steps = list(pending_steps)
+        pending_loss.clear(), pending_norm.clear(), pending_steps.clear()
+        for step, loss, norm in zip(steps, losses, norms, strict=True):
+            if not (math.isfinite(loss) and math.isfinite(norm)):
+                raise TrainingError(
+                    f"non-finite loss at step {step} (loss={loss}, grad_norm={norm}); stopping without "
+                    f"saving. Last good checkpoint, left untouched: {store.latest() or 'none'}"
+                )
+        return losses, norms
+
+    stream = BatchStream(
+        sources,
+        schedule,
+        info.rank,
+        info.world_size,
+        start_step,
+        args.stop_at,
+        args.prefetch_steps,
+        args.loader_workers,
+        pin_memory=info.device.type == "cuda",
+    )
     model.train()
-    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+    window_start, data_wait = time.perf_counter(), 0.0
+    window_losses: list[float] = []
     last_saved = start_step
-    for step in range(start_step, args.max_steps):
-        lr = lr_at(step, args.max_steps, args.lr, args.warmup_steps, args.min_lr_ratio)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        inputs, targets = sampler.batch_for_step(step, info.rank, info.world_size)
-        step_loss, grad_norm = accumulate_gradients(model, ddp, inputs, targets, args, info)
-        done = step + 1
-        if not (torch.isfinite(step_loss) and torch.isfinite(grad_norm)):
-            kept = find_latest(output) if output.is_dir() else None
-            raise TrainingError(
-                f"non-finite loss at step {done} (loss={step_loss.item()}, grad_norm={grad_norm.item()}); "
-                f"stopping without saving. Last good checkpoint, left untouched: {kept or 'none'}"
-            )
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-        window_loss += step_loss.item()
-        window_steps += 1
-        if done % args.log_every == 0 or done == args.max_steps or done == start_step + 1:
-            elapsed = time.perf_counter() - window_start
-            pos = sampler.position(step)
-            metrics.write({
-                "type": "train",
-                "step": done,
-                "loss": window_loss / window_steps,
-                "lr": lr,
-                "grad_norm": grad_norm.item(),
-                "tokens_per_s": window_steps * tokens_per_step / max(elapsed, 1e-9),
-                "tokens_seen": done * tokens_per_step,
-                "epoch": pos.epoch,
-            })
-            window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-        if val_windows is not None and (done % args.eval_every == 0 or done == args.max_steps):
-            val_loss = evaluate(model, val_windows, args, info, micro_batch)
-            metrics.write({"type": "val", "step": done, "val_loss": val_loss,
-                           "val_ppl": math.exp(min(val_loss, 50.0))})
-        if (args.save_every and done % args.save_every == 0) or done == args.max_steps:
-            save(done)
-            last_saved = done
+    batches = iter(stream)
+    try:
+        for step in range(start_step, args.stop_at):
+            wait_start = time.perf_counter()
+            batch = next(batches)
+            data_wait += time.perf_counter() - wait_start
+            lr = optimizer.param_groups[0]["lr"]
+            loss, grad_norm = train_step(par, batch, optimizer, scheduler, args, info.device)
+            done = step + 1
+            logs.trace.write(done, batch.windows, batch.sources)
+            pending_loss.append(loss)
+            pending_norm.append(grad_norm)
+            pending_steps.append(done)
+            last = done == args.stop_at
+            log_now = done % args.log_every == 0 or last or done == start_step + 1
+            eval_now = bool(val_live) and (done % args.eval_every == 0 or done == args.max_steps)
+            save_now = (args.save_every and done % args.save_every == 0) or last
+            if not (log_now or eval_now or save_now):
+                continue
+            losses, norms = settle()
+            window_losses += losses
+            if log_now:
+                elapsed = time.perf_counter() - window_start
+                tokens_per_s = len(window_losses) * tokens_per_step / max(elapsed, 1e-9)
+                utilisation = tokens_per_s / info.world_size * flops_token / peak if peak else None
+                logs.metric(
+                    {
+                        "type": "train",
+                        "step": done,
+                        "loss": sum(window_losses) / len(window_losses),
+                        "lr": lr,
+                        "grad_norm": norms[-1],
+                        "tokens_per_s": tokens_per_s,
+                        "mfu": utilisation,
+                        "data_wait_s": data_wait,
+                        "tokens_seen": done * tokens_per_step,
+                        "position": schedule.position(done),
+                    }
+                )
+                window_losses, data_wait, window_start = [], 0.0, time.perf_counter()
+            pause_start = time.perf_counter()  # evaluation and saving do not count towards tokens/s
+            if eval_now:
+                val = evaluate(par, val_live, args, info, micro_batch)
+                weights_val = [len(v) for v in val_live]
+                val_loss = sum(v * w for v, w in zip(val, weights_val, strict=True)) / sum(weights_val)
+                record = {
+                    "type": "val",
+                    "step": done,
+                    "val_loss": val_loss,
+                    "val_ppl": math.exp(min(val_loss, 50.0)),
+                }
+                if len(val_live) > 1:
+                    record["val_loss_by_source"] = val
+                logs.metric(record)
+            if save_now:
+                save(done)
+                last_saved = done
+            window_start += time.perf_counter() - pause_start
+    finally:
+        if hasattr(batches, "close"):
+            batches.close()
+        logs.sync()
+        logs.close()
+        for source in sources + [v for v in val_sources if v is not None]:
+            source.reader.close()
     if last_saved == start_step and info.is_main:
-        print(f"nothing to do: checkpoint is already at step {start_step} of --max-steps {args.max_steps}")
+        print(f"nothing to do: checkpoint is already at step {start_step} (--stop-at {args.stop_at})")
 
 
 def train(args: argparse.Namespace) -> None:
-    """Run training with parsed arguments (inside or outside torchrun)."""
+    """Run training with parsed arguments (inside or outside torchrun). Process-wide torch settings
+    (threads, deterministic algorithms) are restored afterwards, for callers that train in-process."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     info = setup_distributed()
     try:
         _run(args, info)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+        torch.set_num_threads(threads)
+        if torch.are_deterministic_algorithms_enabled() != deterministic:
+            torch.use_deterministic_algorithms(deterministic)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         train(args)
-    except (TrainingError, DataError) as exc:
+    except (TrainingError, DataError, CheckpointError, storage.StorageError) as exc:
         prefix = f"[rank {os.environ['RANK']}] " if "RANK" in os.environ else ""
         print(f"{prefix}error: {exc}", file=sys.stderr, flush=True)
         return 1

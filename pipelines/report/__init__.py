@@ -85,14 +85,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         extra = f"  {size:,} {report['unit'] if step.get('tokens_out') is None else 'tokens'}" if size else ""
         lines.append(f"  {step['stage']:<9} {docs_in:>10} -> {step['documents_out']:>10,} documents{extra}")
     if report.get("rules"):
-        lines.append(
-            "  drops:   " + ", ".join(f"{r['rule']}={r['documents']:,}" for r in report["rules"][:8])
-        )
+        drops = [f"{r['rule']}={r['documents']:,}" for r in report["rules"][:8] if r["documents"]]
+        lines.append("  drops:   " + ", ".join(drops))
     if report.get("duplicates"):
         d = report["duplicates"]
-        lines.append(
-            f"  dedup:   {d['removed']:,} removed in {d['clusters']:,} clusters ({d['exact']:,} exact)"
-        )
+        lines.append(f"  dedup:   {d['removed']:,} removed in {d['clusters']:,} clusters")
     if report["quarantine"]:
         lines.append("  quarantine: " + ", ".join(f"{k}={v:,}" for k, v in report["quarantine"].items()))
     return lines

@@ -7,8 +7,8 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
-import pyarrow.compute as pc
 
+from pipelines import dedup
 from pipelines.policy import Policy
 from pipelines.report.data import RunData, as_float, signal_columns, texts_of
 
@@ -233,36 +233,41 @@ def _edges(values: np.ndarray, thresholds: list[float]) -> tuple[np.ndarray, boo
     return np.linspace(low, high, HISTOGRAM_BINS + 1), False
 
 
+SENTINEL = -1.2345e300  # a bound no policy uses: marks documents that follow a rule's own bound
+
+
 def curves(data: RunData, failures: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
-    """Kept tokens (or characters) as one threshold moves while every other rule stays as it is."""
+    """Kept tokens (or characters) as one threshold moves while every other rule stays as it is.
+
+    Documents whose language overrides the bound (or turns the rule off) keep their own outcome.
+    """
     if not data.policy or not failures:
         return {}
-    sizes = data.sizes()
+    policy, sizes = data.policy, data.sizes()
+    lang = data.signals.column("lang").to_numpy(zero_copy_only=False)
     matrix = np.stack(list(failures.values()), axis=1)
     names = list(failures)
     out = {}
-    for rule in data.policy.rules:
-        if rule.name not in failures:
-            continue
+    for rule in policy.rules:
         others_ok = ~np.delete(matrix, names.index(rule.name), axis=1).any(axis=1)
         values = as_float(data.signals, rule.signal)
+        finite = values[np.isfinite(values)]
+        low, high, enabled = policy.rule_bounds(rule, lang)
         for side, bound in (("min", rule.min), ("max", rule.max)):
-            if bound is None:
+            if bound is None or not len(finite):
                 continue
-            other_side_ok = np.ones(len(values), bool)
-            opposite = rule.max if side == "min" else rule.min
-            if opposite is not None:
-                other_side_ok = ~(values > opposite) if side == "min" else ~(values < opposite)
-            base = others_ok & other_side_ok
-            finite = values[np.isfinite(values)]
-            if not len(finite):
-                continue
-            grid = np.unique(np.append(np.percentile(finite, np.linspace(0, 100, CURVE_POINTS)), bound))
-            nan_kept = int(sizes[base & np.isnan(values)].sum())  # a null signal never fails a rule
-            kept = [
-                int(sizes[base & ((values >= t) if side == "min" else (values <= t))].sum()) + nan_kept
-                for t in grid
+            probe = policy.rule_bounds(rule.model_copy(update={side: SENTINEL}), lang)[
+                0 if side == "min" else 1
             ]
+            follows = probe == SENTINEL
+            grid = np.unique(np.append(np.percentile(finite, np.linspace(0, 100, CURVE_POINTS)), bound))
+            kept = []
+            for t in grid:
+                low_t = np.where(follows, t, low) if side == "min" else low
+                high_t = np.where(follows, t, high) if side == "max" else high
+                with np.errstate(invalid="ignore"):
+                    fails = enabled & ((values < low_t) | (values > high_t))
+                kept.append(int(sizes[others_ok & ~fails].sum()))
             out[f"{rule.name}.{side}"] = {
                 "rule": rule.name,
                 "signal": rule.signal,
@@ -288,24 +293,22 @@ def languages(data: RunData) -> dict[str, Any]:
 
 
 def duplicates(data: RunData) -> dict[str, Any]:
-    """Cluster sizes and example pairs from dedup/removed.parquet."""
+    """Cluster sizes, largest clusters and example pairs (dedup's summary, else removed.parquet)."""
+    section = dedup.report_section(data.run)
+    if section is not None:
+        return section
     removed = data.removed
     survivors = Counter(removed.column("duplicate_of").to_pylist())
-    sizes = Counter(n + 1 for n in survivors.values())
-    similarity = removed.column("similarity")
     pairs = removed.sort_by([("similarity", "ascending")]).to_pylist()
-    step = max(1, len(pairs) // 8)
-    examples = pairs[::step][:8]
+    examples = pairs[:: max(1, len(pairs) // 8)][:8]
     texts = texts_of(data.run, {p["id"] for p in examples} | {p["duplicate_of"] for p in examples}, 200)
     for pair in examples:
-        pair["similarity"] = round(float(pair["similarity"]), 4)
-        pair["excerpt"] = texts.get(pair["id"], {}).get("excerpt")
-        pair["duplicate_of_excerpt"] = texts.get(pair["duplicate_of"], {}).get("excerpt")
+        pair["text"] = texts.get(pair["id"], {}).get("excerpt")
+        pair["duplicate_of_text"] = texts.get(pair["duplicate_of"], {}).get("excerpt")
     return {
         "removed": removed.num_rows,
         "clusters": len(survivors),
-        "exact": int(pc.sum(pc.greater_equal(similarity, 1.0)).as_py() or 0),
-        "cluster_sizes": {str(k): v for k, v in sorted(sizes.items())},
+        "cluster_sizes": {str(k): v for k, v in sorted(Counter(n + 1 for n in survivors.values()).items())},
         "examples": examples,
     }
 

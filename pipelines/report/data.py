@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipelines.corpus import text_path
 from pipelines.executor import run_shards
 from pipelines.filtering import read_signals, signal_files
 from pipelines.ingest import document_files, quarantine_counts
 from pipelines.policy import Policy, load_policy
-from pipelines.rundir import RunDir
-from tokenizer import load
+from pipelines.rundir import RunDir, write_json
+from tokenizer import file_sha256, load
 
 NON_SIGNAL_COLUMNS = {"id", "keep", "reasons", "lang"}
 TOKEN_CACHE = "_doc_tokens"
@@ -25,6 +27,8 @@ TOKEN_CACHE = "_doc_tokens"
 
 class DocumentTokens:
     """Tokens of every document of shard i with the run's tokenizer -> report/_doc_tokens/i.parquet.
+
+    Counted on the text later stages read (cleaned when the signals stage cleaned it).
 
     Dropped documents are never tokenized by the pipeline, so the report counts them here, once; a
     what-if report reuses the counts.
@@ -42,7 +46,8 @@ class DocumentTokens:
         tokenizer = load(run.tokenizer / "tokenizer.json")
         counts = []
         ids = []
-        for batch in pq.ParquetFile(document_files(run)[index]).iter_batches(1_000, columns=["id", "text"]):
+        source = text_path(run, document_files(run)[index].name)  # the text the tokenize stage would see
+        for batch in pq.ParquetFile(source).iter_batches(1_000, columns=["id", "text"]):
             texts = batch.column("text").to_pylist()
             counts += [len(e.ids) for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
             ids += batch.column("id").to_pylist()
@@ -83,10 +88,16 @@ def count_document_tokens(run: RunDir, workers: int = 0) -> np.ndarray | None:
     if not (run.tokenizer / "tokenizer.json").exists():
         return None
     task = DocumentTokens(str(run.root))
-    tokenizer_mtime = (run.tokenizer / "tokenizer.json").stat().st_mtime
-    for path in (run.report / TOKEN_CACHE).glob("*.parquet"):
-        if path.stat().st_mtime < tokenizer_mtime:  # counted with an older tokenizer
-            path.unlink()
+    cache = run.report / TOKEN_CACHE
+    key = {
+        "tokenizer_sha256": file_sha256(run.tokenizer / "tokenizer.json"),
+        "text": [text_path(run, p.name).parent.name for p in document_files(run)],
+    }
+    key_file = cache / "_key.json"
+    if not key_file.exists() or json.loads(key_file.read_text()) != key:  # another tokenizer or text
+        shutil.rmtree(cache, ignore_errors=True)
+        cache.mkdir(parents=True)
+        write_json(key_file, key)
     run_shards("report token counts", task, len(document_files(run)), workers)
     counts = {}
     for i in range(len(document_files(run))):

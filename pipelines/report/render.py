@@ -240,28 +240,7 @@ def render_html(report: dict[str, Any]) -> str:
             ),
         ]
     if report.get("duplicates"):
-        d = report["duplicates"]
-        sections += [
-            "<h2>Duplicates</h2>",
-            f"<p>{num(d['removed'])} documents removed in {num(d['clusters'])} clusters "
-            f"({num(d['exact'])} exact duplicates after normalization).</p>",
-            charts.hbars(
-                "Clusters by size (documents per cluster)", [(k, v) for k, v in d["cluster_sizes"].items()]
-            ),
-            table(
-                ["removed", "kept as", "similarity", "removed excerpt", "kept excerpt"],
-                [
-                    [
-                        e["id"],
-                        e["duplicate_of"],
-                        e["similarity"],
-                        (f'<div class="excerpt">{esc(e["excerpt"])}</div>',),
-                        (f'<div class="excerpt">{esc(e["duplicate_of_excerpt"])}</div>',),
-                    ]
-                    for e in d["examples"]
-                ],
-            ),
-        ]
+        sections += _duplicates_html(report["duplicates"])
     sections.append("<h2>Quarantine</h2>")
     sections.append(
         table(["reason", "records"], [[k, v] for k, v in report["quarantine"].items()])
@@ -281,6 +260,53 @@ def render_html(report: dict[str, Any]) -> str:
     return _page(f"gristmill report — run {report['run_id']}", sections)
 
 
+def _duplicates_summary(d: dict[str, Any]) -> str:
+    parts = [f"{num(d['removed'])} documents removed in {num(d['clusters'])} clusters"]
+    if "removed_exact" in d:
+        parts.append(
+            f"{num(d['removed_exact'])} exact duplicates after normalization, "
+            f"{num(d['removed_near'])} near-duplicates, {num(d['removed_matching_earlier_runs'])} "
+            "matching documents kept by earlier runs"
+        )
+    return "; ".join(parts) + "."
+
+
+def _duplicates_html(d: dict[str, Any]) -> list[str]:
+    out = [
+        "<h2>Duplicates</h2>",
+        f"<p>{esc(_duplicates_summary(d))}</p>",
+        charts.hbars("Clusters by size (documents per cluster)", list(d["cluster_sizes"].items())),
+    ]
+    if d.get("largest_clusters"):
+        out.append(
+            table(
+                ["kept document", "cluster size", "removed", "lowest similarity"],
+                [
+                    [c["survivor"], c["size"], c["removed"], c.get("min_similarity")]
+                    for c in d["largest_clusters"]
+                ],
+            )
+        )
+    out.append(
+        table(
+            ["removed", "kept as", "kind", "similarity", "removed text", "kept text"],
+            [
+                [
+                    e["id"],
+                    e["duplicate_of"],
+                    e.get("kind", ""),
+                    e["similarity"],
+                    (f'<div class="excerpt">{esc(e.get("text"))}</div>',),
+                    (f'<div class="excerpt">{esc(e.get("duplicate_of_text"))}</div>',),
+                ]
+                for e in d["examples"]
+            ],
+            numeric_from=3,
+        )
+    )
+    return out
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The run's report as Markdown (tables only)."""
     unit = report["unit"]
@@ -296,12 +322,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         )
     if report.get("duplicates"):
         d = report["duplicates"]
-        lines += [
-            "## Duplicates",
-            "",
-            f"{d['removed']:,} removed in {d['clusters']:,} clusters ({d['exact']:,} exact).",
-            "",
-        ]
+        lines += ["## Duplicates", "", _duplicates_summary(d), ""]
         lines += md_table(["cluster size", "clusters"], [[k, v] for k, v in d["cluster_sizes"].items()])
     lines += ["## Quarantine", ""]
     lines += (

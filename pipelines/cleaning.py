@@ -1,0 +1,149 @@
+"""C4's line-level cleaning (Raffel et al. 2020, as datatrove's C4QualityFilter does it), in one pass.
+
+Each line is stripped and removed when it holds a word longer than `max_word_length`, ends without
+terminal punctuation (only if `remove_no_terminal_punct`), has fewer than `min_words_per_line` words (in
+scripts written without spaces, each character is a word), or mentions javascript or a
+cookie/terms/privacy policy; Wikipedia-style citations ("[1]", "[edit]") are cut
+out. The kept lines, joined by newlines, are the cleaned text that every later stage reads.
+
+C4's document rules become signals here and decisions in the policy: lines containing "lorem ipsum",
+lines containing "{", and the number of sentences in the kept lines. datatrove stops at the first such
+line; here those lines are counted and otherwise cleaned like any other (so a policy without the rule
+keeps them), which gives the same keep/drop whenever the rule is on.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from datatrove.utils.text import TERMINAL_PUNCTUATION
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipelines.words import NO_SPACE_RANGES
+
+CITATION_RE = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
+END_PUNCTUATION = (".", "?", "!", '"', "'")
+ELLIPSIS = "..."
+POLICY_SUBSTRINGS = (
+    "terms of use",
+    "privacy policy",
+    "cookie policy",
+    "uses cookies",
+    "use of cookies",
+    "use cookies",
+)
+# A sentence ends at a run of terminal punctuation followed, after closing quotes or brackets and a space
+# (none needed after CJK full stops), by a word on the same line, and a period between a lower- and an
+# uppercase letter ("her.I", split by spaCy's infix rule) ends one too. As in spaCy's English tokens, an
+# ellipsis and the period of an initial ("J.", the last of "U.S.") or a title ("Dr.") end nothing; such
+# ends are counted by NOT_AN_END_RE and subtracted. (Basic Multilingual Plane characters only: a
+# character class with astral characters scans much slower.)
+_TERMINAL = re.escape("".join(sorted(c for c in TERMINAL_PUNCTUATION if ord(c) < 0x10000)))
+_AFTER = r"[\"'”’»)\]]*[^\S\n]+(?=\w)"
+SENTENCE_END_RE = re.compile(rf"[{_TERMINAL}]+(?:{_AFTER}|(?<=[。！？｡])(?=\w)|(?<=[a-z]\.)(?=[A-Z]))")
+_TITLES = ("[A-Za-z]", "Mr|Ms|Dr|St|Jr|Sr|vs", "Mrs|Rev|Gen|Inc|Ltd", "Prof")  # by length
+NOT_AN_END_RE = re.compile(
+    r"\.(?:\.|" + "|".join(rf"(?<=(?<!\w)(?:{t})\.)" for t in _TITLES) + rf")[{_TERMINAL}]*{_AFTER}"
+)
+
+
+# In scripts written without spaces (Chinese, Japanese, Thai, ...) every character counts as a word
+# (C4 counts whitespace-separated words, which would remove every line of such text).
+NO_SPACE_CHAR_RE = re.compile(f"[{NO_SPACE_RANGES}]")
+NO_SPACE_WORD_RE = re.compile(f"[{NO_SPACE_RANGES}]|[^\\s{NO_SPACE_RANGES}]+")
+
+
+class CleaningConfig(BaseModel):
+    """C4 line cleaning (datatrove C4QualityFilter settings as FineWeb used them)."""
+
+    model_config = ConfigDict(extra="forbid")
+    remove_no_terminal_punct: bool = Field(
+        False, description="remove lines not ending in . ? ! \" ' (C4 does; FineWeb and the default do not)"
+    )
+    min_words_per_line: int = Field(3, ge=0, description="remove lines with fewer words (0: keep all)")
+    max_word_length: int = Field(1000, ge=0, description="remove lines with a longer word (0: no limit)")
+    remove_citations: bool = Field(True, description='cut "[1]", "[edit]", "[citation needed]"')
+    remove_javascript_lines: bool = Field(True, description='remove lines mentioning "javascript"')
+    remove_policy_lines: bool = Field(True, description="remove cookie / terms of use / privacy policy lines")
+
+
+@dataclass
+class Cleaned:
+    """The cleaned text and what the cleaning saw."""
+
+    text: str
+    lines_removed: int  # lines with text that were removed
+    removed_text: str  # those lines as they were (stripped), joined by newlines
+    lorem_ipsum_lines: int
+    curly_bracket_lines: int
+    sentences: int
+    cited_before: str = ""  # kept lines that lost a citation, before and after, joined by newlines
+    cited_after: str = ""
+
+
+def clean(text: str, config: CleaningConfig | None = None) -> Cleaned:
+    """Apply C4's line cleaning to `text`."""
+    cfg = config or CleaningConfig()
+    lower = text.lower()
+    check_lorem = "lorem ipsum" in lower
+    check_js = cfg.remove_javascript_lines and "javascript" in lower
+    check_curly = "{" in text
+    check_policy = cfg.remove_policy_lines and any(p in lower for p in POLICY_SUBSTRINGS)
+    max_length = cfg.max_word_length or len(text) + 1
+    check_cite = cfg.remove_citations and "[" in text and CITATION_RE.search(text) is not None
+    per_line_text_checks = check_lorem or check_js or check_curly or check_policy
+    min_words = cfg.min_words_per_line
+    no_space_script = not text.isascii() and NO_SPACE_CHAR_RE.search(text) is not None
+    kept: list[str] = []
+    removed: list[str] = []
+    cited: list[tuple[str, str]] = []
+    lorem = curly = 0
+    for raw in text.splitlines():
+        line = original = raw.strip()
+        if len(line) > max_length:  # only a line longer than the limit can hold a word that is
+            words = line.split()
+            if max(map(len, words)) > max_length:
+                removed.append(original)
+                continue
+            n_words = len(words)
+        elif min_words:
+            n_words = len(line.split(None, min_words - 1)) if line else 0
+            if n_words < min_words and no_space_script and NO_SPACE_CHAR_RE.search(line):
+                n_words = len(NO_SPACE_WORD_RE.findall(line))
+        else:
+            n_words = 0
+        if check_cite:
+            line = CITATION_RE.sub("", line)
+        if cfg.remove_no_terminal_punct and (not line.endswith(END_PUNCTUATION) or line.endswith(ELLIPSIS)):
+            if original:
+                removed.append(original)
+            continue
+        if n_words < min_words:
+            if original:
+                removed.append(original)
+            continue
+        if per_line_text_checks:
+            line_lower = line.lower()
+            if check_lorem and "lorem ipsum" in line_lower:
+                lorem += 1
+            if check_js and "javascript" in line_lower:
+                removed.append(original)
+                continue
+            if check_curly and "{" in line:
+                curly += 1
+            if check_policy and any(p in line_lower for p in POLICY_SUBSTRINGS):
+                removed.append(original)
+                continue
+        if line is not original and line != original:
+            cited.append((original, line))
+        kept.append(line)
+    cleaned = "\n".join(kept).strip()
+    sentences = len(kept) + count_sentence_ends(cleaned) if cleaned else 0
+    before, after = ("\n".join(lines) for lines in zip(*cited, strict=True)) if cited else ("", "")
+    return Cleaned(cleaned, len(removed), "\n".join(removed), lorem, curly, sentences, before, after)
+
+
+def count_sentence_ends(text: str) -> int:
+    """Sentence ends followed by more text on the same line (spaCy's sentencizer on English tokens)."""
+    return len(SENTENCE_END_RE.findall(text)) - len(NOT_AN_END_RE.findall(text))

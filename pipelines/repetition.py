@@ -1,0 +1,184 @@
+"""Gopher repetition signals (Rae et al. 2021, table A1) computed on hashed words with numpy.
+
+Values equal datatrove's GopherRepetitionFilter for the same words: duplicate lines and paragraphs by
+count and by characters, the character share of the most frequent 2/3/4-gram (its characters, spaces
+included, times its count), and the share of characters in duplicated 5..10-grams found by datatrove's
+left-to-right scan (a repeated n-gram counts, then the scan jumps past it).
+
+n-grams are compared by a 64-bit hash of their words, never built as strings (a collision is vanishingly
+rare). Exact counting sorts, so it runs only on the n-grams that can matter: a hash table of bucket
+counts (`np.bincount`) first rules out every n-gram that occurs once (for the duplicate scans) or less
+often than the most frequent one found so far (for the top n-gram), and an n-gram can repeat only where
+its (n-1)-gram prefix repeats.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+TOP_NGRAMS = (2, 3, 4)
+DUP_NGRAMS = (5, 6, 7, 8, 9, 10)
+MAX_WORDS = 1_000_000  # n-gram signals of longer documents look at their first MAX_WORDS words only
+SMALL = 2_048  # below this many n-grams, sort them all: the bucket table does not pay
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+
+
+def duplicates(items: list[str]) -> tuple[int, int]:
+    """(number of items equal to an earlier item, their characters): datatrove's find_duplicates."""
+    unique = set(items)
+    return len(items) - len(unique), sum(map(len, items)) - sum(map(len, unique))
+
+
+def split_lines(text: str) -> list[str]:
+    """`re.split("\\n+", text)`, without the regex: runs of newlines separate lines."""
+    lines = list(filter(None, text.split("\n")))
+    if text.startswith("\n"):
+        lines.insert(0, "")
+    if text.endswith("\n") or not text:
+        lines.append("")
+    return lines
+
+
+def split_paragraphs(text: str) -> list[str]:
+    """`re.split("\\n{2,}", text)` for a stripped text, with str.split."""
+    if "\n\n\n" not in text:
+        return text.split("\n\n")
+    return [p.lstrip("\n") for p in text.split("\n\n") if p.strip("\n")]
+
+
+def line_signals(text: str) -> dict[str, float | None]:
+    """Duplicate paragraph and line fractions, by count and by characters of the text."""
+    if not text:
+        return dict.fromkeys(
+            ("dup_para_fraction", "dup_para_char_fraction", "dup_line_fraction", "dup_line_char_fraction")
+        )
+    paragraphs = split_paragraphs(text.strip())
+    lines = split_lines(text)
+    para_dups, para_chars = duplicates(paragraphs)
+    line_dups, line_chars = duplicates(lines)
+    return {
+        "dup_para_fraction": para_dups / len(paragraphs),
+        "dup_para_char_fraction": para_chars / len(text),
+        "dup_line_fraction": line_dups / len(lines),
+        "dup_line_char_fraction": line_chars / len(text),
+    }
+
+
+def extend(prev: np.ndarray, token_hashes: np.ndarray, n: int) -> np.ndarray:
+    """Hashes of the n-grams from those of the (n-1)-grams (position i: words i..i+n-1).
+
+    A polynomial hash modulo 2**64 over uniformly random word hashes: uniform, so two different
+    n-grams collide with probability about 2**-64.
+    """
+    with np.errstate(over="ignore"):
+        return prev[:-1] * _MIX + token_hashes[n - 1 :]
+
+
+def _buckets(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(bucket of each value, count of each bucket) in a table of two to four buckets per value."""
+    bits = max(4, len(values).bit_length() + 1)
+    with np.errstate(over="ignore"):
+        bucket = ((values * _MIX) >> np.uint64(64 - bits)).astype(np.intp)
+    return bucket, np.bincount(bucket, minlength=1 << bits)
+
+
+def top_ngram_chars(hashes: np.ndarray, chars: np.ndarray) -> int:
+    """Characters of the most frequent n-gram (the first seen wins a tie) times its count."""
+    positions = None
+    if len(hashes) > SMALL:
+        bucket, counts = _buckets(hashes)
+        if counts.max() == 1:
+            return int(chars[0])  # every n-gram occurs once: the first one wins
+        in_top = hashes[bucket == counts.argmax()]
+        floor = np.unique(in_top, return_counts=True)[1].max()  # an exact count: the best is at least this
+        positions = np.flatnonzero(counts[bucket] >= floor)
+        hashes = hashes[positions]
+    _, first, sizes = np.unique(hashes, return_index=True, return_counts=True)
+    best = sizes.max()
+    winner = first[sizes == best].min()
+    position = winner if positions is None else positions[winner]
+    return int(chars[position]) * int(best)
+
+
+def repeats(hashes: np.ndarray, positions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (ascending) of the n-grams that occur more than once, and a group id for each.
+
+    `positions` (ascending) restricts the search; n-grams elsewhere must then occur once.
+    """
+    values = hashes if positions is None else hashes[positions]
+    if positions is None:
+        positions = np.arange(len(hashes))
+    if len(values) > SMALL:
+        bucket, counts = _buckets(values)
+        maybe = counts[bucket] > 1
+        positions, values = positions[maybe], values[maybe]
+    if len(values) == 0:
+        return positions, positions
+    _, group, sizes = np.unique(values, return_inverse=True, return_counts=True)
+    repeated = sizes[group] > 1
+    return positions[repeated], group[repeated]
+
+
+def scan_duplicates(positions: np.ndarray, groups: np.ndarray, chars: np.ndarray, n: int) -> int:
+    """datatrove's `find_all_duplicate` scan, visiting only the positions of repeated n-grams.
+
+    Walking left to right, an n-gram already seen at a visited position adds its characters and the walk
+    jumps n words ahead; n-grams that occur once never change the result, so they are skipped.
+    """
+    group_list = groups.tolist()
+    char_list = chars.tolist()
+    after = np.searchsorted(positions, positions + n).tolist()  # where the walk resumes after a hit
+    seen: set[int] = set()
+    total = 0
+    i, end = 0, len(group_list)
+    while i < end:
+        group = group_list[i]
+        if group in seen:
+            total += char_list[i]
+            i = after[i]
+        else:
+            seen.add(group)
+            i += 1
+    return total
+
+
+def ngram_signals(
+    token_hashes: np.ndarray, token_lengths: np.ndarray, text_length: int
+) -> dict[str, float | None]:
+    """Top 2/3/4-gram and duplicated 5..10-gram character fractions of a word sequence.
+
+    Beyond MAX_WORDS words (ten times Gopher's largest document) only the first MAX_WORDS words and
+    their share of the text are looked at, which keeps time and memory bounded on huge documents.
+    """
+    out: dict[str, float | None] = {}
+    if len(token_hashes) > MAX_WORDS:
+        whole = int(token_lengths.sum())
+        token_hashes, token_lengths = token_hashes[:MAX_WORDS], token_lengths[:MAX_WORDS]
+        text_length = round(text_length * int(token_lengths.sum()) / max(whole, 1))
+    n_tokens = len(token_hashes)
+    cum = np.zeros(n_tokens + 1, np.int64)
+    np.cumsum(token_lengths, out=cum[1:])
+    hashes = token_hashes
+    candidates: np.ndarray | None = None  # positions whose (n-1)-gram repeats
+    for n in range(2, max(DUP_NGRAMS) + 1):
+        if n in DUP_NGRAMS and candidates is not None and len(candidates) == 0:
+            out[f"dup_{n}gram_char_fraction"] = 0.0  # no shorter n-gram repeats, so no longer one does
+            continue
+        if n_tokens < n or not text_length:
+            if n in TOP_NGRAMS:
+                out[f"top_{n}gram_char_fraction"] = None
+            else:
+                out[f"dup_{n}gram_char_fraction"] = None if not text_length else 0.0
+            continue
+        hashes = extend(hashes, token_hashes, n)
+        if n in TOP_NGRAMS:
+            chars = cum[n:] - cum[:-n] + (n - 1)  # words joined by spaces
+            out[f"top_{n}gram_char_fraction"] = top_ngram_chars(hashes, chars) / text_length
+            continue
+        if candidates is not None:
+            candidates = candidates[candidates < len(hashes)]
+        positions, groups = repeats(hashes, candidates)
+        candidates = positions
+        chars = cum[n + positions] - cum[positions]  # words joined without spaces
+        out[f"dup_{n}gram_char_fraction"] = scan_duplicates(positions, groups, chars, n) / text_length
+    return out

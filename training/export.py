@@ -1,0 +1,128 @@
+"""Export a checkpoint to the Hugging Face Llama format: ``python -m training.export``.
+
+Writes ``model.safetensors``, ``config.json`` (LlamaForCausalLM), ``generation_config.json`` and the
+tokenizer (tokenizer.json + tokenizer_config.json) so that ``transformers`` loads the directory with
+``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained``. The weights map one to
+one: our rotary embedding already uses the rotate-half layout of HF Llama (the two halves of each
+head dimension pair up, ``cos``/``sin`` repeated), so q/k projections need no permutation; a tied
+LM head becomes ``tie_word_embeddings``. safetensors and transformers are imported only here.
+
+Documents were preceded by the end-of-text token in training, so it is also the BOS token of the
+export; generation stops at it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer
+
+from training.model import Transformer
+
+_LAYER_MAP = {
+    "attn.wq": "self_attn.q_proj",
+    "attn.wk": "self_attn.k_proj",
+    "attn.wv": "self_attn.v_proj",
+    "attn.wo": "self_attn.o_proj",
+    "mlp.w1": "mlp.gate_proj",
+    "mlp.w3": "mlp.up_proj",
+    "mlp.w2": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "mlp_norm": "post_attention_layernorm",
+}
+
+
+def hf_state_dict(model: Transformer, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Our parameters under HF Llama names (no ``lm_head.weight`` when the embedding is tied)."""
+    out = {"model.embed_tokens.weight": model.tok_emb.weight, "model.norm.weight": model.norm.weight}
+    if not model.config.tie_embeddings:
+        out["lm_head.weight"] = model.lm_head.weight
+    for i, block in enumerate(model.blocks):
+        for ours, theirs in _LAYER_MAP.items():
+            module = block.get_submodule(ours)
+            out[f"model.layers.{i}.{theirs}.weight"] = module.weight
+    return {k: v.detach().to(dtype).contiguous().clone() for k, v in out.items()}
+
+
+def hf_config(model: Transformer, eot_id: int, pad_id: int | None, dtype: torch.dtype) -> Any:
+    from transformers import LlamaConfig
+
+    c = model.config
+    return LlamaConfig(
+        architectures=["LlamaForCausalLM"],
+        vocab_size=c.vocab_size,
+        hidden_size=c.d_model,
+        intermediate_size=c.ffn_hidden,
+        num_hidden_layers=c.n_layers,
+        num_attention_heads=c.n_heads,
+        num_key_value_heads=c.n_kv_heads,
+        head_dim=c.head_dim,
+        hidden_act="silu",
+        max_position_embeddings=c.max_seq_len,
+        rms_norm_eps=c.norm_eps,
+        rope_theta=c.rope_theta,
+        tie_word_embeddings=c.tie_embeddings,
+        attention_bias=False,
+        mlp_bias=False,
+        bos_token_id=eot_id,
+        eos_token_id=eot_id,
+        pad_token_id=pad_id,
+        torch_dtype=str(dtype).removeprefix("torch."),
+    )
+
+
+def export_model(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    eot_id: int,
+    output: str | Path,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write ``model`` and ``tokenizer`` as a Hugging Face Llama directory."""
+    from safetensors.torch import save_file
+    from transformers import GenerationConfig, PreTrainedTokenizerFast
+
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    eot = tokenizer.id_to_token(eot_id)
+    pad_token = "<|pad|>" if tokenizer.token_to_id("<|pad|>") is not None else None
+    pad_id = tokenizer.token_to_id(pad_token) if pad_token else None
+    save_file(hf_state_dict(model, dtype), str(out / "model.safetensors"), metadata={"format": "pt"})
+    hf_config(model, eot_id, pad_id, dtype).save_pretrained(out)
+    GenerationConfig(bos_token_id=eot_id, eos_token_id=eot_id, pad_token_id=pad_id).save_pretrained(out)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=eot,
+        eos_token=eot,
+        pad_token=pad_token,
+        model_max_length=model.config.max_seq_len,
+    )
+    fast.save_pretrained(out)
+    return out
+
+
+def export_checkpoint(checkpoint: str, output: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+    """Export a training checkpoint (or a training output's latest) to ``output``."""
+    from training.generate import load_checkpoint
+
+    loaded = load_checkpoint(checkpoint)
+    return export_model(loaded.model, loaded.tokenizer, loaded.eot_id, output, dtype)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="checkpoint dir or training output (local or s3://)")
+    p.add_argument("--output", required=True, help="directory for the Hugging Face model")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    args = p.parse_args(argv)
+    path = export_checkpoint(args.checkpoint, args.output, getattr(torch, args.dtype))
+    print(f"exported {args.checkpoint} to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
