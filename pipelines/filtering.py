@@ -62,8 +62,11 @@ class SignalsShard:
         clean_out, signals_out = clean_dir(run) / source.name, run.signals / source.name
         clean_tmp, signals_tmp = _tmp(clean_out), _tmp(signals_out)
         documents = kept = chars = 0
-        signals_writer = None
-        with pq.ParquetWriter(clean_tmp, CLEAN_SCHEMA, compression="zstd") as clean_writer:
+        schema = policy.apply(SIGNAL_SCHEMA.empty_table()).schema
+        with (
+            pq.ParquetWriter(clean_tmp, CLEAN_SCHEMA, compression="zstd") as clean_writer,
+            pq.ParquetWriter(signals_tmp, schema, compression="zstd") as signals_writer,
+        ):
             for batch in pq.ParquetFile(source).iter_batches(batch_size=BATCH_ROWS, columns=["id", "text"]):
                 ids = batch.column("id")
                 texts = [t or "" for t in batch.column("text").to_pylist()]
@@ -73,23 +76,16 @@ class SignalsShard:
                     rows.append(row)
                     cleaned.append(clean_text)
                 table = policy.apply(signals_table(ids, rows))
-                if signals_writer is None:
-                    signals_writer = pq.ParquetWriter(signals_tmp, table.schema, compression="zstd")
                 signals_writer.write_table(table)
                 clean_writer.write_table(pa.table({"id": ids, "text": cleaned}, schema=CLEAN_SCHEMA))
                 documents += len(rows)
                 kept += sum(table.column("keep").to_pylist())
                 chars += sum(map(len, texts))
-        if signals_writer is None:  # an empty shard still gets (empty) outputs
-            empty = policy.apply(SIGNAL_SCHEMA.empty_table())
-            signals_writer = pq.ParquetWriter(signals_tmp, empty.schema, compression="zstd")
-            signals_writer.write_table(empty)
-        signals_writer.close()
-        clean_tmp.replace(clean_out)
+        clean_tmp.replace(clean_out)  # signals/ last: its file marks the shard done
         signals_tmp.replace(signals_out)
         seconds = max(time.perf_counter() - start, 1e-9)
         log.info(
-            "signals %s: %d documents, %d kept, %.0f docs/s, %.2f MB/s",
+            "signals %s: %d documents, %d kept, %.0f docs/s, %.2f M characters/s",
             source.name,
             documents,
             kept,

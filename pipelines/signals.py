@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import filterfalse
 from typing import Any
 
 import numpy as np
@@ -124,7 +125,10 @@ def count_stop_words(distinct_words: Iterable[str], text: str, lang: str) -> int
         return None
     if lang in NO_SPACE_LANGUAGES:
         return len(set(_stop_word_re(lang).findall(text.lower())))
-    return len(stops.intersection("\n".join(distinct_words).lower().split("\n")))
+    found = set(stops.intersection(distinct_words))
+    if len(found) < len(stops):  # words with capitals count in lowercase
+        found.update(stops.intersection(map(str.lower, filterfalse(str.islower, distinct_words))))
+    return len(found)
 
 
 @dataclass

@@ -21,6 +21,7 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import filterfalse
 
 from datatrove.utils.text import PUNCTUATION_SET
 
@@ -153,7 +154,8 @@ def stats(text: str, tokens: list[str], token_chars: int | None = None) -> Stats
     word_chars = (sum(map(len, tokens)) if token_chars is None else token_chars) - sum(
         count(s) * len(s) for s in symbols
     )
-    alpha = n - sum(map(count, NO_LETTER_RE.findall("\n".join(counts))))
+    # words with no letter: among those that are not all letters, the ones NO_LETTER_RE matches
+    alpha = n - sum(map(count, NO_LETTER_RE.findall("\n".join(filterfalse(str.isalpha, counts)))))
     # spaCy keeps "Dr." and "J." whole: the period token joins the word before it
     periods = _abbreviation_periods(tokens) if counts["."] else 0
     n, n_symbols, word_chars = n - periods, n_symbols - periods, word_chars + periods

@@ -178,9 +178,10 @@ def test_c4_line_cleaning_by_hand() -> None:
     assert cleaned.removed_text.splitlines()[0] == "Home"
     assert cleaned.sentences == 4  # "Mr." ends no sentence
     s = signals.compute(PAGE)
-    assert (
-        s["c4_lines_removed"] == 4 and s["c4_sentence_count"] == 4 and s["clean_chars"] == len(cleaned.text)
-    )
+    assert s["c4_lines_removed"] == 4 and s["c4_sentence_count"] == 4
+    assert s["clean_chars"] == len(cleaned.text)
+    # FineWeb's words of the cleaned text, counted from the raw words less removed lines and citations
+    assert s["fineweb_newline_ratio"] == pytest.approx(1 / words.count(cleaned.text))
     strict = cleaning.clean(
         PAGE + "\nA line without a full stop", cleaning.CleaningConfig(remove_no_terminal_punct=True)
     )

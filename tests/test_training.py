@@ -627,6 +627,7 @@ def test_refuses_to_overwrite_checkpoints(
     assert (reference / "latest").read_text().strip() == "step-000008"
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(
     reference: Path, token_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

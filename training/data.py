@@ -288,22 +288,24 @@ class BatchStream:
         out: queue.Queue[Batch | BaseException | None] = queue.Queue(maxsize=self.prefetch_steps)
         stop = threading.Event()
 
+        def put(item: Batch | BaseException | None) -> bool:
+            """Hand an item to the training thread; False once it stopped listening."""
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         def produce() -> None:
             try:
                 for batch in self.iter_steps(range(self.start, self.stop)):
-                    if self.pin_memory:
-                        batch.pin_memory()
-                    while not stop.is_set():
-                        try:
-                            out.put(batch, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
+                    if not put(batch.pin_memory() if self.pin_memory else batch):
                         return
-                out.put(None)
+                put(None)
             except BaseException as exc:  # surfaced in the training thread
-                out.put(exc)
+                put(exc)
 
         thread = threading.Thread(target=produce, name=f"batches-rank{self.rank}", daemon=True)
         thread.start()
@@ -317,3 +319,4 @@ class BatchStream:
                 yield item
         finally:
             stop.set()
+            thread.join(timeout=10)
