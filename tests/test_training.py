@@ -562,10 +562,11 @@ def test_resume_on_one_process_consumes_exactly_the_remaining_windows(
 
 
 def test_fsdp2_on_s3_output_resumes_on_two_ranks_and_generates(
-    reference: Path, s3_server: str, s3_data: str, s3_env: str
+    reference: Path, s3_server: str, s3_data: str, s3_env: str, tmp_path: Path
 ) -> None:
     output = f"s3://{BUCKET}/fsdp-out"
     args = [*_train_args(s3_data, output, deterministic=False), "--parallel", "fsdp"]
+    args += ["--staging-dir", str(tmp_path / "staging")]
     _ok(_run([*_torchrun(1), *args, "--stop-at", "4"], s3_server))
     store = CheckpointStore(output)
     assert store.latest() == "step-000004"
