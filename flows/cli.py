@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from flows.config import RunConfig, describe, load_config, parse_override
+from flows.config import RunConfig, TrainConfig, describe, lineage_config, load_config, parse_override
 
 log = logging.getLogger("gristmill")
 
@@ -54,12 +55,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise SystemExit("error: no inputs: give --input URI (or `inputs:` in the config)")
     run_id = cfg.resolved_run_id()
     report = build_corpus(cfg.model_dump(mode="json"), run_id)
-    root = Path(cfg.output) / run_id
+    root = f"{cfg.output.rstrip('/')}/{run_id}"  # a folder or an s3:// URI
     print("\n".join(summary_lines(report)))
-    print(
-        f"  run directory: {root}\n  report: {root / 'report' / 'report.html'}\n"
-        f"  shards: {root / 'tokens' / 'manifest.json'}"
-    )
+    print(f"  run directory: {root}\n  report: {root}/report/report.html")
+    print(f"  shards: {root}/tokens/manifest.json")
     return 0
 
 
@@ -96,9 +95,14 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from pipelines import stages
 
     cfg = _common_config(args)
-    tok = cfg.tokenizer
-    stages.run_tokenizer_training(
-        _run_dir(args), tok.vocab_size, tok.min_frequency, tok.special_tokens, tok.sample_chars, tok.seed
+    summary = stages.run_tokenizer_training(
+        _run_dir(args), **cfg.tokenizer.model_dump(), validation_fraction=cfg.tokenize.validation_fraction
+    )
+    bpt = summary["bytes_per_token"]
+    heldout = f"{bpt:.3f} ({summary['heldout_documents']:,} documents)" if bpt else "not measured"
+    print(
+        f"tokenizer: vocab {summary['vocab_size']:,}, trained on {summary['documents']:,} documents "
+        f"({summary['characters']:,} characters); bytes per token on held-out text: {heldout}"
     )
     return 0
 
@@ -113,13 +117,17 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     record = run.load()
     lineage = {
         "run_id": record.get("run_id", run.root.name),
-        "config_sha256": config_sha256(record.get("config", cfg.model_dump(mode="json"))),
+        "config_sha256": config_sha256(lineage_config(record.get("config", cfg.model_dump(mode="json")))),
         "policy_sha256": policy_sha256(
             run.signals / "_policy.yaml" if (run.signals / "_policy.yaml").exists() else None
         ),
         "inputs": record.get("inputs", []),
     }
-    stages.run_tokenize(run, cfg.tokenize, lineage)
+    summary = stages.run_tokenize(run, cfg.tokenize, lineage, cfg.executor.workers)
+    print(
+        f"tokenize: {summary['documents']:,} documents, {summary['tokens']:,} tokens in {summary['shards']} "
+        f"shards ({summary['tokens_per_second']:,} tokens/s) -> {run.tokens / 'manifest.json'}"
+    )
     return 0
 
 
@@ -128,66 +136,82 @@ def cmd_report(args: argparse.Namespace) -> int:
     from pipelines.report import summary_lines, write_diff, write_whatif
     from pipelines.rundir import RunDir
 
-    run = RunDir(args.run)
-    for path in (args.run, args.against):
-        if path and not RunDir(path).run_json.exists():
+    run = RunDir(args.run)  # an s3:// run is pulled into its local mirror here
+    against = RunDir(args.against) if args.against else None
+    for path, opened in ((args.run, run), (args.against, against)):
+        if opened is not None and not opened.run_json.exists():
             raise SystemExit(f"error: {path} is not a run directory (no run.json)")
     if args.policy:
         comparison, paths = write_whatif(run, args.policy, args.workers or 0)
         print(f"what-if {args.policy}: kept documents {comparison['kept_documents_before']:,} -> "
               f"{comparison['kept_documents_after']:,} ({comparison['newly_dropped']:,} newly dropped, "
               f"{comparison['newly_kept']:,} newly kept)")
-    elif args.against:
-        _, paths = write_diff(run, RunDir(args.against), args.workers or 0)
+    elif against is not None:
+        _, paths = write_diff(run, against, args.workers or 0)
     else:
         print("\n".join(summary_lines(stages.run_report(run, args.workers or 0))))
         paths = [run.report / "report.html"]
-    print("  written: " + ", ".join(str(p) for p in paths))
+    run.sync()  # an s3:// run: upload what was written
+    print("  written: " + ", ".join(run.display(p) for p in paths))
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, dict(parse_override(item) for item in args.set or [])).train
-    nproc = args.nproc or cfg.nproc
-    output = args.output or cfg.output
-    if output is None:
-        output = str(Path(args.data).resolve().parent.parent / "model")
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
+# TrainConfig fields that shape the torchrun launch rather than `python -m training.train` options
+LAUNCHER_FIELDS = ("nproc",)
+
+
+def train_command(cfg: TrainConfig, resume: bool = False) -> list[str]:
+    """The torchrun command line for a `train:` config (every field maps to a training.train option)."""
+    if not cfg.data:
+        raise SystemExit("error: no training data: give --data MANIFEST (or `train.data` in the config)")
+    if cfg.output is None:
+        raise SystemExit("error: no output: give --output DIR (or `train.output` in the config)")
+    options: list[str] = []
+    for name, value in cfg.model_dump().items():
+        flag = "--" + name.replace("_", "-")
+        if name in LAUNCHER_FIELDS or value is None:
+            continue
+        if isinstance(value, bool):
+            if value:
+                options.append(flag)
+            elif name == "trace":  # on by default in training.train
+                options.append("--no-trace")
+        elif isinstance(value, list):
+            options += [flag, *map(str, value)]
+        else:
+            options += [flag, str(value)]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    return [
+        *launcher,
+        f"--nproc_per_node={cfg.nproc}",
         "-m",
         "training.train",
-        "--data",
-        args.data,
-        "--output",
-        output,
-        "--max-steps",
-        str(args.max_steps or cfg.max_steps),
-        "--preset",
-        cfg.preset,
-        "--seq-len",
-        str(cfg.seq_len),
-        "--batch-size",
-        str(cfg.batch_size),
-        "--lr",
-        str(cfg.lr),
-        "--warmup-steps",
-        str(cfg.warmup_steps),
-        "--dtype",
-        cfg.dtype,
-        "--seed",
-        str(cfg.seed),
-        "--eval-every",
-        str(cfg.eval_every),
-        "--log-every",
-        str(cfg.log_every),
-        *(["--resume"] if args.resume else []),
+        *options,
+        *(["--resume"] if resume else []),
     ]
-    log.info("launching: %s", " ".join(command))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    overrides = dict(parse_override(item) for item in args.set or [])
+    for flag in ("data", "data_weights", "nproc", "max_steps", "stop_at", "output", "preset", "dtype"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[f"train.{flag}"] = value
+    cfg = load_config(args.config, overrides).train
+    if cfg.output is None and cfg.data and "://" not in cfg.data[0]:
+        cfg.output = str(Path(cfg.data[0]).resolve().parent.parent / "model")
+    command = train_command(cfg, resume=args.resume)
+    if args.dry_run:
+        print(shlex.join(command))
+        return 0
+    log.info("launching: %s", shlex.join(command))
     return subprocess.call(command)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from training.export import main as export_main
+
+    return export_main(["--checkpoint", args.checkpoint, "--output", args.output, "--dtype", args.dtype]) or 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -214,6 +238,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     print(describe())
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from flows.deploy import deploy
+
+    cfg = _common_config(args)
+    for line in deploy(cfg, config_path=args.config):
+        print(line)
     return 0
 
 
@@ -256,7 +289,7 @@ def _add_quality_parser(sub: Any) -> None:
 def _add_config_args(p: argparse.ArgumentParser, inputs: bool = True, run_id: bool = False) -> None:
     p.add_argument("config", nargs="?", help="run config YAML (defaults: `gristmill config`)")
     if inputs:
-        p.add_argument("--input", nargs="+", metavar="URI", help="input files or folders")
+        p.add_argument("--input", nargs="+", metavar="URI", help="input files or folders (local or s3://)")
     p.add_argument("--workers", type=int, help="worker processes (0: every core)")
     p.add_argument("--policy", help="policy YAML (default: the bundled one)")
     p.add_argument(
@@ -309,15 +342,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="worker processes for counting tokens (0: every core)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("train", help="train a model on token shards with torchrun")
+    p = sub.add_parser(
+        "train",
+        help="train a model on token shards with torchrun",
+        description="Every `train:` field of the config (see `gristmill config`) becomes an option of "
+        "`python -m training.train`; --set train.FIELD=VALUE overrides any of them "
+        "(e.g. --set train.parallel=fsdp --set train.compile=true --set train.grad_accum=4).",
+    )
     p.add_argument("config", nargs="?", help="run config YAML (its `train:` section)")
-    p.add_argument("--data", required=True, metavar="MANIFEST", help="tokens/manifest.json of a run")
+    p.add_argument(
+        "--data", nargs="+", metavar="MANIFEST", help="tokens/manifest.json of runs (default: train.data)"
+    )
+    p.add_argument(
+        "--data-weights", nargs="+", metavar="W", help="mixing weight per --data manifest (e.g. 0.7 or 1/3)"
+    )
     p.add_argument("--nproc", type=int, help="processes (default: train.nproc)")
     p.add_argument("--max-steps", type=int, help="optimizer steps (default: train.max_steps)")
-    p.add_argument("--output", metavar="DIR", help="checkpoint folder (default: <run>/model)")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --output")
+    p.add_argument("--stop-at", type=int, help="stop this invocation after step N with a checkpoint")
+    p.add_argument("--preset", help="model size preset (default: train.preset)")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], help="compute precision (default: train.dtype)")
+    p.add_argument("--output", metavar="DIR", help="checkpoint folder or s3:// prefix (default: <run>/model)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
+    p.add_argument("--dry-run", action="store_true", help="print the torchrun command instead of running it")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="export a checkpoint to the Hugging Face Llama format (safetensors)")
+    p.add_argument(
+        "--checkpoint", required=True, metavar="DIR", help="checkpoint or training output (or s3://)"
+    )
+    p.add_argument(
+        "--output", required=True, metavar="DIR", help="folder for config.json, weights, tokenizer"
+    )
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("generate", help="sample text from a checkpoint")
     p.add_argument("--checkpoint", required=True, metavar="DIR")
@@ -331,6 +389,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="print every config field with its default and meaning")
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser(
+        "deploy",
+        help="create/update the work pool and the scheduled Prefect deployment of build_corpus",
+        description="Against PREFECT_API_URL: create the config's work pool if missing (or update its "
+        "job template), and create or update the deployment `build_corpus/<deployment.name>` with the "
+        "config as its parameters and deployment.cron/timezone as its schedule. Scheduled runs get run "
+        "ids from their scheduled time (docs/deploy.md).",
+    )
+    _add_config_args(p)
+    p.add_argument("--output", help="folder holding run directories, as the worker sees it")
+    p.set_defaults(func=cmd_deploy)
 
     _add_quality_parser(sub)
     return parser

@@ -62,11 +62,3 @@ def unit_hash(key: str, salt: str = "") -> float:
     digest = hashlib.sha256(f"{salt}{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
-
-def sample_texts(run: RunDir, max_chars: int, seed: int) -> Iterator[str]:
-    """A seeded sample of the final corpus of about `max_chars` characters (all of it if smaller)."""
-    total = sum(len(text) for table in iter_batches(run) for text in table.column("text").to_pylist())
-    fraction = 1.0 if total <= max_chars else max_chars / total
-    for doc_id, text in iter_texts(run):
-        if fraction >= 1.0 or unit_hash(doc_id, f"{seed}:") < fraction:
-            yield text

@@ -1,19 +1,30 @@
-"""The run directory: where every stage writes, and run.json, its record of what happened."""
+"""The run directory: where every stage writes, and run.json, its record of what happened.
+
+A run directory is a local folder or an `s3://bucket/prefix` URI. Stages always read and write local
+files; an S3 run keeps a local mirror (`RemoteRun`: `<cache>/s3/<bucket>/<prefix>`), pulls the remote
+run when it is opened and pushes what the stages write (docs/design.md, "Runs on S3").
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from pipelines import storage
+
+log = logging.getLogger("gristmill")
 
 STAGES = ("ingest", "signals", "dedup", "tokenizer", "tokenize", "report")
 TRACKED_PACKAGES = (
@@ -35,20 +46,29 @@ TRACKED_PACKAGES = (
 
 
 def local_path(uri: str) -> Path:
-    """Turn a run or input URI into a local path; object stores are not wired in yet."""
+    """Turn a local URI (a path or `file://`) into a path; other schemes are refused (a run directory on
+    S3 goes through RunDir, which mirrors it locally)."""
     if uri.startswith("file://"):
         return Path(uri[len("file://") :])
     if "://" in uri:
-        raise ValueError(
-            f"{uri}: only local paths are supported so far (s3:// comes with the S3 storage layer)"
-        )
+        raise ValueError(f"{storage.redact(uri)}: only a local path is supported here")
     return Path(uri)
+
+
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write a file so that readers see either the old content or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600; give the mode a plain open() would
     with os.fdopen(fd, "wb") as f:
         f.write(data.encode() if isinstance(data, str) else data)
         f.flush()
@@ -96,10 +116,25 @@ def git_commit() -> str | None:
 
 
 class RunDir:
-    """Paths of one run directory and the run.json that records its stages."""
+    """Paths of one run directory and the run.json that records its stages.
+
+    `root` is always a local folder: the run itself, or for an `s3://` run its local mirror (opening the
+    URI pulls the remote run into it). `uri` is what the user named: the folder or the S3 URI. A mirror
+    folder remembers its remote, so `RunDir(str(run.root))` (what stages hand to worker processes and
+    Prefect tasks) is again backed by S3, without pulling again.
+    """
 
     def __init__(self, root: str | Path) -> None:
-        self.root = local_path(str(root))
+        text = str(root)
+        self.remote: RemoteRun | None
+        if storage.is_s3(text):
+            self.remote = RemoteRun(text)
+            self.remote.pull()
+            self.root = self.remote.root
+        else:
+            self.root = local_path(text)
+            self.remote = RemoteRun.of_mirror(self.root)
+        self.uri = str(self.remote.uri) if self.remote else str(self.root)
         self.documents = self.root / "documents"
         self.signals = self.root / "signals"
         self.dedup = self.root / "dedup"
@@ -123,17 +158,30 @@ class RunDir:
             folder.mkdir(parents=True, exist_ok=True)
         return self
 
+    def display(self, path: Path) -> str:
+        """Where a file of this run lives for the user: its S3 URI for an S3 run, else the path."""
+        if self.remote is None:
+            return str(path)
+        return str(self.remote.uri.join(path.relative_to(self.root).as_posix()))
+
     def load(self) -> dict[str, Any]:
         """The current run.json, or an empty record."""
         if self.run_json.exists():
             return json.loads(self.run_json.read_text())
         return {}
 
+    def _save(self, record: dict[str, Any]) -> None:
+        """Write run.json (credentials scrubbed) and, for an S3 run, upload it at once."""
+        text = json.dumps(record, indent=2, sort_keys=False, ensure_ascii=False, default=str) + "\n"
+        write_atomic(self.run_json, storage.redact(text))
+        if self.remote is not None:
+            self.remote.push_files([self.run_json])
+
     def update(self, **fields: Any) -> dict[str, Any]:
         """Merge top-level fields into run.json."""
         record = self.load()
         record.update(fields)
-        write_json(self.run_json, record)
+        self._save(record)
         return record
 
     def start(self, run_id: str, config: dict[str, Any], inputs: list[str]) -> None:
@@ -152,21 +200,34 @@ class RunDir:
             git_commit=git_commit(),
             host=platform.node(),
         )
+        if self.remote is not None:
+            record["storage"] = {"uri": self.uri, "endpoint": storage.endpoint()}
         record.setdefault("created_at", now())
         record.setdefault("stages", {})
-        write_json(self.run_json, record)
+        self._save(record)
 
     def stage_status(self, stage: str) -> str | None:
         return self.load().get("stages", {}).get(stage, {}).get("status")
 
     @contextmanager
     def stage(self, name: str) -> Iterator[dict[str, Any]]:
-        """Time a stage and record running/done/failed with its summary counts in run.json."""
+        """Time a stage and record running/done/failed with its summary counts in run.json.
+
+        On an S3 run the stage starts by pushing what changed locally since the last sync (the deletions
+        of a stage that starts afresh) and, for tokenize, deleting the remote manifest, so no manifest
+        ever lists shards being rewritten; it is recorded done only after sync() uploaded its outputs.
+        """
+        if self.remote is not None:
+            self.remote.sync()
+            for rel in STAGE_COMMIT_FILES.get(name, ()):
+                self.remote.delete_remote(rel)
         self._set_stage(name, {"status": "running", "started_at": now()})
         summary: dict[str, Any] = {}
         start = time.perf_counter()
         try:
             yield summary
+            if self.remote is not None:
+                self.remote.sync()
         except BaseException as exc:
             self._set_stage(
                 name,
@@ -193,7 +254,226 @@ class RunDir:
         stages.setdefault(name, {}).update(fields)
         if fields.get("status") == "running":
             stages[name].pop("error", None)
-        write_json(self.run_json, record)
+        self._save(record)
+
+    def sync(self) -> None:
+        """Push everything new or changed to S3 (nothing to do for a local run)."""
+        if self.remote is not None:
+            self.remote.sync()
+
+    def synced(self, task: Any) -> Any:
+        """The executor task of a stage: as is for a local run; for an S3 run, a task that also uploads
+        each shard's files as soon as the shard is done (ShardUpload)."""
+        return task if self.remote is None else ShardUpload(task, str(self.root))
+
+
+# Files a stage writes last, which say "this stage's outputs are complete"; they are uploaded after every
+# data file (and run.json after everything), and deleted remotely when their stage starts again.
+STAGE_COMMIT_FILES = {"tokenize": ("tokens/manifest.json",)}
+COMMIT_NAMES = ("manifest.json", "summary.json")
+# Regenerable intermediate data, tagged for the bucket's lifecycle rule (infra/terraform/s3.tf).
+INTERMEDIATE_PREFIXES = ("documents/", "clean/", "dedup/signatures/", "dedup/bands/")
+RETENTION_TAG = {"gristmill-retention": "intermediate"}
+# Files a shard writes next to its completion marker (same stem), by the marker's folder.
+SHARD_COMPANIONS = {"documents": ("quarantine",), "signals": ("clean",), "dedup/signatures": ("dedup/bands",)}
+_MIRROR_MARK = ".gristmill"  # <mirror>/.gristmill/remote (the URI) and state/<path>.json per synced file
+
+
+def is_commit_file(rel: str) -> bool:
+    """manifest.json, summary.json, `_*` metadata files and run.json: uploaded after the data files."""
+    name = rel.rsplit("/", 1)[-1]
+    return rel == "run.json" or name in COMMIT_NAMES or name.startswith("_")
+
+
+class RemoteRun:
+    """The local mirror of a run directory on S3 and its synchronisation.
+
+    State per synced file (size, mtime, sha256, ETag) lives in `<mirror>/.gristmill/state/`, one small
+    file each, so worker processes record their uploads without sharing a file. A file whose size or
+    mtime differs from its state changed locally; an object whose ETag differs from the state changed
+    remotely (the remote wins on a pull).
+    """
+
+    def __init__(self, uri: str, mirror: Path | None = None) -> None:
+        self.uri = storage.S3Uri.parse(uri.rstrip("/"))
+        if not self.uri.key:
+            raise ValueError(f"{uri}: a run directory needs a prefix, not a whole bucket")
+        self.root = mirror or storage.cache_path(self.uri)
+        mark = self.root / _MIRROR_MARK / "remote"
+        if not mark.is_file() or mark.read_text().strip() != str(self.uri):
+            write_atomic(mark, str(self.uri))
+
+    @classmethod
+    def of_mirror(cls, root: Path) -> RemoteRun | None:
+        """The remote of a mirror folder, or None for a plain local run directory."""
+        mark = root / _MIRROR_MARK / "remote"
+        if not mark.is_file():
+            return None
+        return cls(mark.read_text().strip(), root)
+
+    def _state_path(self, rel: str) -> Path:
+        return self.root / _MIRROR_MARK / "state" / f"{rel}.json"
+
+    def _state(self, rel: str) -> dict[str, Any] | None:
+        try:
+            return json.loads(self._state_path(rel).read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _record(self, rel: str, path: Path, info: dict[str, Any]) -> None:
+        st = path.stat()
+        meta = info.get("Metadata") or {}
+        write_json(
+            self._state_path(rel),
+            {
+                "size": st.st_size,
+                "mtime_ns": st.st_mtime_ns,
+                "sha256": meta.get(storage.SHA256_METADATA),
+                "etag": str(info.get("ETag", "")).strip('"'),
+            },
+        )
+
+    def _changed(self, rel: str, path: Path) -> bool:
+        state = self._state(rel)
+        if state is None:
+            return True
+        st = path.stat()
+        return (state["size"], state["mtime_ns"]) != (st.st_size, st.st_mtime_ns)
+
+    def rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    # ------------------------------------------------------------------ pull
+
+    def pull(self) -> int:
+        """Bring the mirror up to date with the remote run; returns the number of files downloaded.
+
+        New or remotely changed objects are downloaded; a file synced earlier whose object is gone is
+        deleted; files written locally and not pushed yet are kept (they are pushed by the next sync).
+        """
+        objects = {o.key[len(self.uri.prefix) :]: o for o in storage.list_objects(self.uri)}
+        todo = []
+        for rel, obj in objects.items():
+            if any(part.startswith(".") for part in rel.split("/")):
+                continue
+            state, path = self._state(rel), self.root / rel
+            if state is not None and state.get("etag") == obj.etag and path.exists():
+                continue  # unchanged remotely (a local change, if any, is pushed by the next sync)
+            todo.append(rel)
+        state_root = self.root / _MIRROR_MARK / "state"
+        for state_file in sorted(state_root.rglob("*.json")) if state_root.is_dir() else []:
+            rel = state_file.relative_to(state_root).as_posix()[: -len(".json")]
+            if rel not in objects:
+                (self.root / rel).unlink(missing_ok=True)
+                state_file.unlink()
+
+        def fetch(rel: str) -> None:
+            info = storage.download(self.uri.join(rel), self.root / rel)
+            self._record(rel, self.root / rel, info)
+
+        _parallel(fetch, todo)
+        if todo:
+            where = f"{self.uri} (endpoint {storage.endpoint()})"
+            log.info("pulled %d files of %s into %s", len(todo), where, self.root)
+        return len(todo)
+
+    # ------------------------------------------------------------------ push
+
+    def push_files(self, paths: list[Path]) -> None:
+        """Upload files of the mirror now, in the given order, each verified before the next."""
+        for path in paths:
+            self._upload(self.rel(path), path)
+
+    def _upload(self, rel: str, path: Path) -> None:
+        if rel == "tokens/manifest.json":
+            self._check_manifest_shards(path)
+        tags = RETENTION_TAG if rel.startswith(INTERMEDIATE_PREFIXES) and not is_commit_file(rel) else None
+        info = storage.upload(path, self.uri.join(rel), tags)
+        self._record(rel, path, info)
+
+    def _check_manifest_shards(self, manifest_path: Path) -> None:
+        """Refuse to publish a manifest until every shard it lists is on S3 with its size and sha256."""
+        manifest = json.loads(manifest_path.read_text())
+        for split in manifest.get("splits", {}).values():
+            for shard in split.get("shards", []):
+                uri = self.uri.join(f"tokens/{shard['path']}")
+                info = storage.head(uri)
+                meta = (info or {}).get("Metadata") or {}
+                if (
+                    info is None
+                    or int(info["ContentLength"]) != shard["bytes"]
+                    or meta.get(storage.SHA256_METADATA) != shard["sha256"]
+                ):
+                    raise storage.StorageError(
+                        f"not publishing tokens/manifest.json: {uri} is missing or differs from the manifest"
+                    )
+
+    def delete_remote(self, rel: str) -> None:
+        storage.delete(self.uri.join(rel))
+        self._state_path(rel).unlink(missing_ok=True)
+
+    def sync(self) -> None:
+        """Push local changes: deletions, then new/changed data files, then commit files, run.json last."""
+        state_root = self.root / _MIRROR_MARK / "state"
+        for state_file in sorted(state_root.rglob("*.json")) if state_root.is_dir() else []:
+            rel = state_file.relative_to(state_root).as_posix()[: -len(".json")]
+            if not (self.root / rel).exists():
+                self.delete_remote(rel)
+        changed = [p for p in storage.iter_files(self.root) if self._changed(self.rel(p), p)]
+        data = [p for p in changed if not is_commit_file(self.rel(p))]
+        commits = sorted(
+            (p for p in changed if is_commit_file(self.rel(p))), key=lambda p: self.rel(p) == "run.json"
+        )
+        _parallel(lambda p: self._upload(self.rel(p), p), data)
+        self.push_files(commits)
+        if changed:
+            log.info("pushed %d files to %s", len(changed), self.uri)
+
+    def push_shard(self, marker: Path) -> None:
+        """Upload one finished shard: the files it wrote next to its marker first, the marker last."""
+        folder = self.rel(marker.parent)
+        companions = [
+            path
+            for companion in SHARD_COMPANIONS.get(folder, ())
+            for path in sorted((self.root / companion).glob(f"{marker.stem}.*"))
+            if not path.name.startswith(".")
+        ]
+        self.push_files([*companions, marker])
+
+
+class ShardUpload:
+    """A picklable executor task wrapping a stage's shard task for an S3 run: runs the shard, then
+    uploads its output (companion files first, the completion marker last).
+
+    `output(i)` is the wrapped task's local marker: the mirror was pulled when the run was opened, so a
+    shard whose output object exists on S3 exists locally too and is skipped; a shard written locally but
+    not yet uploaded (a crash in between) is skipped as well and pushed by the stage's final sync.
+    """
+
+    def __init__(self, task: Any, mirror_root: str) -> None:
+        self.task = task
+        self.mirror_root = mirror_root
+
+    def output(self, index: int) -> Path:
+        return Path(self.task.output(index))
+
+    def __call__(self, index: int) -> object:
+        result = self.task(index)
+        remote = RemoteRun.of_mirror(Path(self.mirror_root))
+        if remote is not None:
+            remote.push_shard(self.output(index))
+        return result
+
+
+def _parallel(call: Any, items: list[Any]) -> None:
+    """Run call(item) for every item on a few threads (S3 transfers wait on the network)."""
+    if len(items) <= 1:
+        for item in items:
+            call(item)
+        return
+    with ThreadPoolExecutor(min(8, len(items))) as pool:
+        for future in [pool.submit(call, item) for item in items]:
+            future.result()
 
 
 def now() -> str:

@@ -1,20 +1,41 @@
-"""Token shards and manifest.json, per docs/shard-format.md (the contract training reads)."""
+"""Token shards and manifest.json, per docs/shard-format.md (the contract training reads).
+
+The tokenize stage runs in three steps:
+
+1. plan (one process): walk the final corpus in input order and cut each split's documents into shards
+   of about `shard_target_tokens` tokens, estimated from UTF-8 text bytes and the tokenizer's measured
+   bytes per token (tokenizer.meta.json). A shard is a list of row ranges of clean/ (or documents/)
+   files; the plan is written to tokens/_plan.json.
+2. tokenize (parallel, `pipelines.executor.run_shards`): one task per planned shard reads its rows,
+   encodes them and writes `<split>-NNNNN.parquet` atomically; that file is the task's completion
+   marker, so a resumed stage only tokenizes the shards that are missing.
+3. manifest (one process): documents, tokens, bytes and sha256 of every shard, read back from the files,
+   written last and atomically to tokens/manifest.json.
+
+Everything the shards and the manifest hold is a function of the corpus, the tokenizer and the config,
+never of which worker or which attempt wrote a shard, so an interrupted and resumed run gives the same
+bytes as an uninterrupted one.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
-from dataclasses import dataclass, field
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, Field
 
-from pipelines.corpus import iter_batches, unit_hash
-from pipelines.progress import Progress
+from pipelines.corpus import text_path, unit_hash
+from pipelines.executor import default_workers, run_shards
 from pipelines.rundir import RunDir, write_json
 from tokenizer import EOT, file_sha256, load
 
@@ -23,6 +44,11 @@ log = logging.getLogger("gristmill")
 FORMAT = "gristmill.tokens"
 FORMAT_VERSION = 1
 SPLITS = ("train", "validation")
+PLAN = "_plan.json"
+PLAN_VERSION = 1
+DEFAULT_BYTES_PER_TOKEN = 4.0  # planning estimate when tokenizer.meta.json has no measurement
+ENCODE_ROWS = 512  # documents per encode_batch call
+TEST_DELAY_ENV = "GRISTMILL_TEST_TOKENIZE_SHARD_DELAY"  # tests: seconds to sleep after writing a shard
 
 
 class TokenizeConfig(BaseModel):
@@ -31,9 +57,17 @@ class TokenizeConfig(BaseModel):
     validation_fraction: float = Field(
         0.02, ge=0, lt=1, description="share of documents (by id hash) held out for validation"
     )
-    shard_max_tokens: int = Field(50_000_000, ge=1, description="start a new shard after this many tokens")
+    shard_target_tokens: int = Field(
+        50_000_000,
+        ge=1,
+        description="target tokens per shard file (planned from text bytes and the tokenizer's measured "
+        "bytes per token before tokenizing, so shards come out near this size, not exactly at it)",
+    )
     row_group_rows: int = Field(
-        1_024, ge=1, description="documents per Parquet row group (unit of a ranged read)"
+        1_024, ge=1, description="most documents per Parquet row group (unit of a ranged read)"
+    )
+    row_group_tokens: int = Field(
+        1_048_576, ge=1, description="a row group is closed once it holds this many tokens"
     )
 
 
@@ -42,116 +76,357 @@ def split_of(doc_id: str, validation_fraction: float) -> str:
     return "validation" if unit_hash(doc_id, "split:") < validation_fraction else "train"
 
 
-@dataclass
-class _SplitWriter:
-    """Writes one split's shards, rolling to a new file after shard_max_tokens."""
+def token_dtype(vocab_size: int) -> pa.DataType:
+    return pa.uint16() if vocab_size <= 65_536 else pa.uint32()
 
-    folder: Path
-    split: str
-    schema: pa.Schema
-    config: TokenizeConfig
-    shards: list[dict[str, Any]] = field(default_factory=list)
-    _writer: pq.ParquetWriter | None = None
-    _pending: list[pa.Table] = field(default_factory=list)
-    _pending_rows: int = 0
-    _docs: int = 0
-    _tokens: int = 0
 
-    def add(self, table: pa.Table) -> None:
-        if self._writer is None:
-            path = self._path(len(self.shards))
-            self._writer = pq.ParquetWriter(
-                path.with_name(f".{path.name}.tmp"), self.schema, compression="zstd"
+def shard_schema(vocab_size: int) -> pa.Schema:
+    return pa.schema(
+        [("id", pa.string()), ("input_ids", pa.list_(token_dtype(vocab_size))), ("n_tokens", pa.int32())]
+    )
+
+
+# ---------------------------------------------------------------------------------------------- plan
+
+
+class _Selection:
+    """Which rows of a text file belong to a split of the final corpus (kept, not removed by dedup)."""
+
+    def __init__(self, run: RunDir, validation_fraction: float) -> None:
+        from pipelines.dedup import kept_mask  # (dedup reads text through text_path)
+
+        self.run, self.validation_fraction, self._kept_mask = run, validation_fraction, kept_mask
+        path = run.dedup / "removed.parquet"
+        self.removed = pq.read_table(path, columns=["id"]).column("id") if path.exists() else None
+        self._keep: dict[str, np.ndarray] = {}
+
+    def splits(self, shard: str, first_row: int, ids: pa.Array | pa.ChunkedArray) -> list[str | None]:
+        """The split of each row (None: not in the final corpus) of rows first_row.. of `shard`."""
+        if shard not in self._keep:
+            self._keep = {shard: self._kept_mask(self.run, shard)}
+        keep = self._keep[shard][first_row : first_row + len(ids)].copy()
+        if self.removed is not None and len(self.removed):
+            keep &= ~pc.is_in(ids, value_set=self.removed).to_numpy(zero_copy_only=False)
+        return [
+            split_of(doc_id, self.validation_fraction) if k else None
+            for doc_id, k in zip(ids.to_pylist(), keep, strict=True)
+        ]
+
+
+def _text_files(run: RunDir) -> list[str]:
+    from pipelines.ingest import document_files
+
+    return [p.name for p in document_files(run)]
+
+
+def plan_shards(run: RunDir, config: TokenizeConfig, bytes_per_token: float) -> list[dict[str, Any]]:
+    """Cut each split's documents, in input order, into shards of about shard_target_tokens tokens.
+
+    A shard: {"split", "index", "documents", "text_bytes", "segments": [[file, first_row, stop_row]]},
+    where a segment's rows of the file are scanned and the rows of the shard's split kept.
+    """
+    target_bytes = config.shard_target_tokens * bytes_per_token
+    selection = _Selection(run, config.validation_fraction)
+    shards: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+    open_: dict[str, dict[str, Any] | None] = {s: None for s in SPLITS}
+    for name in _text_files(run):
+        row = 0
+        pf = pq.ParquetFile(text_path(run, name))
+        for batch in pf.iter_batches(batch_size=4096, columns=["id", "text"]):
+            sizes = pc.binary_length(batch.column("text").cast(pa.large_binary())).to_pylist()
+            for j, split in enumerate(selection.splits(name, row, batch.column("id"))):
+                if split is None:
+                    continue
+                shard = open_[split]
+                if shard is None:
+                    shard = {
+                        "split": split,
+                        "index": len(shards[split]),
+                        "documents": 0,
+                        "text_bytes": 0,
+                        "segments": [],
+                    }
+                    shards[split].append(shard)
+                    open_[split] = shard
+                segments = shard["segments"]
+                if segments and segments[-1][0] == name:
+                    segments[-1][2] = row + j + 1
+                else:
+                    segments.append([name, row + j, row + j + 1])
+                shard["documents"] += 1
+                shard["text_bytes"] += sizes[j] or 0
+                if shard["text_bytes"] >= target_bytes:
+                    open_[split] = None
+            row += batch.num_rows
+    return [shard for split in SPLITS for shard in shards[split]]
+
+
+def shard_name(shard: dict[str, Any]) -> str:
+    return f"{shard['split']}-{shard['index']:05d}.parquet"
+
+
+# ----------------------------------------------------------------------------------- tokenize (task)
+
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def _tokenizer(path: Path) -> Any:
+    """The run's tokenizer, loaded once per worker process (literal special-token text stays text)."""
+    key = str(path)
+    if key not in _TOKENIZERS:
+        _TOKENIZERS.clear()
+        _TOKENIZERS[key] = load(path, literal_special_tokens=True)
+    return _TOKENIZERS[key]
+
+
+class TokenizeShard:
+    """Tokenize planned shard `i` into tokens/<split>-NNNNN.parquet (a picklable executor task)."""
+
+    def __init__(self, run_root: str, config: dict[str, Any]) -> None:
+        self.run_root = run_root
+        self.config = config
+        self._plan: list[dict[str, Any]] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"run_root": self.run_root, "config": self.config, "_plan": None}
+
+    def plan(self) -> list[dict[str, Any]]:
+        if self._plan is None:
+            self._plan = json.loads((RunDir(self.run_root).tokens / PLAN).read_text())["shards"]
+        return self._plan
+
+    def output(self, index: int) -> Path:
+        return RunDir(self.run_root).tokens / shard_name(self.plan()[index])
+
+    def __call__(self, index: int) -> dict[str, int]:
+        run = RunDir(self.run_root)
+        config = TokenizeConfig(**self.config)
+        shard = self.plan()[index]
+        tokenizer = _tokenizer(run.tokenizer / "tokenizer.json")
+        encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+        out = self.output(index)
+        tmp = out.with_name(f".{out.name}.tmp")
+        start = time.perf_counter()
+        selection = _Selection(run, config.validation_fraction)
+        writer = _RowGroups(tmp, shard_schema(tokenizer.get_vocab_size()), config)
+        with writer, ThreadPoolExecutor(1, thread_name_prefix="encode") as encoder:
+            # encode batch k+1 (tokenizers releases the GIL) while batch k is converted and written
+            inflight: tuple[list[str], Future[Any]] | None = None
+            for ids, texts in _documents(run, shard, selection):
+                future = encoder.submit(encode, texts, add_special_tokens=False)
+                if inflight is not None:
+                    writer.add(inflight[0], inflight[1].result())
+                inflight = (ids, future)
+            if inflight is not None:
+                writer.add(inflight[0], inflight[1].result())
+        if writer.documents != shard["documents"]:
+            raise RuntimeError(
+                f"tokenize: shard {out.name} planned {shard['documents']} documents, read {writer.documents}"
             )
-        self._pending.append(table)
-        self._pending_rows += table.num_rows
-        self._docs += table.num_rows
-        self._tokens += int(pc.sum(table.column("n_tokens")).as_py() or 0)
-        if self._pending_rows >= self.config.row_group_rows:
-            self._flush()
-        if self._tokens >= self.config.shard_max_tokens:
-            self.close()
-
-    def _flush(self) -> None:
-        if self._pending and self._writer is not None:
-            self._writer.write_table(
-                pa.concat_tables(self._pending), row_group_size=self.config.row_group_rows
-            )
-        self._pending, self._pending_rows = [], 0
-
-    def close(self) -> None:
-        if self._writer is None:
-            return
-        self._flush()
-        self._writer.close()
-        path = self._path(len(self.shards))
-        path.with_name(f".{path.name}.tmp").replace(path)
-        self.shards.append(
-            {
-                "path": path.name,
-                "documents": self._docs,
-                "tokens": self._tokens,
-                "bytes": path.stat().st_size,
-                "sha256": file_sha256(path),
-            }
+        tmp.replace(out)
+        seconds = max(time.perf_counter() - start, 1e-9)
+        log.info(
+            "tokenize %s: %d documents, %d tokens, %.0f tokens/s",
+            out.name,
+            writer.documents,
+            writer.tokens,
+            writer.tokens / seconds,
         )
-        self._writer, self._docs, self._tokens = None, 0, 0
-
-    def _path(self, index: int) -> Path:
-        return self.folder / f"{self.split}-{index:05d}.parquet"
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "documents": sum(s["documents"] for s in self.shards),
-            "tokens": sum(s["tokens"] for s in self.shards),
-            "shards": self.shards,
-        }
+        delay = os.environ.get(TEST_DELAY_ENV)
+        if delay:
+            time.sleep(float(delay))
+        return {"documents": writer.documents, "tokens": writer.tokens}
 
 
-def write_token_shards(run: RunDir, config: TokenizeConfig, lineage: dict[str, Any]) -> dict[str, Any]:
-    """Tokenize the final corpus of a run into tokens/ and write tokens/manifest.json last."""
+class _RowGroups:
+    """A shard's Parquet writer: a row group is closed at row_group_rows documents or row_group_tokens."""
+
+    def __init__(self, path: Path, schema: pa.Schema, config: TokenizeConfig) -> None:
+        self.schema, self.config = schema, config
+        self.dtype = schema.field("input_ids").type.value_type
+        self.writer = pq.ParquetWriter(path, schema, compression="zstd")
+        self.ids: list[str] = []
+        self.token_lists: list[list[int]] = []
+        self.group_tokens = self.documents = self.tokens = 0
+
+    def add(self, ids: list[str], encodings: list[Any]) -> None:
+        for doc_id, encoding in zip(ids, encodings, strict=True):
+            token_ids = encoding.ids
+            self.ids.append(doc_id)
+            self.token_lists.append(token_ids)
+            self.group_tokens += len(token_ids)
+            self.documents += 1
+            self.tokens += len(token_ids)
+            if (
+                len(self.ids) >= self.config.row_group_rows
+                or self.group_tokens >= self.config.row_group_tokens
+            ):
+                self.flush()
+
+    def flush(self) -> None:
+        if self.ids:
+            self.writer.write_table(_table(self.ids, self.token_lists, self.schema, self.dtype))
+        self.ids, self.token_lists, self.group_tokens = [], [], 0
+
+    def __enter__(self) -> _RowGroups:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if exc[0] is None:
+            self.flush()
+        self.writer.close()
+
+
+def _documents(run: RunDir, shard: dict[str, Any], selection: _Selection) -> Any:
+    """(ids, texts) batches of the shard's documents, at most ENCODE_ROWS each, in input order."""
+    ids: list[str] = []
+    texts: list[str] = []
+    for name, first, stop in shard["segments"]:
+        pf = pq.ParquetFile(text_path(run, name))
+        row = 0
+        groups = []
+        for g in range(pf.metadata.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            if row < stop and row + n > first:
+                groups.append((g, row))
+            row += n
+        for g, group_first in groups:
+            table = pf.read_row_group(g, columns=["id", "text"])
+            lo, hi = max(first - group_first, 0), min(stop - group_first, table.num_rows)
+            table = table.slice(lo, hi - lo)
+            splits = selection.splits(name, group_first + lo, table.column("id"))
+            mask = pa.array([s == shard["split"] for s in splits])
+            table = table.filter(mask)
+            ids += table.column("id").to_pylist()
+            texts += [t or "" for t in table.column("text").to_pylist()]
+            while len(ids) >= ENCODE_ROWS:
+                yield ids[:ENCODE_ROWS], texts[:ENCODE_ROWS]
+                ids, texts = ids[ENCODE_ROWS:], texts[ENCODE_ROWS:]
+    if ids:
+        yield ids, texts
+
+
+def _table(ids: list[str], token_lists: list[list[int]], schema: pa.Schema, dtype: pa.DataType) -> pa.Table:
+    lengths = np.fromiter(map(len, token_lists), np.int64, len(token_lists))
+    offsets = np.zeros(len(token_lists) + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = pa.array([t for doc in token_lists for t in doc], dtype)
+    return pa.Table.from_arrays(
+        [
+            pa.array(ids, pa.string()),
+            pa.ListArray.from_arrays(pa.array(offsets), values, type=schema.field("input_ids").type),
+            pa.array(lengths.astype(np.int32), pa.int32()),
+        ],
+        schema=schema,
+    )
+
+
+# ------------------------------------------------------------------------------------------- stage
+
+
+def _planned_bytes_per_token(run: RunDir) -> float:
+    meta = run.tokenizer / "tokenizer.meta.json"
+    if meta.exists():
+        value = json.loads(meta.read_text()).get("bytes_per_token")
+        if value:
+            return float(value)
+    return DEFAULT_BYTES_PER_TOKEN
+
+
+def write_token_shards(
+    run: RunDir,
+    config: TokenizeConfig,
+    lineage: dict[str, Any],
+    workers: int = 0,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Tokenize the final corpus of a run into tokens/ and write tokens/manifest.json last.
+
+    With `resume`, shards already written under the same plan (same corpus, tokenizer and settings) are
+    kept and only the missing ones are tokenized; otherwise tokens/ is emptied first.
+    """
+    tokenizer_path = run.tokenizer / "tokenizer.json"
+    if not tokenizer_path.exists():
+        raise FileNotFoundError(f"{tokenizer_path}: train the tokenizer first (`gristmill tokenizer train`)")
+    run.tokens.mkdir(parents=True, exist_ok=True)
+    (run.tokens / "manifest.json").unlink(missing_ok=True)  # first: readers trust only the manifest
+    bpt = _planned_bytes_per_token(run)
+    plan = {
+        "plan_version": PLAN_VERSION,
+        "tokenizer_sha256": file_sha256(tokenizer_path),
+        "config": config.model_dump(),
+        "bytes_per_token": bpt,
+        "shards": plan_shards(run, config, bpt),
+    }
+    plan_path = run.tokens / PLAN
+    same_plan = plan_path.exists() and json.loads(plan_path.read_text()) == plan
+    for stale in run.tokens.glob(".*.tmp"):
+        stale.unlink()
+    if not (resume and same_plan):
+        for stale in run.tokens.glob("*.parquet"):
+            stale.unlink()
+        write_json(plan_path, plan)
+    elif resume:
+        log.info("tokenize: resuming under the same plan")
+    task = TokenizeShard(str(run.root), config.model_dump())
+    n = len(plan["shards"])
+    done = sum(task.output(i).exists() for i in range(n))
+    start = time.perf_counter()
+    synced = run.synced(task) if hasattr(run, "synced") else task  # S3 runs: upload each shard when done
+    run_shards("tokenize", synced, n, _workers(workers, n - done))
+    seconds = time.perf_counter() - start
+    manifest = build_manifest(run, config, lineage, plan["shards"])
+    write_json(run.tokens / "manifest.json", manifest)  # last
+    tokens = manifest["totals"]["tokens"]
+    log.info(
+        "tokenize: %d documents, %d tokens in %d shards (%d tokenized now) in %.1fs",
+        manifest["totals"]["documents"],
+        tokens,
+        n,
+        n - done,
+        seconds,
+    )
+    return manifest
+
+
+def _workers(workers: int, pending: int) -> int:
+    """Worker processes for the pending shards.
+
+    tokenizers encodes a batch on a Rayon thread pool over every core, so fewer shards than cores
+    still use every core; each process runs its own pool (processes forked before any pool existed).
+    """
+    return max(1, min(workers or default_workers(), pending))
+
+
+def build_manifest(
+    run: RunDir, config: TokenizeConfig, lineage: dict[str, Any], shards: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """manifest.json from the plan and the shard files (counts from the files, not the plan)."""
     tokenizer_path = run.tokenizer / "tokenizer.json"
     tokenizer = load(tokenizer_path)
     vocab_size = tokenizer.get_vocab_size()
-    dtype = pa.uint16() if vocab_size <= 65_536 else pa.uint32()
-    schema = pa.schema([("id", pa.string()), ("input_ids", pa.list_(dtype)), ("n_tokens", pa.int32())])
-    for stale in run.tokens.glob("*.parquet"):
-        stale.unlink()
-    (run.tokens / "manifest.json").unlink(missing_ok=True)
-    writers = {s: _SplitWriter(run.tokens, s, schema, config) for s in SPLITS}
-    progress = Progress("tokenize", unit="tokens")
-    n_docs = 0
-    for batch in iter_batches(run):
-        ids = batch.column("id").to_pylist()
-        encodings = tokenizer.encode_batch(batch.column("text").to_pylist(), add_special_tokens=False)
-        token_lists = [e.ids for e in encodings]
-        splits = [split_of(i, config.validation_fraction) for i in ids]
-        for split in SPLITS:
-            rows = [j for j, s in enumerate(splits) if s == split]
-            if rows:
-                writers[split].add(
-                    pa.table(
-                        {
-                            "id": [ids[j] for j in rows],
-                            "input_ids": [token_lists[j] for j in rows],
-                            "n_tokens": pa.array([len(token_lists[j]) for j in rows], pa.int32()),
-                        },
-                        schema=schema,
-                    )
-                )
-        n_docs += len(ids)
-        progress.add(sum(map(len, token_lists)))
-    progress.done(f"from {n_docs} documents")
-    for writer in writers.values():
-        writer.close()
+    splits: dict[str, dict[str, Any]] = {s: {"documents": 0, "tokens": 0, "shards": []} for s in SPLITS}
+    for shard in shards:
+        path = run.tokens / shard_name(shard)
+        n_tokens = pq.read_table(path, columns=["n_tokens"]).column("n_tokens")
+        entry = {
+            "path": path.name,
+            "documents": len(n_tokens),
+            "tokens": int(pc.sum(n_tokens).as_py() or 0),
+            "bytes": path.stat().st_size,
+            "sha256": file_sha256(path),
+        }
+        split = splits[shard["split"]]
+        split["shards"].append(entry)
+        split["documents"] += entry["documents"]
+        split["tokens"] += entry["tokens"]
     special = {
         tok.content: i for i, tok in sorted(tokenizer.get_added_tokens_decoder().items()) if tok.special
     }
-    splits = {s: w.summary() for s, w in writers.items()}
-    manifest = {
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "dtype": str(dtype),
+        "dtype": str(token_dtype(vocab_size)),
         "tokenizer": {
             "path": "../tokenizer/tokenizer.json",
             "sha256": file_sha256(tokenizer_path),
@@ -171,12 +446,8 @@ def write_token_shards(run: RunDir, config: TokenizeConfig, lineage: dict[str, A
         },
         "lineage": lineage,
     }
-    write_json(run.tokens / "manifest.json", manifest)
-    return manifest
 
 
 def config_sha256(config: dict[str, Any]) -> str:
     """A stable hash of a config dictionary."""
-    import json
-
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()

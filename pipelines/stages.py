@@ -14,12 +14,10 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines import dedup, filtering, ingest, minhash, report
-from pipelines.corpus import sample_texts
+from pipelines import dedup, filtering, ingest, minhash, report, tokenizer_train
 from pipelines.executor import run_shards
-from pipelines.rundir import RunDir, write_json
+from pipelines.rundir import RunDir
 from pipelines.shards import TokenizeConfig, write_token_shards
-from tokenizer import file_sha256, train_bpe
 
 log = logging.getLogger("gristmill")
 
@@ -40,7 +38,7 @@ def run_ingest(run: RunDir, inputs: list[str], workers: int = 0) -> dict[str, An
     )
     with run.stage("ingest") as summary:
         files = ingest.plan_inputs(run, inputs)
-        run_shards("ingest", ingest.IngestShard(str(run.root)), len(files), workers)
+        run_shards("ingest", run.synced(ingest.IngestShard(str(run.root))), len(files), workers)
         quarantine = ingest.quarantine_counts(run)
         summary.update(
             files=len(files),
@@ -79,7 +77,7 @@ def run_signals(
         n = len(ingest.document_files(run))
         filtering.warm_up(langid_model, quality_model)  # forked workers inherit models and expressions
         task = filtering.SignalsShard(str(run.root), policy_path, langid_model, quality_model, cleaning)
-        run_shards("signals", task, n, workers)
+        run_shards("signals", run.synced(task), n, workers)
         keep = filtering.read_signals(run, ["keep"]).column("keep")
         summary.update(documents=len(keep), kept=int(pc.sum(keep).as_py() or 0))
         summary["dropped"] = summary["documents"] - summary["kept"]
@@ -107,7 +105,7 @@ def run_dedup(run: RunDir, config: dedup.DedupConfig, workers: int = 0) -> dict[
         n = len(ingest.document_files(run))
         minhash.warm()  # lookup tables built once, inherited by the forked workers
         start = time.perf_counter()
-        run_shards("dedup signatures", dedup.SignatureShard(str(run.root), config), n, workers)
+        run_shards("dedup signatures", run.synced(dedup.SignatureShard(str(run.root), config)), n, workers)
         signature_seconds = time.perf_counter() - start
         result = dedup.cluster(run, config)
         summary.update(dedup.summary_counts(result))
@@ -116,71 +114,69 @@ def run_dedup(run: RunDir, config: dedup.DedupConfig, workers: int = 0) -> dict[
 
 
 def run_tokenizer_training(
-    run: RunDir, vocab_size: int, min_frequency: int, special_tokens: list[str], sample_chars: int, seed: int
+    run: RunDir,
+    vocab_size: int,
+    min_frequency: int,
+    special_tokens: list[str],
+    sample_chars: int,
+    seed: int,
+    sample_documents: int = 0,
+    heldout_chars: int = 10_000_000,
+    validation_fraction: float | None = None,
 ) -> dict[str, Any]:
-    """Train the BPE tokenizer on a seeded sample of the final corpus."""
+    """Train the BPE tokenizer on a seeded sample of the final corpus's train split and measure bytes
+    per token on held-out kept text (the validation split; `pipelines.tokenizer_train`).
+
+    `validation_fraction` defaults to the `tokenize:` section of the config recorded in run.json.
+    """
+    if validation_fraction is None:
+        recorded = run.load().get("config", {}).get("tokenize", {})
+        validation_fraction = recorded.get("validation_fraction", TokenizeConfig().validation_fraction)
+    sample = tokenizer_train.Sample(
+        sample_chars, sample_documents, heldout_chars, float(validation_fraction), seed
+    )
     with run.stage("tokenizer") as summary:
-        texts = sample_texts(run, sample_chars, seed)
-        counted = _Counting(texts)
-        tok = train_bpe(
-            counted, vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special_tokens
+        meta = tokenizer_train.train_in_child(
+            str(run.root), vocab_size, min_frequency, special_tokens, sample
         )
-        if counted.documents == 0:
-            raise ValueError("no documents left to train a tokenizer on: every document was dropped")
-        run.tokenizer.mkdir(parents=True, exist_ok=True)
-        path = run.tokenizer / "tokenizer.json"
-        tmp = path.with_name(".tokenizer.json.tmp")
-        tok.save(str(tmp))
-        tmp.replace(path)
-        sha = file_sha256(path)
-        write_json(
-            run.tokenizer / "tokenizer.meta.json",
-            {
-                "sha256": sha,
-                "vocab_size": tok.get_vocab_size(),
-                "special_tokens": special_tokens,
-                "trained_on_documents": counted.documents,
-                "trained_on_characters": counted.characters,
-                "seed": seed,
-            },
-        )
+        heldout = meta["heldout"]
         summary.update(
-            vocab_size=tok.get_vocab_size(),
-            sha256=sha,
-            documents=counted.documents,
-            characters=counted.characters,
+            vocab_size=meta["vocab_size"],
+            sha256=meta["sha256"],
+            documents=meta["trained_on_documents"],
+            characters=meta["trained_on_characters"],
+            bytes_per_token=meta["bytes_per_token"],
+            heldout_documents=heldout["documents"],
         )
         log.info(
-            "tokenizer: vocab %d trained on %d documents (%d characters)",
-            tok.get_vocab_size(),
-            counted.documents,
-            counted.characters,
+            "tokenizer: vocab %d trained on %d documents (%d characters); %s bytes per token on %d "
+            "held-out documents (%s)",
+            meta["vocab_size"],
+            meta["trained_on_documents"],
+            meta["trained_on_characters"],
+            meta["bytes_per_token"],
+            heldout["documents"],
+            heldout["source"],
         )
     return summary
 
 
-class _Counting:
-    """Pass texts through while counting them."""
-
-    def __init__(self, texts: Any) -> None:
-        self.texts = texts
-        self.documents = self.characters = 0
-
-    def __iter__(self) -> Any:
-        for text in self.texts:
-            self.documents += 1
-            self.characters += len(text)
-            yield text
-
-
-def run_tokenize(run: RunDir, config: TokenizeConfig, lineage: dict[str, Any]) -> dict[str, Any]:
-    """Write token shards and the manifest."""
+def run_tokenize(
+    run: RunDir, config: TokenizeConfig, lineage: dict[str, Any], workers: int = 0
+) -> dict[str, Any]:
+    """Write token shards in parallel and the manifest last; an interrupted attempt resumes from the
+    shards it finished."""
+    resume = run.stage_status("tokenize") in ("running", "failed")
     with run.stage("tokenize") as summary:
-        manifest = write_token_shards(run, config, lineage)
+        start = time.perf_counter()
+        manifest = write_token_shards(run, config, lineage, workers, resume=resume)
+        seconds = max(time.perf_counter() - start, 1e-9)
         summary.update(
             documents=manifest["totals"]["documents"],
             tokens=manifest["totals"]["tokens"],
             shards=sum(len(s["shards"]) for s in manifest["splits"].values()),
+            bytes=manifest["totals"]["bytes"],
+            tokens_per_second=round(manifest["totals"]["tokens"] / seconds),
         )
     return summary
 

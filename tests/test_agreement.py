@@ -1,8 +1,7 @@
 """Keep/drop agreement with datatrove's stock quality chain on the bundled sample.
 
-datatrove runs GopherRepetitionFilter -> GopherQualityFilter -> C4QualityFilter(filter_no_terminal_punct=
-False) -> FineWebQualityFilter with default arguments; gristmill runs its signals stage with the policy
-that holds the same thresholds (pipelines/resources/policy-datatrove.yaml). docs/filtering.md explains
+datatrove runs its stock chain (tests/datatrove_reference.py); gristmill runs its signals stage with the
+policy that holds the same thresholds (pipelines/resources/policy-datatrove.yaml). docs/filtering.md explains
 the documents on which they differ.
 """
 
@@ -12,6 +11,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pyarrow.parquet as pq
+from datatrove_reference import quality_chain
 
 from pipelines import stages
 from pipelines.policy import datatrove_policy_path
@@ -25,19 +25,8 @@ MIN_AGREEMENT = 0.98
 def _datatrove_keeps(texts: list[str]) -> list[bool]:
     """Whether datatrove's chain keeps each text (run in a worker process)."""
     from datatrove.data import Document
-    from datatrove.pipeline.filters import (
-        C4QualityFilter,
-        FineWebQualityFilter,
-        GopherQualityFilter,
-        GopherRepetitionFilter,
-    )
 
-    chain = [
-        GopherRepetitionFilter(),
-        GopherQualityFilter(),
-        C4QualityFilter(filter_no_terminal_punct=False),
-        FineWebQualityFilter(),
-    ]
+    chain = quality_chain()
     keeps = []
     for i, text in enumerate(texts):
         doc = Document(text=text, id=str(i))

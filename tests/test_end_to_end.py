@@ -221,6 +221,15 @@ def test_train_with_torchrun_then_generate(run_dir: Path) -> None:
     )
     assert result.stdout.startswith("The") and len(result.stdout.strip()) > len("The")
 
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gristmill("export", "--checkpoint", str(model), "--output", str(run_dir / "hf"), cwd=run_dir)
+    hf = AutoModelForCausalLM.from_pretrained(run_dir / "hf")
+    hf_tokenizer = AutoTokenizer.from_pretrained(run_dir / "hf")
+    ids = hf_tokenizer("The old house", return_tensors="pt").input_ids
+    out = hf.generate(ids, max_new_tokens=5, do_sample=False)
+    assert ids.shape[1] < out.shape[1] <= ids.shape[1] + 5
+
 
 READ_ARTIFACTS = """
 import asyncio, json

@@ -125,7 +125,7 @@ def test_training_package_runs_alone(tmp_path: Path) -> None:
 
 
 def test_worker_lock_satisfies_pyproject() -> None:
-    """docker/requirements/worker.txt pins every dependency of gristmill[s3] within pyproject's ranges."""
+    """docker/requirements/worker.txt pins every dependency of gristmill[s3,ray] within pyproject's ranges."""
     import tomllib
 
     from packaging.requirements import Requirement
@@ -135,7 +135,8 @@ def test_worker_lock_satisfies_pyproject() -> None:
     lines = (DOCKER / "requirements" / "worker.txt").read_text().splitlines()
     pins = dict(line.split("==") for line in lines if line and not line.startswith("#"))
     locked = {canonicalize_name(name): version for name, version in pins.items()}
-    for spec in project["dependencies"] + project["optional-dependencies"]["s3"]:
+    extras = project["optional-dependencies"]
+    for spec in project["dependencies"] + extras["s3"] + extras["ray"]:
         requirement = Requirement(spec)
         version = locked.get(canonicalize_name(requirement.name))
         assert version, f"{requirement.name} is not in the worker lock: run docker/lock.py"

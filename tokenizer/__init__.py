@@ -1,5 +1,25 @@
-"""Byte-level BPE tokenizer: training, loading, special tokens."""
+"""Byte-level BPE tokenizer: training, saving, loading, special tokens."""
 
-from tokenizer.bpe import EOT, PAD, SPECIAL_TOKENS, file_sha256, load, train_bpe
+from tokenizer.bpe import (
+    EOT,
+    PAD,
+    SPECIAL_TOKENS,
+    TRANSFORMERS_FILES,
+    bytes_per_token,
+    file_sha256,
+    load,
+    save,
+    train_bpe,
+)
 
-__all__ = ["EOT", "PAD", "SPECIAL_TOKENS", "file_sha256", "load", "train_bpe"]
+__all__ = [
+    "EOT",
+    "PAD",
+    "SPECIAL_TOKENS",
+    "TRANSFORMERS_FILES",
+    "bytes_per_token",
+    "file_sha256",
+    "load",
+    "save",
+    "train_bpe",
+]

@@ -1,8 +1,11 @@
-"""Train and load byte-level BPE tokenizers with Hugging Face `tokenizers`."""
+"""Train, save and load byte-level BPE tokenizers with Hugging Face `tokenizers`."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -11,6 +14,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 EOT = "<|endoftext|>"
 PAD = "<|pad|>"
 SPECIAL_TOKENS = (EOT, PAD)
+# what transformers needs next to tokenizer.json for AutoTokenizer.from_pretrained(folder)
+TRANSFORMERS_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 
 
 def train_bpe(
@@ -40,9 +45,82 @@ def train_bpe(
     return tokenizer
 
 
-def load(path: str | Path) -> Tokenizer:
-    """Load a tokenizer.json."""
-    return Tokenizer.from_file(str(path))
+def load(path: str | Path, literal_special_tokens: bool = False) -> Tokenizer:
+    """Load a tokenizer.json.
+
+    `literal_special_tokens=True` encodes special-token strings found in text (a web page quoting
+    "<|endoftext|>") as ordinary text, so a document's ids never contain a special id; the pipeline
+    encodes corpus text this way.
+    """
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.encode_special_tokens = literal_special_tokens
+    return tokenizer
+
+
+def save(tokenizer: Tokenizer, folder: str | Path, special_tokens: Iterable[str] = SPECIAL_TOKENS) -> Path:
+    """Write tokenizer.json, plus tokenizer_config.json and special_tokens_map.json so that
+    `transformers.AutoTokenizer.from_pretrained(folder)` loads it with eos (and pad) set.
+
+    Each file is written atomically; tokenizer.json is written last. Returns its path.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    special = list(dict.fromkeys(special_tokens))
+    names = {"eos_token": EOT, "bos_token": EOT, "unk_token": EOT}
+    if PAD in special:
+        names["pad_token"] = PAD
+    added = {
+        str(i): {
+            "content": tok.content,
+            "lstrip": tok.lstrip,
+            "normalized": tok.normalized,
+            "rstrip": tok.rstrip,
+            "single_word": tok.single_word,
+            "special": tok.special,
+        }
+        for i, tok in sorted(tokenizer.get_added_tokens_decoder().items())
+    }
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": 1_000_000_000_000_000_019_884_624_838_656,
+        "clean_up_tokenization_spaces": False,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        **names,
+        "added_tokens_decoder": added,
+    }
+    _write_atomic(folder / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
+    _write_atomic(folder / "special_tokens_map.json", json.dumps(names, indent=2) + "\n")
+    path = folder / "tokenizer.json"
+    _write_atomic(path, tokenizer.to_str(pretty=True))
+    return path
+
+
+def bytes_per_token(tokenizer: Tokenizer, texts: list[str]) -> tuple[int, int]:
+    """(UTF-8 bytes, tokens) of `texts`, encoded as the pipeline encodes documents."""
+    literal = tokenizer.encode_special_tokens
+    tokenizer.encode_special_tokens = True
+    try:
+        tokens = sum(len(e.ids) for e in _encode_batch(tokenizer, texts))
+    finally:
+        tokenizer.encode_special_tokens = literal
+    return sum(len(t.encode("utf-8")) for t in texts), tokens
+
+
+def _encode_batch(tokenizer: Tokenizer, texts: list[str]) -> list:
+    """encode_batch without character offsets where this `tokenizers` has it (same ids, faster)."""
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+    return encode(texts, add_special_tokens=False)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the mode a plain open() would
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def file_sha256(path: str | Path) -> str:

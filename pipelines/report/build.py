@@ -37,6 +37,11 @@ def build(data: RunData) -> dict[str, Any]:
         report["languages"] = languages(data)
     if data.removed is not None:
         report["duplicates"] = duplicates(data)
+    tokenizer = data.record.get("stages", {}).get("tokenizer", {}).get("summary", {})
+    if tokenizer.get("vocab_size"):  # bytes per token: measured on held-out (validation) text
+        report["tokenizer"] = {
+            k: tokenizer.get(k) for k in ("vocab_size", "bytes_per_token", "heldout_documents")
+        }
     return report
 
 

@@ -178,6 +178,11 @@ def render_html(report: dict[str, Any]) -> str:
                 ("documents in the corpus", num(last["documents_out"])),
                 (f"{unit} in the corpus", num(last.get("tokens_out") or last.get("characters_out"))),
                 ("records quarantined", num(sum(report["quarantine"].values()))),
+                *(
+                    [("bytes per token (held-out text)", f"{report['tokenizer']['bytes_per_token']:.2f}")]
+                    if (report.get("tokenizer") or {}).get("bytes_per_token")
+                    else []
+                ),
             )
         )
         + "</div>",
@@ -312,6 +317,13 @@ def render_markdown(report: dict[str, Any]) -> str:
     unit = report["unit"]
     lines = [f"# gristmill report — run `{report['run_id']}`", "", f"Sizes in {unit}.", "", "## Funnel", ""]
     lines += md_table(FUNNEL_HEADERS, _funnel_rows(report))
+    tokenizer = report.get("tokenizer") or {}
+    if tokenizer.get("bytes_per_token"):
+        lines += [
+            f"Tokenizer: {tokenizer['vocab_size']:,} tokens, {tokenizer['bytes_per_token']:.2f} bytes per "
+            f"token on {tokenizer['heldout_documents']:,} held-out (validation) documents.",
+            "",
+        ]
     if report.get("rules"):
         lines += ["## Rules", "", *md_table(_rule_headers(unit), _rule_rows(report))]
     if report.get("languages"):

@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))  # tests/: datatrove_reference
 DATATROVE_MB = float(os.environ.get("GRISTMILL_BENCH_DATATROVE_MB", "10"))
 BATCH = 256
 
@@ -107,19 +108,9 @@ def child_gristmill(run_root: Path) -> dict[str, Any]:
 
 def child_datatrove(run_root: Path) -> dict[str, Any]:
     from datatrove.data import Document
-    from datatrove.pipeline.filters import (
-        C4QualityFilter,
-        FineWebQualityFilter,
-        GopherQualityFilter,
-        GopherRepetitionFilter,
-    )
+    from datatrove_reference import quality_chain
 
-    chain = [
-        GopherRepetitionFilter(),
-        GopherQualityFilter(),
-        C4QualityFilter(filter_no_terminal_punct=False),
-        FineWebQualityFilter(),
-    ]
+    chain = quality_chain()
 
     def step() -> dict[str, Any]:
         pipe: Any = (Document(text=text, id=doc_id) for doc_id, text in _texts(run_root))

@@ -1,0 +1,221 @@
+"""The same corpus, byte for byte, however the build went: SIGKILLed mid-stage and resumed, or on Ray.
+
+Every run here builds the same small input with the same flags, each in its own working directory with
+relative `in/` and `runs/` (so the configs, and the manifests' lineage hashes, are the same), and
+compares its outputs with one uninterrupted local run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prefect_server import free_port, prefect_server
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+GRISTMILL = BIN / "gristmill"
+SAMPLE = REPO / "data" / "sample"
+RUN = ["run", "--input", "in", "--output", "runs", "--run-id", "r", "--workers", "2"]
+SETTINGS = ["--set", "tokenizer.vocab_size=512"]
+N_SHARDS = 4  # spam, udhr, and the WARC and WET files of cc/
+# What a run writes, minus what holds timings or absolute paths (run.json, report/, dedup/summary.json,
+# documents/_inputs.json).
+COMPARED = (
+    "documents/*.parquet",
+    "quarantine/*.jsonl",
+    "clean/*.parquet",
+    "signals/*.parquet",
+    "signals/_policy.yaml",
+    "dedup/signatures/*.parquet",
+    "dedup/bands/*.parquet",
+    "dedup/removed.parquet",
+    "dedup/clusters.parquet",
+    "tokenizer/tokenizer.json",
+    "tokens/*.parquet",
+    "tokens/manifest.json",
+)
+
+
+def _workdir(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    inputs = root / "in"
+    inputs.mkdir()
+    for name in ("spam.jsonl.zst", "udhr.jsonl.zst"):
+        shutil.copy(SAMPLE / name, inputs / name)
+    shutil.copytree(SAMPLE / "cc", inputs / "cc")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """One Prefect server for every run here (instead of an ephemeral API started by each run)."""
+    with prefect_server(tmp_path_factory.mktemp("prefect-home")) as (_, env):
+        yield env
+
+
+def _gristmill(work: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    try:
+        result = subprocess.run(
+            [str(GRISTMILL), *RUN, *SETTINGS, *args],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"gristmill run timed out:\n{exc.stdout}\n{str(exc.stderr)[-8000:]}") from exc
+    assert result.returncode == 0, f"gristmill run failed:\n{result.stdout}\n{result.stderr[-5000:]}"
+    return result
+
+
+def _outputs(run: Path) -> dict[str, bytes]:
+    found = {str(p.relative_to(run)): p.read_bytes() for pattern in COMPARED for p in run.glob(pattern)}
+    assert "tokens/manifest.json" in found and "dedup/removed.parquet" in found
+    assert sum(name.startswith("tokens/train-") for name in found) >= 1
+    assert sum(name.startswith("signals/0") for name in found) == N_SHARDS
+    return found
+
+
+def _assert_identical(run: Path, baseline: Path) -> None:
+    got, want = _outputs(run), _outputs(baseline)
+    assert sorted(got) == sorted(want)
+    different = [name for name in want if got[name] != want[name]]
+    assert not different, f"differ from the uninterrupted run: {different}"
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory: pytest.TempPathFactory, server: dict[str, str]) -> Path:
+    """One uninterrupted local run."""
+    work = _workdir(tmp_path_factory.mktemp("baseline"))
+    _gristmill(work, server)
+    return work / "runs" / "r"
+
+
+def _stage_status(run: Path, stage: str) -> str | None:
+    try:
+        return json.loads((run / "run.json").read_text())["stages"][stage]["status"]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _kill_mid_stage(work: Path, env: dict[str, str], stage: str, marker: str, log: Path) -> int:
+    """Start `gristmill run`, SIGKILL its whole process group once `stage` is running with some but not
+    all shards done; return how many were done."""
+    run = work / "runs" / "r"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [str(GRISTMILL), *RUN, *SETTINGS],
+            cwd=work,
+            env={**env, "GRISTMILL_TEST_SHARD_DELAY": "1.0"},  # each shard waits 1 s before it starts
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: the CLI and its pool workers
+        )
+        try:
+            deadline = time.monotonic() + 240
+            while True:
+                assert proc.poll() is None, (
+                    f"the run ended before {stage} could be interrupted:\n" + (log.read_text()[-3000:])
+                )
+                assert time.monotonic() < deadline, "timed out waiting for the stage"
+                done = len(list(run.glob(marker)))
+                if _stage_status(run, stage) == "running" and 1 <= done < N_SHARDS:
+                    break
+                time.sleep(0.05)
+            os.killpg(proc.pid, signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    return done
+
+
+def test_killed_run_resumes_to_identical_outputs(
+    baseline: Path, server: dict[str, str], tmp_path: Path
+) -> None:
+    work = _workdir(tmp_path / "killed")
+    run = work / "runs" / "r"
+
+    # 1: killed in signals, some shards written
+    done = _kill_mid_stage(work, server, "signals", "signals/0*.parquet", tmp_path / "first.log")
+    assert _stage_status(run, "ingest") == "done" and _stage_status(run, "signals") == "running"
+    # what a kill in the middle of writing a shard leaves behind: a partial temp file
+    pending = sorted(set(range(N_SHARDS)) - {int(p.stem) for p in run.glob("signals/0*.parquet")})
+    (run / "signals" / f".{pending[0]:05d}.parquet.tmp").write_bytes(b"PAR1 partial")
+
+    # 2: resumes signals from its finished shards, then killed in dedup
+    _kill_mid_stage(work, server, "dedup", "dedup/signatures/*.parquet", tmp_path / "second.log")
+    second = (tmp_path / "second.log").read_text()
+    assert "ingest: already done in an earlier attempt, skipping" in second
+    assert f"signals: {done} of {N_SHARDS} shards already done, resuming" in second
+    assert _stage_status(run, "signals") == "done" and _stage_status(run, "dedup") == "running"
+
+    # 3: runs to the end
+    third = _gristmill(work, server)
+    assert "of 4 shards already done, resuming" in third.stderr
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "done"
+    assert all(stage["status"] == "done" for stage in record["stages"].values())
+    _assert_identical(run, baseline)
+
+
+# ---------------------------------------------------------------------------------------------- Ray
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[str]:
+    """A real one-node Ray cluster (`ray start --head`) in its own processes, on a temp dir."""
+    pytest.importorskip("ray")
+    port = free_port()
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    log = Path(temp) / "head.log"
+    with log.open("w") as out:
+        command = f"start --head --block --node-ip-address 127.0.0.1 --port {port} --temp-dir {temp} "
+        command += f"--num-cpus 2 --object-store-memory {100 * 2**20} --include-dashboard=false "
+        command += "--disable-usage-stats"
+        proc = subprocess.Popen(
+            [str(BIN / "ray"), *command.split()],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while "will now block" not in log.read_text():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "Ray head did not start:\n" + log.read_text()[-3000:]
+            time.sleep(0.5)
+        yield f"127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=3)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # gcs_server and raylet can outlive the CLI on SIGTERM
+        proc.wait(timeout=10)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_ray_executor_gives_identical_outputs(
+    baseline: Path, server: dict[str, str], ray_cluster: str, tmp_path: Path
+) -> None:
+    work = _workdir(tmp_path / "ray")
+    ray = ["--set", "executor.kind=ray", "--set", f"executor.address={ray_cluster}"]
+    result = _gristmill(work, server, *ray)
+    assert f"Ray: connected to {ray_cluster}" in result.stderr
+    assert "signals: 4 shards on Ray" in result.stderr
+    _assert_identical(work / "runs" / "r", baseline)
