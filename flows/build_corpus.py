@@ -22,12 +22,11 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from flows.config import RunConfig, StageRunConfig, lineage_config
+from flows.config import RunConfig, StageRunConfig, run_lineage
 from pipelines import executor, stages
 from pipelines.dedup import DedupConfig
-from pipelines.policy import policy_sha256
 from pipelines.rundir import RunDir, now
-from pipelines.shards import TokenizeConfig, config_sha256
+from pipelines.shards import TokenizeConfig
 
 # Where each stage writes, relative to the run directory (published as the stage's output location).
 OUTPUTS = {
@@ -120,11 +119,11 @@ def tokenizer_task(run_root: str, config: dict[str, Any]) -> dict[str, Any]:
 
 
 @task(name="tokenize")
-def tokenize_task(run_root: str, config: dict[str, Any], lineage: dict[str, Any]) -> dict[str, Any]:
+def tokenize_task(run_root: str, config: dict[str, Any], workers: int) -> dict[str, Any]:
     run = RunDir(run_root)
     if _skip_if_done(run, "tokenize"):
         return _done(run, "tokenize")
-    summary = stages.run_tokenize(run, TokenizeConfig(**config), lineage)
+    summary = stages.run_tokenize(run, TokenizeConfig(**config), run_lineage(run), workers)
     _publish_stage(run, "tokenize", summary)
     return summary
 
@@ -238,13 +237,7 @@ def build_corpus(config: dict[str, Any], run_id: str | None = None) -> dict[str,
     _with(signals_task, st.signals)(root, cfg.signals.policy, cfg.signals.langid_model, workers)
     _with(dedup_task, st.dedup)(root, cfg.dedup.model_dump(), workers)
     _with(tokenizer_task, st.tokenizer)(root, cfg.tokenizer.model_dump())
-    lineage = {
-        "run_id": run_id,
-        "config_sha256": config_sha256(lineage_config(cfg.model_dump(mode="json"))),
-        "policy_sha256": policy_sha256(cfg.signals.policy),
-        "inputs": cfg.inputs,
-    }
-    _with(tokenize_task, st.tokenize)(root, cfg.tokenize.model_dump(), lineage)
+    _with(tokenize_task, st.tokenize)(root, cfg.tokenize.model_dump(), workers)
     report = _with(report_task, st.report)(root, workers)
     run.update(status="done", finished_at=now())
     return report

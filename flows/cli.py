@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flows.config import RunConfig, TrainConfig, describe, lineage_config, load_config, parse_override
+from flows.config import RunConfig, TrainConfig, describe, load_config, parse_override, run_lineage
 
 log = logging.getLogger("gristmill")
 
@@ -109,20 +109,10 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
     from pipelines import stages
-    from pipelines.policy import policy_sha256
-    from pipelines.shards import config_sha256
 
     cfg = _common_config(args)
     run = _run_dir(args)
-    record = run.load()
-    lineage = {
-        "run_id": record.get("run_id", run.root.name),
-        "config_sha256": config_sha256(lineage_config(record.get("config", cfg.model_dump(mode="json")))),
-        "policy_sha256": policy_sha256(
-            run.signals / "_policy.yaml" if (run.signals / "_policy.yaml").exists() else None
-        ),
-        "inputs": record.get("inputs", []),
-    }
+    lineage = run_lineage(run, cfg.model_dump(mode="json"))
     summary = stages.run_tokenize(run, cfg.tokenize, lineage, cfg.executor.workers)
     print(
         f"tokenize: {summary['documents']:,} documents, {summary['tokens']:,} tokens in {summary['shards']} "

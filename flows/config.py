@@ -12,7 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipelines.cleaning import CleaningConfig
 from pipelines.dedup import DedupConfig
-from pipelines.shards import TokenizeConfig
+from pipelines.policy import policy_sha256
+from pipelines.rundir import RunDir
+from pipelines.shards import TokenizeConfig, config_sha256
 from tokenizer import SPECIAL_TOKENS
 
 
@@ -194,14 +196,28 @@ class RunConfig(Section):
         return self.run_id or datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S")
 
 
-# Sections that decide where and how a run executes, not what it writes: left out of the lineage hash
-# (tokens/manifest.json), so the same corpus built on Ray or locally, by hand or on a schedule, is identical.
-EXECUTION_SECTIONS = ("executor", "stages", "deployment")
+# The sections that shape what a corpus build writes. The manifest's config_sha256 hashes only these, so
+# the same corpus built locally or on Ray, by hand or on a schedule, into a folder or a bucket, has the
+# same manifest; `executor`, `stages`, `deployment`, `train` and the locations are left out.
+CORPUS_SECTIONS = ("signals", "dedup", "tokenizer", "tokenize")
 
 
 def lineage_config(config: dict[str, Any]) -> dict[str, Any]:
     """The part of a config dictionary that shapes the corpus (what the manifest's config_sha256 hashes)."""
-    return {k: v for k, v in config.items() if k not in EXECUTION_SECTIONS}
+    return {k: config.get(k) for k in CORPUS_SECTIONS}
+
+
+def run_lineage(run: RunDir, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The lineage tokens/manifest.json records: run id, config and policy hashes, inputs (from run.json,
+    or `config` where run.json has none, and the policy the signals stage saved)."""
+    record = run.load()
+    policy = run.signals / "_policy.yaml"
+    return {
+        "run_id": record.get("run_id", run.root.name),
+        "config_sha256": config_sha256(lineage_config(record.get("config") or config or {})),
+        "policy_sha256": policy_sha256(policy if policy.exists() else None),
+        "inputs": record.get("inputs", []),
+    }
 
 
 PATH_FIELDS = (

@@ -37,6 +37,9 @@ class ShardTask(Protocol):
         """Process shard `index`, writing `output(index)` atomically."""
         ...
 
+    # Optional: `finish()`, called in this process once the shards have run (also when some failed),
+    # before run_shards returns or raises: rundir.ShardUpload pulls what other machines uploaded.
+
 
 @dataclass(frozen=True)
 class ExecutorSettings:
@@ -89,6 +92,9 @@ def run_shards(name: str, task: ShardTask, n_shards: int, workers: int = 0) -> N
         workers = max(1, min(workers or default_workers(), len(pending)))
         failures = _run_local(name, task, pending, workers)
         where = f"{workers} workers"
+    finish = getattr(task, "finish", None)
+    if finish is not None:
+        finish()  # e.g. an S3 run's wrapper pulls the outputs of shards that ran on other machines
     if failures:
         raise RuntimeError(f"{name}: {len(failures)} of {len(pending)} shards failed: {failures}")
     log.info("%s: %d shards on %s in %.1fs", name, len(pending), where, time.perf_counter() - start)

@@ -2,19 +2,25 @@
 
 A run directory is a local folder or an `s3://bucket/prefix` URI. Stages always read and write local
 files; an S3 run keeps a local mirror (`RemoteRun`: `<cache>/s3/<bucket>/<prefix>`), pulls the remote
-run when it is opened and pushes what the stages write (docs/design.md, "Runs on S3").
+run when it is opened and pushes what the stages write (docs/design.md, "Runs on S3"). A shard task
+sent to another machine (a multi-node Ray cluster) brings that machine's mirror up to date first
+(`ShardUpload`).
 """
 
 from __future__ import annotations
 
+import copy
+import fcntl
 import json
 import logging
 import os
 import platform
+import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -263,8 +269,15 @@ class RunDir:
 
     def synced(self, task: Any) -> Any:
         """The executor task of a stage: as is for a local run; for an S3 run, a task that also uploads
-        each shard's files as soon as the shard is done (ShardUpload)."""
-        return task if self.remote is None else ShardUpload(task, str(self.root))
+        each shard's files as soon as the shard is done (ShardUpload).
+
+        For an S3 run this first pushes what the stage wrote so far (its plan, policy, ...), so that a
+        shard running on another machine finds everything it reads on S3.
+        """
+        if self.remote is None:
+            return task
+        self.remote.sync()
+        return ShardUpload(task, str(self.root), str(self.remote.uri))
 
 
 # Files a stage writes last, which say "this stage's outputs are complete"; they are uploaded after every
@@ -276,7 +289,24 @@ INTERMEDIATE_PREFIXES = ("documents/", "clean/", "dedup/signatures/", "dedup/ban
 RETENTION_TAG = {"gristmill-retention": "intermediate"}
 # Files a shard writes next to its completion marker (same stem), by the marker's folder.
 SHARD_COMPANIONS = {"documents": ("quarantine",), "signals": ("clean",), "dedup/signatures": ("dedup/bands",)}
+# The folders each stage writes, in stage order: a shard task on another machine pulls neither a later
+# stage's folders nor its own stage's shard outputs (ShardUpload).
+STAGE_FOLDERS = {
+    "ingest": ("documents", "quarantine"),
+    "signals": ("signals", "clean"),
+    "dedup": ("dedup",),
+    "tokenizer": ("tokenizer",),
+    "tokenize": ("tokens",),
+    "report": ("report",),
+}
 _MIRROR_MARK = ".gristmill"  # <mirror>/.gristmill/remote (the URI) and state/<path>.json per synced file
+NODE_ID_ENV = "GRISTMILL_NODE_ID"
+
+
+def node_id() -> str:
+    """This machine, as ShardUpload compares the driver's and a worker's: `$GRISTMILL_NODE_ID`, else the
+    host name."""
+    return os.environ.get(NODE_ID_ENV) or socket.gethostname()
 
 
 def is_commit_file(rel: str) -> bool:
@@ -345,37 +375,92 @@ class RemoteRun:
 
     # ------------------------------------------------------------------ pull
 
-    def pull(self) -> int:
+    def pull(
+        self, folders: tuple[str, ...] | None = None, wanted: Callable[[str], bool] | None = None
+    ) -> int:
         """Bring the mirror up to date with the remote run; returns the number of files downloaded.
 
         New or remotely changed objects are downloaded; a file synced earlier whose object is gone is
         deleted; files written locally and not pushed yet are kept (they are pushed by the next sync).
+        `folders` (of the run, e.g. `("signals", "clean")`) and `wanted` (a test on the path relative to
+        the run) limit the pull to part of the run.
+
+        Safe while other processes use the same mirror: pulls take a lock on the mirror, downloads go
+        through a temporary file per process and a rename, state files are written atomically, and a
+        file is deleted only once a HEAD confirms its object is gone (not merely uploaded after the
+        listing by another process).
         """
-        objects = {o.key[len(self.uri.prefix) :]: o for o in storage.list_objects(self.uri)}
+
+        with self._pull_lock():
+            return self._pull(folders, wanted)
+
+    def _pull(self, folders: tuple[str, ...] | None, wanted: Callable[[str], bool] | None) -> int:
+        under = None if folders is None else tuple(f"{f.strip('/')}/" for f in folders)
+
+        def in_scope(rel: str) -> bool:
+            if any(part.startswith(".") for part in rel.split("/")):
+                return False
+            if under is not None and not rel.startswith(under):
+                return False
+            return wanted is None or wanted(rel)
+
+        listed = [self.uri] if folders is None else [self.uri.join(f.strip("/")) for f in folders]
+        objects = {o.key[len(self.uri.prefix) :]: o for uri in listed for o in storage.list_objects(uri)}
         todo = []
         for rel, obj in objects.items():
-            if any(part.startswith(".") for part in rel.split("/")):
+            if not in_scope(rel):
                 continue
             state, path = self._state(rel), self.root / rel
             if state is not None and state.get("etag") == obj.etag and path.exists():
                 continue  # unchanged remotely (a local change, if any, is pushed by the next sync)
             todo.append(rel)
         state_root = self.root / _MIRROR_MARK / "state"
-        for state_file in sorted(state_root.rglob("*.json")) if state_root.is_dir() else []:
-            rel = state_file.relative_to(state_root).as_posix()[: -len(".json")]
-            if rel not in objects:
+        gone = [
+            rel
+            for state_file in (sorted(state_root.rglob("*.json")) if state_root.is_dir() else [])
+            if (rel := state_file.relative_to(state_root).as_posix()[: -len(".json")]) not in objects
+            and in_scope(rel)
+        ]
+
+        def forget(rel: str) -> None:
+            if storage.head(self.uri.join(rel)) is None:  # not uploaded since the listing
                 (self.root / rel).unlink(missing_ok=True)
-                state_file.unlink()
+                self._state_path(rel).unlink(missing_ok=True)
 
         def fetch(rel: str) -> None:
             info = storage.download(self.uri.join(rel), self.root / rel)
             self._record(rel, self.root / rel, info)
 
+        _parallel(forget, gone)
         _parallel(fetch, todo)
         if todo:
             where = f"{self.uri} (endpoint {storage.endpoint()})"
             log.info("pulled %d files of %s into %s", len(todo), where, self.root)
         return len(todo)
+
+    def pull_once(self, key: str, wanted: Callable[[str], bool] | None = None) -> int:
+        """pull(wanted=...) unless a pull with this key already completed on this mirror (the shard
+        tasks of one stage on one machine: the first pulls, the others wait for it, then skip)."""
+        done = self.root / _MIRROR_MARK / "pulled" / key
+        with self._pull_lock():
+            if done.exists():
+                return 0
+            pulled = self._pull(None, wanted)
+            for old in done.parent.glob("*") if done.parent.is_dir() else []:
+                old.unlink(missing_ok=True)
+            write_atomic(done, now())
+        return pulled
+
+    @contextmanager
+    def _pull_lock(self) -> Iterator[None]:
+        path = self.root / _MIRROR_MARK / "pull.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # ------------------------------------------------------------------ push
 
@@ -448,21 +533,87 @@ class ShardUpload:
     `output(i)` is the wrapped task's local marker: the mirror was pulled when the run was opened, so a
     shard whose output object exists on S3 exists locally too and is skipped; a shard written locally but
     not yet uploaded (a crash in between) is skipped as well and pushed by the stage's final sync.
+
+    Other machines (a multi-node Ray cluster): the wrapper carries the run's URI and the driver's
+    `node_id()`. On another node, before its shard, it brings that node's mirror up to date with one
+    incremental pull per stage and node (`RemoteRun.pull_once`: new or changed objects only, by ETag;
+    neither later stages' folders nor this stage's shard outputs) and, when that node's mirror is
+    elsewhere (another `$GRISTMILL_CACHE_DIR`), points the task's `run_root` at it. On the driver's node
+    nothing is pulled. After the shards the executor calls `finish()` on the driver, which pulls the
+    outputs the shards uploaded from other nodes (a listing of the shard folders when every shard ran on
+    the driver's node).
     """
 
-    def __init__(self, task: Any, mirror_root: str) -> None:
+    def __init__(self, task: Any, mirror_root: str, uri: str) -> None:
         self.task = task
         self.mirror_root = mirror_root
+        self.uri = uri
+        self.node = node_id()
+        self.pull_key = uuid.uuid4().hex  # this stage's shards: each other node pulls once for all of them
+        self.folders = _shard_folders(task, Path(mirror_root))
 
     def output(self, index: int) -> Path:
         return Path(self.task.output(index))
 
     def __call__(self, index: int) -> object:
-        result = self.task(index)
+        task, root = self.task, Path(self.mirror_root)
+        if node_id() != self.node:
+            task, root = self._on_this_node()
+        result = task(index)
+        remote = RemoteRun.of_mirror(root)
+        if remote is not None:
+            remote.push_shard(Path(task.output(index)))
+        return result
+
+    def finish(self) -> None:
+        """On the driver, after the shards: pull the shard outputs uploaded from other nodes."""
         remote = RemoteRun.of_mirror(Path(self.mirror_root))
         if remote is not None:
-            remote.push_shard(self.output(index))
-        return result
+            remote.pull(self.folders or None)
+
+    def _on_this_node(self) -> tuple[Any, Path]:
+        """On a node other than the driver's: the task pointed at this node's mirror, brought up to date
+        with what the stage's shards read."""
+        remote = RemoteRun(self.uri)
+        remote.pull_once(self.pull_key, self._reads)
+        RunDir(remote.root).create()  # the folders the driver made (S3 keeps no empty folder)
+        for folder in self.folders or ():
+            (remote.root / folder).mkdir(parents=True, exist_ok=True)
+        here = str(remote.root)
+        if here == self.mirror_root:
+            return self.task, remote.root
+        if getattr(self.task, "run_root", None) != self.mirror_root:
+            raise RuntimeError(
+                f"{type(self.task).__name__} holds paths of the driver's mirror {self.mirror_root}, "
+                f"which is {here} on this node: set GRISTMILL_CACHE_DIR to the same path on every node"
+            )
+        task = copy.copy(self.task)
+        task.run_root = here
+        return task, remote.root
+
+    def _reads(self, rel: str) -> bool:
+        """Whether a shard of this stage may read `rel`: not a later stage's file, not another shard's
+        output of this stage (its `_*` files, such as a plan, are read)."""
+        if self.folders is None:
+            return True
+        name = rel.rsplit("/", 1)[-1]
+        if rel.startswith(tuple(f"{f}/" for f in self.folders)) and not name.startswith("_"):
+            return False
+        stage = next((s for s, fs in STAGE_FOLDERS.items() if self.folders[0].split("/")[0] in fs), None)
+        if stage is None:
+            return True
+        later = [f for s in STAGES[STAGES.index(stage) + 1 :] for f in STAGE_FOLDERS[s]]
+        return not rel.startswith(tuple(f"{f}/" for f in later))
+
+
+def _shard_folders(task: Any, root: Path) -> tuple[str, ...] | None:
+    """The folders a stage's shards write: the completion marker's and its companions (None when the
+    marker cannot be found yet, e.g. a stage without shards)."""
+    try:
+        folder = Path(task.output(0)).parent.relative_to(root).as_posix()
+    except Exception:  # it only narrows pulls: None pulls the whole run
+        return None
+    return (folder, *SHARD_COMPANIONS.get(folder, ()))
 
 
 def _parallel(call: Any, items: list[Any]) -> None:

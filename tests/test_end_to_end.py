@@ -12,27 +12,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from gristmill_cli import gristmill
 
 from tokenizer import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
-GRISTMILL = Path(sys.executable).parent / "gristmill"
-
-
-def gristmill(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [str(GRISTMILL), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, **(env or {})},
-    )
-    assert result.returncode == 0, (
-        f"gristmill {' '.join(args)} failed:\n{result.stdout}\n{result.stderr[-5000:]}"
-    )
-    return result
 
 
 def _bad_inputs(folder: Path) -> dict[str, int]:

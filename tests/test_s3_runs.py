@@ -15,8 +15,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,13 +22,13 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 from faulty_proxy import FaultyProxy
+from gristmill_cli import gristmill
 from s3_server import aws_env, client, create_bucket, upload_dir
 
 from pipelines import storage
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
-GRISTMILL = Path(sys.executable).parent / "gristmill"
 BUCKET = "gristmill-test"
 SECRET = "gristmill-test-SECRET-wJalrXUtnFEMIK7MDENGbPxRfiCY"  # distinctive: must never be written out
 E2E_FILES = ("spam.jsonl.zst", "udhr.jsonl.zst", "cc")
@@ -54,21 +52,6 @@ def _env(endpoint: str, cache: Path, **extra: str) -> dict[str, str]:
         "GRISTMILL_CACHE_DIR": str(cache),
         **extra,
     }
-
-
-def _gristmill(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [str(GRISTMILL), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **env},
-    )
-    assert result.returncode == 0, (
-        f"gristmill {' '.join(args)} failed:\n{result.stdout}\n{result.stderr[-6000:]}"
-    )
-    return result
 
 
 @pytest.fixture
@@ -259,7 +242,7 @@ def e2e(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
         env = _env(
             proxy.url, work / "cache", PREFECT_HOME=str(work / "prefect"), GRISTMILL_S3_MULTIPART_MB="5"
         )
-        run = _gristmill(
+        run = gristmill(
             "run",
             "--input",
             f"s3://{BUCKET}/inputs/sample/",
@@ -275,8 +258,8 @@ def e2e(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
         )
         first_manifest = _get(s3_server, "runs/e2e/tokens/manifest.json")
         default_policy = REPO / "pipelines" / "resources" / "policy.yaml"
-        whatif = _gristmill("report", run_uri, "--policy", str(default_policy), env=env, cwd=work)
-        tokenize = _gristmill("tokenize", "--output", run_uri, *RUN_ARGS, env=env, cwd=work)
+        whatif = gristmill("report", run_uri, "--policy", str(default_policy), env=env, cwd=work)
+        tokenize = gristmill("tokenize", "--output", run_uri, *RUN_ARGS, env=env, cwd=work)
     local = _local_build(inputs, policy, work / "local")
     yield {
         "work": work,

@@ -4,24 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from gristmill_cli import gristmill
 
 REPO = Path(__file__).resolve().parents[1]
-GRISTMILL = Path(sys.executable).parent / "gristmill"
 SETTINGS = ["--set", "tokenizer.vocab_size=512", "--workers", "2"]
-
-
-def gristmill(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([str(GRISTMILL), *args], cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, (
-        f"gristmill {' '.join(args)} failed:\n{result.stdout}\n{result.stderr[-4000:]}"
-    )
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -65,22 +55,17 @@ def test_stage_commands_match_the_flow(runs: tuple) -> None:
 def test_rerun_with_same_run_id_skips_done_stages(runs: tuple) -> None:
     work, flow, _, _ = runs
     before = (flow / "tokens" / "manifest.json").read_bytes()
-    second = subprocess.run(
-        [
-            str(GRISTMILL),
-            "run",
-            "--input",
-            str(work / "in"),
-            "--output",
-            str(work / "runs"),
-            "--run-id",
-            "flow",
-            *SETTINGS,
-        ],
+    second = gristmill(
+        "run",
+        "--input",
+        str(work / "in"),
+        "--output",
+        str(work / "runs"),
+        "--run-id",
+        "flow",
+        *SETTINGS,
         cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        check=False,
     )
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stderr.count("already done in an earlier attempt") == 5
@@ -89,21 +74,16 @@ def test_rerun_with_same_run_id_skips_done_stages(runs: tuple) -> None:
 
 def test_rerun_with_other_inputs_is_refused(runs: tuple) -> None:
     work, _, _, _ = runs
-    result = subprocess.run(
-        [
-            str(GRISTMILL),
-            "run",
-            "--input",
-            str(REPO / "data" / "sample" / "cc"),
-            "--output",
-            str(work / "runs"),
-            "--run-id",
-            "flow",
-        ],
+    result = gristmill(
+        "run",
+        "--input",
+        str(REPO / "data" / "sample" / "cc"),
+        "--output",
+        str(work / "runs"),
+        "--run-id",
+        "flow",
         cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=600,
+        check=False,
     )
     assert result.returncode != 0
     assert "other inputs" in result.stdout + result.stderr

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import shlex
-import subprocess
-import sys
 from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from gristmill_cli import gristmill
 
 from flows.cli import LAUNCHER_FIELDS, train_command
 from flows.config import TrainConfig
 from training.mixing import as_fraction
 from training.train import build_parser
-
-GRISTMILL = Path(sys.executable).parent / "gristmill"
 
 # a value other than the default for every field, so a field that is dropped on the way shows up
 NON_DEFAULTS = {
@@ -87,28 +84,10 @@ def test_defaults_leave_training_defaults_alone() -> None:
 def test_cli_dry_run_merges_config_flags_and_set(tmp_path: Path) -> None:
     config = tmp_path / "train.yaml"
     config.write_text("train:\n  preset: tiny\n  parallel: fsdp\n  data: [runs/a/tokens/manifest.json]\n")
-    result = subprocess.run(
-        [
-            str(GRISTMILL),
-            "train",
-            str(config),
-            "--dry-run",
-            "--nproc",
-            "3",
-            "--output",
-            "out",
-            "--set",
-            "train.compile=true",
-            "--set",
-            "train.grad_accum=2",
-            "--data-weights",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        check=True,
-    )
+    result = gristmill(
+        "train", str(config), "--dry-run", "--nproc", "3", "--output", "out", "--set", "train.compile=true",
+        "--set", "train.grad_accum=2", "--data-weights", "1", cwd=tmp_path,
+    )  # fmt: skip
     command = shlex.split(result.stdout.strip())
     options = command[command.index("training.train") + 1 :]
     parsed = build_parser().parse_args(options)
@@ -120,24 +99,14 @@ def test_cli_dry_run_merges_config_flags_and_set(tmp_path: Path) -> None:
 
 def test_cli_default_output_and_missing_data(tmp_path: Path) -> None:
     manifest = tmp_path / "run" / "tokens" / "manifest.json"
-    result = subprocess.run(
-        [str(GRISTMILL), "train", "--data", str(manifest), "--dry-run"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        check=True,
-    )
+    result = gristmill("train", "--data", str(manifest), "--dry-run", cwd=tmp_path)
     options = shlex.split(result.stdout)
     assert options[options.index("--output") + 1] == str(tmp_path / "run" / "model")
-    missing = subprocess.run([str(GRISTMILL), "train", "--dry-run"], capture_output=True, text=True)
+    missing = gristmill("train", "--dry-run", check=False)
     assert missing.returncode != 0 and "no training data" in missing.stderr
 
 
 @pytest.mark.parametrize("bad", ["train.parallel=tp", "train.grad_accum=0", "train.bogus=1"])
 def test_cli_rejects_invalid_train_settings(bad: str) -> None:
-    result = subprocess.run(
-        [str(GRISTMILL), "train", "--data", "m.json", "--dry-run", "--set", bad],
-        capture_output=True,
-        text=True,
-    )
+    result = gristmill("train", "--data", "m.json", "--dry-run", "--set", bad, check=False)
     assert result.returncode != 0 and "invalid configuration" in result.stderr

@@ -98,7 +98,7 @@ def count_document_tokens(run: RunDir, workers: int = 0) -> np.ndarray | None:
         shutil.rmtree(cache, ignore_errors=True)
         cache.mkdir(parents=True)
         write_json(key_file, key)
-    run_shards("report token counts", task, len(document_files(run)), workers)
+    run_shards("report token counts", run.synced(task), len(document_files(run)), workers)
     counts = {}
     for i in range(len(document_files(run))):
         table = pq.read_table(task.output(i))
