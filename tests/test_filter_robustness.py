@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from shared_data import SHARED_DATA
 
 from pipelines import stages
 from pipelines.corpus import clean_dir
@@ -22,7 +23,7 @@ from pipelines.ingest import DOCUMENT_SCHEMA
 from pipelines.rundir import RunDir
 from pipelines.signals import SIGNALS, SignalComputer
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = SHARED_DATA
 SHAKESPEARE = (SHARED / "tinyshakespeare" / "input.txt").read_text()
 
 

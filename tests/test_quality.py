@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zstandard
+from shared_data import SHARED_DATA
 
 from pipelines import quality
 from pipelines.signals import SignalComputer
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+SHARED = SHARED_DATA
 GRISTMILL = Path(sys.executable).parent / "gristmill"
 
 

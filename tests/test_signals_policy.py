@@ -14,12 +14,13 @@ from datatrove.pipeline.filters.gopher_repetition_filter import (
     find_top_duplicate,
     get_n_grams,
 )
+from shared_data import SHARED_DATA
 
 from pipelines import cleaning, repetition, signals, words
 from pipelines.filtering import signals_table
 from pipelines.policy import LANG_NOT_ALLOWED, LOW_LANG_CONFIDENCE, Policy, load_policy
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = SHARED_DATA
 SHAKESPEARE = SHARED / "tinyshakespeare" / "input.txt"
 
 # A Tale of Two Cities, first sentence: 60 words, 9 commas and a period.

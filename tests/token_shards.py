@@ -15,12 +15,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from shared_data import SHARED_DATA
 
-TEXT = (
-    Path(os.environ.get("GRISTMILL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-    / "tinyshakespeare"
-    / "input.txt"
-)
+TEXT = SHARED_DATA / "tinyshakespeare" / "input.txt"
 EOT, PAD = "<|endoftext|>", "<|pad|>"
 
 
