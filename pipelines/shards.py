@@ -310,7 +310,9 @@ def _table(ids: list[str], token_lists: list[list[int]], schema: pa.Schema, dtyp
     lengths = np.fromiter(map(len, token_lists), np.int64, len(token_lists))
     offsets = np.zeros(len(token_lists) + 1, np.int32)
     np.cumsum(lengths, out=offsets[1:])
-    values = pa.array([t for doc in token_lists for t in doc], dtype)
+    np_dtype = dtype.to_pandas_dtype()  # numpy.uint16 or numpy.uint32
+    flat = [np.asarray(doc, np_dtype) for doc in token_lists]  # per document: far faster than per token
+    values = pa.array(np.concatenate(flat) if flat else np.empty(0, np_dtype), dtype)
     return pa.Table.from_arrays(
         [
             pa.array(ids, pa.string()),
