@@ -12,7 +12,9 @@ tools:
 	@scripts/setup-tools.sh
 
 ## The main job: build a corpus from the bundled sample, train a small model on it, generate text.
+## Each run starts over: runs/demo from an earlier demo is removed first.
 demo: setup
+	rm -rf runs/demo
 	$(BIN)/gristmill run configs/demo.yaml
 	$(BIN)/gristmill train configs/demo.yaml --data runs/demo/tokens/manifest.json --output runs/demo/model
 	$(BIN)/gristmill generate --checkpoint runs/demo/model --prompt "The old house" --max-new-tokens 80 --seed 0
