@@ -7,20 +7,20 @@ compares its outputs with one uninterrupted local run.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prefect_server import free_port, prefect_server
+from prefect_server import prefect_server
+from ray_cluster import ray_head
+from run_outputs import run_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -29,22 +29,6 @@ SAMPLE = REPO / "data" / "sample"
 RUN = ["run", "--input", "in", "--output", "runs", "--run-id", "r", "--workers", "2"]
 SETTINGS = ["--set", "tokenizer.vocab_size=512"]
 N_SHARDS = 4  # spam, udhr, and the WARC and WET files of cc/
-# What a run writes, minus what holds timings or absolute paths (run.json, report/, dedup/summary.json,
-# documents/_inputs.json).
-COMPARED = (
-    "documents/*.parquet",
-    "quarantine/*.jsonl",
-    "clean/*.parquet",
-    "signals/*.parquet",
-    "signals/_policy.yaml",
-    "dedup/signatures/*.parquet",
-    "dedup/bands/*.parquet",
-    "dedup/removed.parquet",
-    "dedup/clusters.parquet",
-    "tokenizer/tokenizer.json",
-    "tokens/*.parquet",
-    "tokens/manifest.json",
-)
 
 
 def _workdir(root: Path) -> Path:
@@ -81,8 +65,7 @@ def _gristmill(work: Path, env: dict[str, str], *args: str) -> subprocess.Comple
 
 
 def _outputs(run: Path) -> dict[str, bytes]:
-    found = {str(p.relative_to(run)): p.read_bytes() for pattern in COMPARED for p in run.glob(pattern)}
-    assert "tokens/manifest.json" in found and "dedup/removed.parquet" in found
+    found = run_outputs(run)
     assert sum(name.startswith("tokens/train-") for name in found) >= 1
     assert sum(name.startswith("signals/0") for name in found) == N_SHARDS
     return found
@@ -140,6 +123,9 @@ def _kill_mid_stage(work: Path, env: dict[str, str], stage: str, marker: str, lo
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
+    # count again now that nothing runs: a shard may have finished between the check and the kill
+    done = len(list(run.glob(marker)))
+    assert 1 <= done < N_SHARDS, f"{stage} was not interrupted mid-way ({done} of {N_SHARDS} shards done)"
     return done
 
 
@@ -179,35 +165,8 @@ def test_killed_run_resumes_to_identical_outputs(
 def ray_cluster() -> Iterator[str]:
     """A real one-node Ray cluster (`ray start --head`) in its own processes, on a temp dir."""
     pytest.importorskip("ray")
-    port = free_port()
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    log = Path(temp) / "head.log"
-    with log.open("w") as out:
-        command = f"start --head --block --node-ip-address 127.0.0.1 --port {port} --temp-dir {temp} "
-        command += f"--num-cpus 2 --object-store-memory {100 * 2**20} --include-dashboard=false "
-        command += "--disable-usage-stats"
-        proc = subprocess.Popen(
-            [str(BIN / "ray"), *command.split()],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
-        )
-    try:
-        deadline = time.monotonic() + 90
-        while "will now block" not in log.read_text():
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "Ray head did not start:\n" + log.read_text()[-3000:]
-            time.sleep(0.5)
-        yield f"127.0.0.1:{port}"
-    finally:
-        with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=3)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # gcs_server and raylet can outlive the CLI on SIGTERM
-        proc.wait(timeout=10)
-        shutil.rmtree(temp, ignore_errors=True)
+    with ray_head() as address:
+        yield address
 
 
 def test_ray_executor_gives_identical_outputs(

@@ -15,16 +15,15 @@ import json
 import os
 import pickle
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ray_cluster import ray_head
+from run_outputs import run_outputs
 from s3_server import aws_env, client, create_bucket, upload_dir
 
 from pipelines import executor, storage
@@ -36,23 +35,6 @@ BUCKET = "gristmill-ray"
 INPUTS = f"s3://{BUCKET}/inputs/sample/"
 KEEP_ALL = "language: {allow: null, min_confidence: 0.0}\nrules: []\n"
 SETTINGS = {"tokenizer.vocab_size": 512, "tokenize.shard_target_tokens": 20000, "tokenize.row_group_rows": 64}
-# What a build writes, minus what holds timings or paths (run.json, report/*, dedup/summary.json,
-# documents/_inputs.json)
-COMPARED = (
-    "documents/*.parquet",
-    "quarantine/*.jsonl",
-    "clean/*.parquet",
-    "signals/*.parquet",
-    "signals/_policy.yaml",
-    "dedup/signatures/*.parquet",
-    "dedup/bands/*.parquet",
-    "dedup/removed.parquet",
-    "dedup/clusters.parquet",
-    "tokenizer/tokenizer.json",
-    "tokens/*.parquet",
-    "tokens/manifest.json",
-    "report/_doc_tokens/*.parquet",
-)
 # A process playing another node: runs the pickled (wrapped) task's shards named on its command line.
 OTHER_NODE = (
     "import pickle, sys\ntask = pickle.load(sys.stdin.buffer)\nfor i in sys.argv[1:]:\n    task(int(i))\n"
@@ -116,10 +98,7 @@ def local(bucket: dict[str, str]) -> Path:
 
 
 def _outputs(root: Path) -> dict[str, bytes]:
-    found = {
-        p.relative_to(root).as_posix(): p.read_bytes() for pattern in COMPARED for p in root.glob(pattern)
-    }
-    assert "tokens/manifest.json" in found and "dedup/removed.parquet" in found
+    found = run_outputs(root, ("report/_doc_tokens/*.parquet",))
     assert sum(name.startswith("documents/0") for name in found) == 3
     assert sum(name.startswith("tokens/") for name in found) >= 3  # at least 2 shards and the manifest
     return found
@@ -277,40 +256,11 @@ def ray_other_node(
     """A real one-node Ray cluster (`ray start --head`) whose workers are another node: their own
     `GRISTMILL_NODE_ID` and an empty `GRISTMILL_CACHE_DIR`."""
     pytest.importorskip("ray")
-    from prefect_server import free_port
-
-    port = free_port()
     cache = tmp_path_factory.mktemp("ray-node-cache")
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    log = Path(temp) / "head.log"
-    env = {**os.environ, **{k: v for k, v in bucket.items() if k.startswith("AWS_")}}
-    env.update({NODE_ID_ENV: "ray-node", "GRISTMILL_CACHE_DIR": str(cache), "RAY_USAGE_STATS_ENABLED": "0"})
-    command = f"start --head --block --node-ip-address 127.0.0.1 --port {port} --temp-dir {temp} "
-    command += f"--num-cpus 2 --object-store-memory {100 * 2**20} --include-dashboard=false "
-    command += "--disable-usage-stats"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "ray"), *command.split()],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env=env,
-        )
-    try:
-        deadline = time.monotonic() + 90
-        while "will now block" not in log.read_text():
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "Ray head did not start:\n" + log.read_text()[-3000:]
-            time.sleep(0.5)
-        yield {"address": f"127.0.0.1:{port}", "cache": str(cache)}
-    finally:
-        with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=3)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # gcs_server and raylet can outlive the CLI on SIGTERM
-        proc.wait(timeout=10)
-        shutil.rmtree(temp, ignore_errors=True)
+    env = {k: v for k, v in bucket.items() if k.startswith("AWS_")}
+    env.update({NODE_ID_ENV: "ray-node", "GRISTMILL_CACHE_DIR": str(cache)})
+    with ray_head(env) as address:
+        yield {"address": address, "cache": str(cache)}
 
 
 def test_ray_workers_on_another_node_build_the_same_corpus(
