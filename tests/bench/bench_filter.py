@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 HERE = Path(__file__).resolve().parent
@@ -50,19 +49,9 @@ def _write_shard(run_root: Path, max_bytes: float | None) -> dict[str, Any]:
     sys.path.insert(0, str(HERE))
     import real_corpus
 
-    from pipelines.ingest import DOCUMENT_SCHEMA
-
     docs = real_corpus.load(None if max_bytes is None else int(max_bytes))
     (run_root / "documents").mkdir(parents=True, exist_ok=True)
-    table = pa.table(
-        {
-            "id": [d for d, _ in docs],
-            "source": ["bench"] * len(docs),
-            "url": [None] * len(docs),
-            "text": [t for _, t in docs],
-        },
-        schema=DOCUMENT_SCHEMA,
-    )
+    table = real_corpus.documents_table(docs)
     pq.write_table(table, run_root / "documents" / "00000.parquet", row_group_size=BATCH)
     return {"docs": len(docs), "mb": sum(len(t.encode()) for _, t in docs) / 1e6}
 

@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))  # real_corpus
 CACHE = Path(os.environ.get("GRISTMILL_BENCH_CACHE", Path.home() / ".cache" / "gristmill" / "bench"))
 VOCAB = 32_768
 N_SHARDS = 4
@@ -51,7 +52,6 @@ RAW_BATCH = 1_000
 
 
 def _corpus(max_bytes: float | None = None) -> list[tuple[str, str]]:
-    sys.path.insert(0, str(HERE))
     import real_corpus
 
     return real_corpus.load(int(max_bytes) if max_bytes else None)
@@ -73,7 +73,8 @@ def tokenizer_path() -> Path:
 
 def write_run(root: Path, max_bytes: float | None = None) -> dict[str, Any]:
     """A run directory as the stages leave it before `tokenize`: documents/, signals/, tokenizer/."""
-    from pipelines.ingest import DOCUMENT_SCHEMA
+    import real_corpus
+
     from pipelines.rundir import RunDir
     from tokenizer import TRANSFORMERS_FILES
 
@@ -82,15 +83,7 @@ def write_run(root: Path, max_bytes: float | None = None) -> dict[str, Any]:
     bounds = [round(k * len(docs) / N_SHARDS) for k in range(N_SHARDS + 1)]
     for k in range(N_SHARDS):
         part = docs[bounds[k] : bounds[k + 1]]
-        table = pa.table(
-            {
-                "id": [d for d, _ in part],
-                "source": ["bench"] * len(part),
-                "url": [None] * len(part),
-                "text": [t for _, t in part],
-            },
-            schema=DOCUMENT_SCHEMA,
-        )
+        table = real_corpus.documents_table(part)
         pq.write_table(table, run.documents / f"{k:05d}.parquet", row_group_size=1000, compression="zstd")
         keep = pa.table({"id": table.column("id"), "keep": pa.array([True] * len(part))})
         pq.write_table(keep, run.signals / f"{k:05d}.parquet")

@@ -81,3 +81,18 @@ if __name__ == "__main__":
     p = corpus_path()
     docs = load()
     print(p, len(docs), "documents", sum(len(t.encode()) for _, t in docs) / 1e6, "MB")
+
+
+def documents_table(docs: list[tuple[str, str]]) -> pa.Table:
+    """(id, text) pairs as a documents/ shard of a run directory (the ingest stage's schema)."""
+    from pipelines.ingest import DOCUMENT_SCHEMA
+
+    return pa.table(
+        {
+            "id": [d for d, _ in docs],
+            "source": ["bench"] * len(docs),
+            "url": [None] * len(docs),
+            "text": [t for _, t in docs],
+        },
+        schema=DOCUMENT_SCHEMA,
+    )
