@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,10 @@ import real_corpus  # tests/bench/real_corpus.py, shared with the other benchmar
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))  # child
+
+from child import run_child  # noqa: E402
+
 SHARDS = 8
 MAX_CHARS = 10_000
 VERSION = 1
@@ -172,19 +175,7 @@ CHILDREN = {
 def measure(step: str, corpus: Path, work: Path) -> dict[str, Any]:
     """Run one step in a fresh Python process; its timings, counts and peak RSS."""
     nltk = REPO.parent / "shared" / "data" / "nltk-data"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "NLTK_DATA": str(nltk)}
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", step, str(corpus), str(work)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=1800,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"{step} failed:\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child(__file__, step, str(corpus), str(work), env={"NLTK_DATA": str(nltk)})
 
 
 def run_benchmark(with_datatrove: bool = True) -> dict[str, Any]:

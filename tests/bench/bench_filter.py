@@ -28,7 +28,6 @@ import json
 import os
 import re
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,10 @@ import pyarrow.parquet as pq
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path.insert(0, str(HERE.parent))  # tests/: datatrove_reference
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # tests/bench: child; tests/: datatrove_reference
+
+from child import run_child  # noqa: E402
+
 DATATROVE_MB = float(os.environ.get("GRISTMILL_BENCH_DATATROVE_MB", "10"))
 BATCH = 256
 
@@ -126,16 +128,7 @@ CHILDREN = {"gristmill": child_gristmill, "datatrove": child_datatrove, "split":
 
 
 def _spawn(step: str, run_root: Path) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child", step, str(run_root)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"{step} failed:\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child(__file__, step, str(run_root))
 
 
 def _line(name: str, result: dict[str, Any], size: dict[str, Any]) -> str:

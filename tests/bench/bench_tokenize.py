@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +41,10 @@ import pyarrow.parquet as pq
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path.insert(0, str(HERE))  # real_corpus
+sys.path.insert(0, str(HERE))  # real_corpus, child
+
+from child import run_child  # noqa: E402
+
 CACHE = Path(os.environ.get("GRISTMILL_BENCH_CACHE", Path.home() / ".cache" / "gristmill" / "bench"))
 VOCAB = 32_768
 N_SHARDS = 4
@@ -170,18 +172,7 @@ CHILDREN = {"raw": child_raw, "gristmill": child_gristmill, "datatrove": child_d
 
 
 def _spawn(step: str, *args: str) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child", step, *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
-    if out.returncode != 0:
-        raise RuntimeError(f"{step} failed:\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_child(__file__, step, *args)
 
 
 def _line(name: str, r: dict[str, Any], raw: dict[str, Any] | None = None) -> str:
