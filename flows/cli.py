@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shlex
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from flows.config import RunConfig, TrainConfig, describe, load_config, parse_override, run_lineage
+from training.config import HelpFormatter, add_export_arguments, add_generate_arguments, to_argv
+from training.config import add_arguments as add_train_arguments
 
 log = logging.getLogger("gristmill")
 
@@ -146,50 +149,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-# TrainConfig fields that shape the torchrun launch rather than `python -m training.train` options
-LAUNCHER_FIELDS = ("nproc",)
-
-
 def train_command(cfg: TrainConfig, resume: bool = False) -> list[str]:
-    """The torchrun command line for a `train:` config (every field maps to a training.train option)."""
+    """The torchrun command line for a `train:` config: the launcher fields for torchrun, the rest
+    as `python -m training.train` options."""
     if not cfg.data:
         raise SystemExit("error: no training data: give --data MANIFEST (or `train.data` in the config)")
     if cfg.output is None:
         raise SystemExit("error: no output: give --output DIR (or `train.output` in the config)")
-    options: list[str] = []
-    for name, value in cfg.model_dump().items():
-        flag = "--" + name.replace("_", "-")
-        if name in LAUNCHER_FIELDS or value is None:
-            continue
-        if isinstance(value, bool):
-            if value:
-                options.append(flag)
-            elif name == "trace":  # on by default in training.train
-                options.append("--no-trace")
-        elif isinstance(value, list):
-            options += [flag, *map(str, value)]
-        else:
-            options += [flag, str(value)]
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    return [
-        *launcher,
-        f"--nproc_per_node={cfg.nproc}",
-        "-m",
-        "training.train",
-        *options,
-        *(["--resume"] if resume else []),
-    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}"]
+    return [*cmd, "-m", "training.train", *to_argv(cfg), *(["--resume"] if resume else [])]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     overrides = dict(parse_override(item) for item in args.set or [])
-    for flag in ("data", "data_weights", "nproc", "max_steps", "stop_at", "output", "preset", "dtype"):
-        value = getattr(args, flag, None)
-        if value is not None:
-            overrides[f"train.{flag}"] = value
+    fields = [f.name for f in dataclasses.fields(TrainConfig)]
+    overrides.update({f"train.{name}": getattr(args, name) for name in fields if hasattr(args, name)})
     cfg = load_config(args.config, overrides).train
     if cfg.output is None and cfg.data and "://" not in cfg.data[0]:
-        cfg.output = str(Path(cfg.data[0]).resolve().parent.parent / "model")
+        cfg = dataclasses.replace(cfg, output=str(Path(cfg.data[0]).resolve().parent.parent / "model"))
     command = train_command(cfg, resume=args.resume)
     if args.dry_run:
         print(shlex.join(command))
@@ -199,31 +176,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from training.export import main as export_main
+    from training.export import run
 
-    return export_main(["--checkpoint", args.checkpoint, "--output", args.output, "--dtype", args.dtype]) or 0
+    return run(args)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from training.generate import main as generate_main
+    from training.generate import run
 
-    argv = [
-        "--checkpoint",
-        args.checkpoint,
-        "--prompt",
-        args.prompt,
-        "--max-new-tokens",
-        str(args.max_new_tokens),
-        "--temperature",
-        str(args.temperature),
-        "--top-k",
-        str(args.top_k),
-        "--top-p",
-        str(args.top_p),
-    ]
-    if args.seed is not None:
-        argv += ["--seed", str(args.seed)]
-    return generate_main(argv) or 0
+    return run(args)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -335,47 +296,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train",
         help="train a model on token shards with torchrun",
-        description="Every `train:` field of the config (see `gristmill config`) becomes an option of "
-        "`python -m training.train`; --set train.FIELD=VALUE overrides any of them "
-        "(e.g. --set train.parallel=fsdp --set train.compile=true --set train.grad_accum=4).",
+        description="Runs `python -m training.train` under torchrun with the config's `train:` section "
+        "(`gristmill config` lists it): every field is also an option here, and --set train.FIELD=VALUE "
+        "sets one too. Flags override --set, which overrides the config.",
     )
     p.add_argument("config", nargs="?", help="run config YAML (its `train:` section)")
-    p.add_argument(
-        "--data", nargs="+", metavar="MANIFEST", help="tokens/manifest.json of runs (default: train.data)"
-    )
-    p.add_argument(
-        "--data-weights", nargs="+", metavar="W", help="mixing weight per --data manifest (e.g. 0.7 or 1/3)"
-    )
-    p.add_argument("--nproc", type=int, help="processes (default: train.nproc)")
-    p.add_argument("--max-steps", type=int, help="optimizer steps (default: train.max_steps)")
-    p.add_argument("--stop-at", type=int, help="stop this invocation after step N with a checkpoint")
-    p.add_argument("--preset", help="model size preset (default: train.preset)")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], help="compute precision (default: train.dtype)")
-    p.add_argument("--output", metavar="DIR", help="checkpoint folder or s3:// prefix (default: <run>/model)")
+    add_train_arguments(p, overrides=True)
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
     p.add_argument("--dry-run", action="store_true", help="print the torchrun command instead of running it")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("export", help="export a checkpoint to the Hugging Face Llama format (safetensors)")
-    p.add_argument(
-        "--checkpoint", required=True, metavar="DIR", help="checkpoint or training output (or s3://)"
-    )
-    p.add_argument(
-        "--output", required=True, metavar="DIR", help="folder for config.json, weights, tokenizer"
-    )
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.set_defaults(func=cmd_export)
-
-    p = sub.add_parser("generate", help="sample text from a checkpoint")
-    p.add_argument("--checkpoint", required=True, metavar="DIR")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=100)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int)
-    p.set_defaults(func=cmd_generate)
+    add_export_arguments(p).set_defaults(func=cmd_export)
+    p = sub.add_parser("generate", help="sample text from a checkpoint", formatter_class=HelpFormatter)
+    add_generate_arguments(p).set_defaults(func=cmd_generate)
 
     p = sub.add_parser("config", help="print every config field with its default and meaning")
     p.set_defaults(func=cmd_config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from pipelines.policy import policy_sha256
 from pipelines.rundir import RunDir
 from pipelines.shards import TokenizeConfig, config_sha256
 from tokenizer import SPECIAL_TOKENS
+from training.config import TrainConfig
 
 
 class Section(BaseModel):
@@ -119,60 +121,6 @@ class TokenizerConfig(Section):
         description="characters of held-out kept text (the validation split) bytes per token is measured on",
     )
     seed: int = Field(0, description="seed of the training sample")
-
-
-class TrainConfig(Section):
-    """The torchrun training stage (`gristmill train`); fields are `python -m training.train` options."""
-
-    data: list[str] = Field(
-        [], description="tokens/manifest.json of runs (local or s3://); several are mixed by weight"
-    )
-    data_weights: list[float | str] | None = Field(
-        None, description="training-token share per manifest (a number or a fraction like 1/3); null: by size"
-    )
-    output: str | None = Field(None, description="checkpoint folder or s3:// prefix; null uses <run>/model")
-    nproc: int = Field(2, ge=1, description="processes per node (torchrun --nproc_per_node)")
-    preset: str = Field("small", description="model size: tiny, small, 15m, gpt2-124m or 1b")
-    seq_len: int = Field(128, ge=8, description="tokens per training sequence")
-    batch_size: int = Field(16, ge=1, description="sequences per optimizer step, over all processes")
-    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step on each process")
-    max_steps: int = Field(200, ge=1, description="optimizer steps of the whole run (sets the LR schedule)")
-    stop_at: int | None = Field(
-        None, ge=1, description="end this invocation after this step with a checkpoint (preemptible jobs)"
-    )
-    lr: float = Field(3e-3, gt=0, description="peak learning rate")
-    warmup_steps: int | None = Field(20, ge=0, description="linear warm-up steps; null: 10% of max_steps")
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decay floor as a fraction of lr")
-    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (matrices only)")
-    grad_clip: float = Field(1.0, gt=0, description="max global gradient norm")
-    dtype: Literal["fp32", "bf16"] = Field(
-        "fp32", description="compute precision (bf16 mixed precision or fp32)"
-    )
-    parallel: Literal["ddp", "fsdp"] = Field(
-        "ddp", description="data parallelism: replicate (DDP) or shard (FSDP2 fully_shard)"
-    )
-    compile: bool = Field(False, description="torch.compile the model")
-    activation_checkpointing: bool = Field(False, description="recompute block activations in backward")
-    deterministic: bool = Field(False, description="torch.use_deterministic_algorithms (bitwise repeatable)")
-    seed: int = Field(0, description="seed of model init and data order")
-    eval_every: int = Field(50, ge=0, description="steps between validation-loss evaluations (0: never)")
-    eval_batches: int = Field(10, ge=1, description="global batches of validation windows per evaluation")
-    log_every: int = Field(10, ge=1, description="steps between log lines")
-    save_every: int = Field(500, ge=0, description="steps between checkpoints (0: only at the end)")
-    keep_last: int = Field(3, ge=1, description="newest checkpoints kept")
-    peak_flops: float | None = Field(
-        None, gt=0, description="peak FLOP/s per device for MFU; null: the table by device type"
-    )
-    loader_workers: int = Field(0, ge=0, description="DataLoader processes per rank (0: a background thread)")
-    prefetch_steps: int = Field(2, ge=0, description="batches built and row groups fetched ahead")
-    data_cache_mb: int = Field(512, ge=0, description="decoded row groups kept in memory per split and rank")
-    verify_shards: bool = Field(
-        False, description="hash every shard against the manifest first (a full read)"
-    )
-    trace: bool = Field(True, description="write the per-step data trace (shards and documents read)")
-    staging_dir: str | None = Field(
-        None, description="local staging folder for S3 checkpoints; null: $TMPDIR"
-    )
 
 
 class RunConfig(Section):
@@ -288,17 +236,28 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw)
 
 
-def describe(model: type[BaseModel] = RunConfig, indent: int = 0) -> str:
+def describe(model: type = RunConfig, indent: int = 0) -> str:
     """The defaults of every field as commented YAML (what `gristmill config` prints)."""
-    lines: list[str] = []
     pad = "  " * indent
+    if dataclasses.is_dataclass(model):  # a section defined in training/ (TrainConfig)
+        return "\n".join(
+            f"{pad}{f.name}: {_flow(f.default_factory() if f.default is dataclasses.MISSING else f.default)}"
+            f"  # {f.metadata['help']}"
+            for f in dataclasses.fields(model)
+        )
+    lines: list[str] = []
     for name, field in model.model_fields.items():
         annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if isinstance(annotation, type) and (
+            issubclass(annotation, BaseModel) or dataclasses.is_dataclass(annotation)
+        ):
             doc = (annotation.__doc__ or "").strip().splitlines()[0]
             lines.append(f"{pad}{name}:  # {doc}")
             lines.append(describe(annotation, indent + 1))
             continue
-        value = yaml.safe_dump(field.default, default_flow_style=True).strip().removesuffix("...").strip()
-        lines.append(f"{pad}{name}: {value}  # {field.description}")
+        lines.append(f"{pad}{name}: {_flow(field.default)}  # {field.description}")
     return "\n".join(lines)
+
+
+def _flow(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()

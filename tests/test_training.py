@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from faulty_proxy import KINDS, FaultyProxy
 from s3_server import aws_env, create_bucket, upload_dir
 from token_shards import TEXT, build_token_run, expected_stream
 
@@ -413,10 +414,36 @@ def test_storage_uris_and_retries(s3_env: str, monkeypatch: pytest.MonkeyPatch, 
     with pytest.raises(storage.NotFound):
         storage.read_bytes("s3://scratch/missing")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens: retried, then an error
-    monkeypatch.setenv("GRISTMILL_S3_RETRIES", "2")
+    monkeypatch.setenv("GRISTMILL_S3_MAX_ATTEMPTS", "2")
     monkeypatch.setattr(storage, "_client", None)
     with pytest.raises(storage.StorageError, match="failed"):
         storage.read_bytes("s3://scratch/a/b.bin")
+
+
+def test_storage_through_injected_s3_faults(
+    s3_env: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """503 SlowDown, 500, dropped connections and responses cut mid-body: botocore retries the requests,
+    a ranged or whole read cut after the headers is read again, and every byte comes back right."""
+    create_bucket(s3_env, "faults")
+    payload = np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes()
+    (tmp_path / "up.bin").write_bytes(payload)
+    with FaultyProxy(s3_env, rate=0.3, seed=5) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        monkeypatch.setattr(storage, "_client", None)
+        storage.write_bytes("s3://faults/run/a.bin", payload)
+        storage.upload_file(tmp_path / "up.bin", "s3://faults/run/sub/b.bin")
+        for start in range(0, len(payload), 2_500):
+            assert storage.read_range("s3://faults/run/a.bin", start, 1_000) == payload[start : start + 1_000]
+        assert storage.read_bytes("s3://faults/run/sub/b.bin") == payload
+        assert storage.size("s3://faults/run/a.bin") == len(payload)
+        assert storage.list_files("s3://faults/run") == ["a.bin", "sub/b.bin"]
+        assert storage.list_dirs("s3://faults/run") == ["sub"]
+        storage.download_file("s3://faults/run/a.bin", tmp_path / "down.bin")
+        assert (tmp_path / "down.bin").read_bytes() == payload
+        storage.delete_tree("s3://faults/run")
+        assert storage.list_files("s3://faults/run") == []
+    assert all(proxy.counts[kind] > 0 for kind in KINDS), proxy.counts
 
 
 # ---------------------------------------------------------------- torchrun runs
@@ -466,6 +493,35 @@ def test_torchrun_from_s3_writes_checkpoints_metrics_and_trace(reference: Path, 
     for record in trace[3]:
         for (_, window), pieces in zip(record["windows"], record["sources"], strict=True):
             assert pieces == [s.to_json() for s in source.window(window)[1]]
+
+
+# Not part of the training install (docs/training.md): importing any of them from training/ is a bug.
+BLOCKED = ("pipelines", "flows", "tokenizer", "prefect", "datatrove", "pydantic", "yaml")
+ISOLATED = f"""
+import sys
+
+class Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {BLOCKED!r}:
+            raise ImportError(f"{{name}} is not part of the training install")
+
+sys.meta_path.insert(0, Blocked())
+from training.train import main
+
+code = main(sys.argv[1:])
+assert not {{m.partition(".")[0] for m in sys.modules}} & set({BLOCKED!r})
+sys.exit(code)
+"""
+
+
+def test_training_runs_without_the_pipeline_flows_prefect_or_datatrove(
+    token_run: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "out"
+    args = [*_train_args(str(token_run), output, max_steps=2, deterministic=False), "--loader-workers", "1"]
+    _ok(_run([sys.executable, "-c", ISOLATED, *args]))
+    assert (output / "latest").read_text().strip() == "step-000002"
+    assert [r["step"] for r in _metrics(output, "train")] == [1, 2]
 
 
 def _descendants(pid: int) -> list[int]:

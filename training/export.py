@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
+from training.config import add_export_arguments
 from training.model import Transformer
 
 _LAYER_MAP = {
@@ -115,10 +116,11 @@ def export_checkpoint(checkpoint: str, output: str | Path, dtype: torch.dtype = 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", required=True, help="checkpoint dir or training output (local or s3://)")
-    p.add_argument("--output", required=True, help="directory for the Hugging Face model")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    args = p.parse_args(argv)
+    return run(add_export_arguments(p).parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Export ``args.checkpoint`` to ``args.output`` in ``args.dtype``."""
     path = export_checkpoint(args.checkpoint, args.output, getattr(torch, args.dtype))
     print(f"exported {args.checkpoint} to {path}")
     return 0

@@ -23,10 +23,11 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from training.checkpoint import CheckpointError, load_model_weights, resolve
+from training.config import HelpFormatter, add_generate_arguments
 from training.manifest import sha256_hex
 from training.model import ModelConfig, Transformer
 from training.storage import StorageError
-from training.train import HelpFormatter, TrainingError
+from training.train import TrainingError
 
 
 @dataclass
@@ -136,24 +137,21 @@ def stream_text(tokenizer: Tokenizer, token_ids: Iterable[int]) -> Iterator[str]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m training.generate",
-        description="Generate text from a gristmill training checkpoint.",
-        formatter_class=HelpFormatter,
+    return add_generate_arguments(
+        argparse.ArgumentParser(
+            prog="python -m training.generate",
+            description="Generate text from a gristmill training checkpoint.",
+            formatter_class=HelpFormatter,
+        )
     )
-    p.add_argument("--checkpoint", required=True, help="checkpoint dir, or a training --output dir")
-    p.add_argument("--prompt", required=True, help="text to continue (may be empty)")
-    p.add_argument("--max-new-tokens", type=int, default=100, help="maximum number of tokens to generate")
-    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (0: greedy)")
-    p.add_argument("--top-k", type=int, default=50, help="sample among the k most likely tokens (0: off)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0: off)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: nondeterministic)")
-    p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load ``args.checkpoint`` and stream a continuation of ``args.prompt`` to stdout."""
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
         loaded = load_checkpoint(args.checkpoint, device)

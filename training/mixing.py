@@ -20,13 +20,7 @@ from functools import lru_cache
 
 import numpy as np
 
-
-def as_fraction(weight: float | int | str | Fraction) -> Fraction:
-    """An exact weight: decimal strings and floats by their shortest decimal form."""
-    value = Fraction(str(weight)) if isinstance(weight, float) else Fraction(weight)
-    if value <= 0:
-        raise ValueError(f"mixing weights must be positive, got {weight}")
-    return value
+from training.config import as_fraction
 
 
 class Interleave:

@@ -3,41 +3,30 @@
 S3 goes through boto3, imported only when an ``s3://`` URI is used. The endpoint, region and
 credentials come from the standard AWS environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, profiles...), so the same run works against AWS,
-MinIO or a loopback test server. Reads can be ranged (one GET per Parquet row group), and every S3
-call is retried with exponential backoff on throttling, 5xx and connection errors
-(``GRISTMILL_S3_RETRIES`` attempts, default 5).
+MinIO or a loopback test server. Reads can be ranged (one GET per Parquet row group). Every request
+is retried by botocore itself on throttling, 5xx and connection errors, with the settings of the
+pipeline: ``GRISTMILL_S3_RETRY_MODE`` (default ``standard``), ``GRISTMILL_S3_MAX_ATTEMPTS``
+(default 10), ``GRISTMILL_S3_CONNECT_TIMEOUT`` and ``GRISTMILL_S3_READ_TIMEOUT`` (seconds, default
+10 and 60). A body cut after botocore returned the response is read again (:func:`_get`).
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
-import random
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-_RETRYABLE_CODES = {
-    "500",
-    "502",
-    "503",
-    "504",
-    "InternalError",
-    "ServiceUnavailable",
-    "SlowDown",
-    "Throttling",
-    "ThrottlingException",
-    "RequestTimeout",
-    "RequestTimeTooSkewed",
-}
+_NOT_FOUND = ("NoSuchKey", "404", "NotFound", "NoSuchBucket")
+_BODY_ATTEMPTS = 3
 
 
 class StorageError(RuntimeError):
-    """A read or write failed (after retries, for transient errors)."""
+    """A read or write failed (after botocore's retries, for transient errors)."""
 
 
 class NotFound(StorageError):
@@ -88,7 +77,7 @@ def normalize(uri: str | Path) -> str:
     return str(uri).rstrip("/") if is_s3(uri) else str(_local(uri).resolve())
 
 
-# ---------------------------------------------------------------- S3 client and retries
+# ---------------------------------------------------------------- S3 client and errors
 
 _client_lock = threading.Lock()
 _client: tuple[int, Any] | None = None
@@ -103,7 +92,12 @@ def s3_client() -> Any:
             from botocore.config import Config
 
             config = Config(
-                retries={"max_attempts": 3, "mode": "standard"},
+                retries={
+                    "mode": os.environ.get("GRISTMILL_S3_RETRY_MODE", "standard"),
+                    "max_attempts": int(os.environ.get("GRISTMILL_S3_MAX_ATTEMPTS") or 10),
+                },
+                connect_timeout=int(os.environ.get("GRISTMILL_S3_CONNECT_TIMEOUT") or 10),
+                read_timeout=int(os.environ.get("GRISTMILL_S3_READ_TIMEOUT") or 60),
                 max_pool_connections=32,
                 s3={"addressing_style": os.environ.get("AWS_S3_ADDRESSING_STYLE", "auto")},
             )
@@ -117,29 +111,39 @@ def _error_code(exc: BaseException) -> str:
     return str(error.get("Code") or response.get("ResponseMetadata", {}).get("HTTPStatusCode") or "")
 
 
-def _is_retryable(exc: BaseException) -> bool:
-    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError, IncompleteReadError
+def _call(what: str, call: Callable[[], T]) -> T:
+    """One S3 call (botocore retries it on transient errors), its errors as NotFound or StorageError."""
+    try:
+        return call()
+    except Exception as exc:
+        if _error_code(exc) in _NOT_FOUND:
+            raise NotFound(f"{what}: not found") from exc
+        raise StorageError(f"{what} failed: {exc}") from exc
 
-    if isinstance(exc, ClientError):
-        return _error_code(exc) in _RETRYABLE_CODES
-    if isinstance(exc, FileNotFoundError | PermissionError):
-        return False
-    return isinstance(exc, ConnectionError | HTTPClientError | IncompleteReadError | OSError)
 
+def _get(uri: str, start: int = 0, length: int | None = None) -> bytes:
+    """The object at ``uri``, or ``length`` bytes of it from ``start``.
 
-def _with_retries(what: str, call: Callable[[], T]) -> T:
-    attempts = max(1, int(os.environ.get("GRISTMILL_S3_RETRIES", "5")))
-    for attempt in range(attempts):
+    botocore retries the GET, but returns once the headers are in: the body streams afterwards, out
+    of reach of its retries, so a connection lost or timed out mid-body (or a short body) would fail
+    the read. The GET is then sent again, at most ``_BODY_ATTEMPTS`` times in all.
+    """
+    from botocore.exceptions import BotoCoreError
+
+    bucket, key = split_s3(uri)
+    extra = {"Range": f"bytes={start}-{start + length - 1}"} if length is not None else {}
+    what = f"GET {uri}" + (f" [{start}, {start + length})" if length is not None else "")
+    for _ in range(_BODY_ATTEMPTS):
+        body = _call(what, lambda: s3_client().get_object(Bucket=bucket, Key=key, **extra)["Body"])
         try:
-            return call()
-        except Exception as exc:
-            code = _error_code(exc)
-            if code in ("NoSuchKey", "404", "NotFound", "NoSuchBucket"):
-                raise NotFound(f"{what}: not found") from exc
-            if not _is_retryable(exc) or attempt == attempts - 1:
-                raise StorageError(f"{what} failed: {exc}") from exc
-            time.sleep(min(10.0, 0.2 * 2**attempt) * (0.5 + random.random()))
-    raise AssertionError("unreachable")
+            data: bytes = body.read()
+        except (BotoCoreError, OSError) as exc:
+            error: Exception = exc
+            continue
+        if length is None or len(data) == length:
+            return data
+        error = StorageError(f"short read: {len(data)} of {length} bytes")
+    raise StorageError(f"{what} failed: {error} (body read {_BODY_ATTEMPTS} times)") from error
 
 
 # ---------------------------------------------------------------- reads
@@ -148,10 +152,7 @@ def _with_retries(what: str, call: Callable[[], T]) -> T:
 def read_bytes(uri: str | Path) -> bytes:
     """The whole file or object."""
     if is_s3(uri):
-        bucket, key = split_s3(str(uri))
-        return _with_retries(
-            f"GET {uri}", lambda: s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-        )
+        return _get(str(uri))
     try:
         return _local(uri).read_bytes()
     except FileNotFoundError as exc:
@@ -163,16 +164,7 @@ def read_range(uri: str | Path, start: int, length: int) -> bytes:
     if length <= 0:
         return b""
     if is_s3(uri):
-        bucket, key = split_s3(str(uri))
-
-        def get() -> bytes:
-            rng = f"bytes={start}-{start + length - 1}"
-            data = s3_client().get_object(Bucket=bucket, Key=key, Range=rng)["Body"].read()
-            if len(data) != length:
-                raise StorageError(f"short read: {len(data)} of {length} bytes")
-            return data
-
-        return _with_retries(f"GET {uri} [{start}, {start + length})", get)
+        return _get(str(uri), start, length)
     try:
         with _local(uri).open("rb") as fh:
             fh.seek(start)
@@ -189,9 +181,7 @@ def size(uri: str | Path) -> int:
     if is_s3(uri):
         bucket, key = split_s3(str(uri))
         return int(
-            _with_retries(f"HEAD {uri}", lambda: s3_client().head_object(Bucket=bucket, Key=key))[
-                "ContentLength"
-            ]
+            _call(f"HEAD {uri}", lambda: s3_client().head_object(Bucket=bucket, Key=key))["ContentLength"]
         )
     try:
         return _local(uri).stat().st_size
@@ -214,7 +204,7 @@ def write_bytes(uri: str | Path, data: bytes) -> None:
     """Write a whole file or object (local writes go through a temporary file and a rename)."""
     if is_s3(uri):
         bucket, key = split_s3(str(uri))
-        _with_retries(f"PUT {uri}", lambda: s3_client().put_object(Bucket=bucket, Key=key, Body=data))
+        _call(f"PUT {uri}", lambda: s3_client().put_object(Bucket=bucket, Key=key, Body=data))
         return
     path = _local(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -226,13 +216,13 @@ def write_bytes(uri: str | Path, data: bytes) -> None:
 def upload_file(local_path: str | Path, uri: str) -> None:
     """Copy a local file to an S3 URI (multipart for large files)."""
     bucket, key = split_s3(uri)
-    _with_retries(f"upload {uri}", lambda: s3_client().upload_file(str(local_path), bucket, key))
+    _call(f"upload {uri}", lambda: s3_client().upload_file(str(local_path), bucket, key))
 
 
 def download_file(uri: str, local_path: str | Path) -> None:
     bucket, key = split_s3(uri)
     Path(local_path).parent.mkdir(parents=True, exist_ok=True)
-    _with_retries(f"download {uri}", lambda: s3_client().download_file(bucket, key, str(local_path)))
+    _call(f"download {uri}", lambda: s3_client().download_file(bucket, key, str(local_path)))
 
 
 def list_files(prefix: str | Path) -> list[str]:
@@ -247,7 +237,7 @@ def list_files(prefix: str | Path) -> list[str]:
                 names += [obj["Key"][len(key) :] for obj in page.get("Contents", [])]
             return names
 
-        return sorted(_with_retries(f"LIST {prefix}", list_all))
+        return sorted(_call(f"LIST {prefix}", list_all))
     root = _local(prefix)
     if not root.is_dir():
         return []
@@ -271,7 +261,7 @@ def list_dirs(prefix: str | Path) -> list[str]:
                 names += [p["Prefix"][len(key) :].rstrip("/") for p in page.get("CommonPrefixes", [])]
             return names
 
-        return sorted(_with_retries(f"LIST {prefix}", list_prefixes))
+        return sorted(_call(f"LIST {prefix}", list_prefixes))
     root = _local(prefix)
     return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
@@ -283,7 +273,7 @@ def delete_tree(prefix: str | Path) -> None:
         names = list_files(prefix)
         for start in range(0, len(names), 1000):
             objects = [{"Key": f"{key.rstrip('/')}/{n}"} for n in names[start : start + 1000]]
-            _with_retries(
+            _call(
                 f"DELETE {prefix}",
                 lambda objects=objects: s3_client().delete_objects(
                     Bucket=bucket, Delete={"Objects": objects, "Quiet": True}

@@ -18,8 +18,8 @@ uploaded with every checkpoint and at exit.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -47,6 +47,7 @@ from training.checkpoint import (
     rng_state,
     set_rng_state,
 )
+from training.config import LAUNCHER_FIELDS, TrainConfig, as_fraction, parse_args
 from training.data import (
     Batch,
     BatchStream,
@@ -57,12 +58,11 @@ from training.data import (
 )
 from training.manifest import DataError, Manifest, check_tokenizer, load_manifest, sha256_hex, verify_shards
 from training.mfu import flops_per_token, peak_flops
-from training.mixing import as_fraction
 from training.model import PRESETS, ModelConfig, Transformer
 from training.schedule import build_scheduler, scheduler_state
 from training.trace import TRACE_DIR, TraceWriter
 
-__all__ = ["TrainingError", "build_parser", "main", "train"]
+__all__ = ["TrainingError", "main", "train"]
 
 
 class TrainingError(RuntimeError):
@@ -72,140 +72,19 @@ class TrainingError(RuntimeError):
 # ---------------------------------------------------------------- arguments
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends "(default: X)" unless the help text already names its default or the flag is required."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        if action.required or "default" in text:
-            return text
-        return super()._get_help_string(action)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m training.train",
-        description="Train a decoder-only transformer on gristmill token shards (torchrun-compatible).",
-        formatter_class=HelpFormatter,
-    )
-    p.add_argument(
-        "--data",
-        required=True,
-        nargs="+",
-        metavar="MANIFEST",
-        help="manifest.json of the shards (local or s3://); several are mixed by weight",
-    )
-    p.add_argument(
-        "--data-weights",
-        nargs="+",
-        metavar="W",
-        help="share of training tokens per --data manifest (default: their train token counts)",
-    )
-    p.add_argument("--output", required=True, help="directory or s3:// prefix for checkpoints and logs")
-    p.add_argument("--max-steps", type=int, required=True, help="total optimizer steps of the run")
-    p.add_argument(
-        "--stop-at",
-        type=int,
-        default=None,
-        help="end this invocation after global step N with a checkpoint, without changing the LR "
-        "schedule of --max-steps (e.g. for preemptible jobs; default: --max-steps)",
-    )
-    p.add_argument("--preset", default="small", choices=sorted(PRESETS), help="model size preset")
-    p.add_argument("--seq-len", type=int, default=128, help="tokens per training sequence")
-    p.add_argument("--batch-size", type=int, default=16, help="global sequences per optimizer step")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step on each rank")
-    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
-    p.add_argument(
-        "--warmup-steps", type=int, default=None, help="linear warmup steps (default: 10%% of --max-steps)"
-    )
-    p.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay floor as a fraction of --lr")
-    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW decay (matrices only)")
-    p.add_argument("--grad-clip", type=float, default=1.0, help="max global gradient norm")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights and data order")
-    p.add_argument("--eval-every", type=int, default=100, help="validation every N steps (0: never)")
-    p.add_argument("--eval-batches", type=int, default=10, help="global batches of validation windows")
-    p.add_argument("--log-every", type=int, default=10, help="log training metrics every N steps")
-    p.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (0: at the end)")
-    p.add_argument("--keep-last", type=int, default=3, help="number of newest checkpoints to keep")
-    p.add_argument(
-        "--dtype",
-        default="fp32",
-        choices=["fp32", "bf16"],
-        help="bf16: autocast (single process, DDP) or FSDP2 bf16 params with fp32 reductions",
-    )
-    p.add_argument(
-        "--parallel",
-        default="ddp",
-        choices=["ddp", "fsdp"],
-        help="data parallelism under torchrun: replicate (DDP) or shard (FSDP2 fully_shard)",
-    )
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (default: off)")
-    p.add_argument(
-        "--activation-checkpointing",
-        action="store_true",
-        help="recompute block activations in backward (default: off)",
-    )
-    p.add_argument(
-        "--deterministic",
-        action="store_true",
-        help="torch.use_deterministic_algorithms (bitwise-repeatable runs; default: off)",
-    )
-    p.add_argument(
-        "--peak-flops",
-        type=float,
-        default=None,
-        help="peak FLOP/s per device for MFU (default: table by device, env GRISTMILL_PEAK_FLOPS)",
-    )
-    p.add_argument(
-        "--loader-workers",
-        type=int,
-        default=0,
-        help="DataLoader worker processes per rank (default: 0, a background thread)",
-    )
-    p.add_argument("--prefetch-steps", type=int, default=2, help="batches built and row groups fetched ahead")
-    p.add_argument(
-        "--data-cache-mb", type=int, default=512, help="decoded row groups kept per split and rank"
-    )
-    p.add_argument(
-        "--verify-shards",
-        action="store_true",
-        help="hash every shard against the manifest's sha256 first (a full read; default: off)",
-    )
-    p.add_argument(
-        "--trace",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="write the per-step data trace under OUTPUT/trace",
-    )
-    p.add_argument(
-        "--staging-dir",
-        default=None,
-        help="local directory for S3 checkpoint/log staging (default: under $TMPDIR)",
-    )
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue from the latest checkpoint in --output (default: off; starts fresh if there is none)",
-    )
-    return p
-
-
-def _check_args(args: argparse.Namespace, world_size: int) -> None:
-    if min(args.max_steps, args.seq_len, args.grad_accum, args.keep_last, args.log_every) < 1:
+def _resolved(cfg: TrainConfig, world_size: int) -> TrainConfig:
+    """``cfg`` checked against the world size, with warmup_steps and stop_at filled in."""
+    if not cfg.data or cfg.output is None:
+        raise TrainingError("--data and --output are required")
+    if cfg.batch_size % (world_size * cfg.grad_accum):
         raise TrainingError(
-            "--max-steps, --seq-len, --grad-accum, --keep-last and --log-every must be positive"
+            f"--batch-size {cfg.batch_size} must be divisible by world size {world_size} "
+            f"x --grad-accum {cfg.grad_accum}"
         )
-    if args.batch_size % (world_size * args.grad_accum):
-        raise TrainingError(
-            f"--batch-size {args.batch_size} must be divisible by world size {world_size} "
-            f"x --grad-accum {args.grad_accum}"
-        )
-    if args.data_weights is not None and len(args.data_weights) != len(args.data):
-        raise TrainingError(f"{len(args.data)} --data manifests but {len(args.data_weights)} --data-weights")
-    if args.warmup_steps is None:
-        args.warmup_steps = args.max_steps // 10
-    if args.stop_at is None or args.stop_at > args.max_steps:
-        args.stop_at = args.max_steps
+    warmup = cfg.max_steps // 10 if cfg.warmup_steps is None else cfg.warmup_steps
+    return dataclasses.replace(
+        cfg, warmup_steps=warmup, stop_at=min(cfg.stop_at or cfg.max_steps, cfg.max_steps)
+    )
 
 
 # ---------------------------------------------------------------- distributed setup
@@ -294,11 +173,11 @@ class Parallel:
     autocast: bool
 
 
-def parallelize(model: Transformer, args: argparse.Namespace, info: DistInfo) -> Parallel:
+def parallelize(model: Transformer, cfg: TrainConfig, info: DistInfo) -> Parallel:
     """Apply activation checkpointing, FSDP2 or DDP, and torch.compile as asked."""
-    model.activation_checkpointing = args.activation_checkpointing
-    bf16 = args.dtype == "bf16"
-    if args.parallel == "fsdp":
+    model.activation_checkpointing = cfg.activation_checkpointing
+    bf16 = cfg.dtype == "bf16"
+    if cfg.parallel == "fsdp":
         if not dist.is_initialized():
             raise TrainingError("--parallel fsdp needs a process group: launch with torchrun")
         from torch.distributed.device_mesh import init_device_mesh
@@ -311,7 +190,7 @@ def parallelize(model: Transformer, args: argparse.Namespace, info: DistInfo) ->
             else MixedPrecisionPolicy()
         )
         for block in model.blocks:
-            if args.compile:
+            if cfg.compile:
                 block.compile()
             fully_shard(block, mesh=mesh, mp_policy=policy)
         fully_shard(model, mesh=mesh, mp_policy=policy)
@@ -326,11 +205,11 @@ def parallelize(model: Transformer, args: argparse.Namespace, info: DistInfo) ->
         ddp = DistributedDataParallel(
             model, device_ids=[info.local_rank] if info.device.type == "cuda" else None
         )
-        forward = torch.compile(ddp) if args.compile else ddp
+        forward = torch.compile(ddp) if cfg.compile else ddp
         return Parallel(
             model, forward, lambda last: contextlib.nullcontext() if last else ddp.no_sync(), bf16
         )
-    forward = torch.compile(model) if args.compile else model
+    forward = torch.compile(model) if cfg.compile else model
     return Parallel(model, forward, lambda last: contextlib.nullcontext(), bf16)
 
 
@@ -348,40 +227,40 @@ def train_step(
     batch: Batch,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
-    args: argparse.Namespace,
+    cfg: TrainConfig,
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step over this rank's batch in ``--grad-accum`` micro-batches (gradients reduced
     on the last), clipped. Returns (this rank's mean loss, global grad norm) without syncing."""
     inputs = batch.inputs.to(device, non_blocking=True)
     targets = batch.targets.to(device, non_blocking=True)
-    micro = inputs.shape[0] // args.grad_accum
+    micro = inputs.shape[0] // cfg.grad_accum
     loss_sum = torch.zeros((), device=device)
-    for m in range(args.grad_accum):
-        with par.sync(m == args.grad_accum - 1):
+    for m in range(cfg.grad_accum):
+        with par.sync(m == cfg.grad_accum - 1):
             with _autocast(device, par.autocast):
                 _, loss = par.forward(
                     inputs[m * micro : (m + 1) * micro], targets[m * micro : (m + 1) * micro]
                 )
-            (loss / args.grad_accum).backward()
+            (loss / cfg.grad_accum).backward()
         loss_sum += loss.detach().float()
-    grad_norm = _local(nn.utils.clip_grad_norm_(par.model.parameters(), args.grad_clip))
+    grad_norm = _local(nn.utils.clip_grad_norm_(par.model.parameters(), cfg.grad_clip))
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return loss_sum / args.grad_accum, grad_norm.detach()
+    return loss_sum / cfg.grad_accum, grad_norm.detach()
 
 
 @torch.no_grad()
 def evaluate(
-    par: Parallel, sources: list[WindowSource], args: argparse.Namespace, info: DistInfo, micro_batch: int
+    par: Parallel, sources: list[WindowSource], cfg: TrainConfig, info: DistInfo, micro_batch: int
 ) -> list[float]:
     """Mean token loss over each source's fixed validation windows, reduced over all ranks."""
     par.model.eval()
     totals = torch.zeros(len(sources), 2, dtype=torch.float64, device=info.device)
     for k, source in enumerate(sources):
         indices = validation_windows(
-            len(source), args.eval_batches * args.batch_size, args.batch_size, info.rank, info.world_size
+            len(source), cfg.eval_batches * cfg.batch_size, cfg.batch_size, info.rank, info.world_size
         )
         for start in range(0, len(indices), micro_batch):
             inputs, targets = source.gather(indices[start : start + micro_batch])
@@ -462,15 +341,15 @@ class RunLogs:
 # ---------------------------------------------------------------- run identity and resume checks
 
 
-def _model_config(args: argparse.Namespace, manifest: Manifest) -> ModelConfig:
-    preset = PRESETS[args.preset]
+def _model_config(cfg: TrainConfig, manifest: Manifest) -> ModelConfig:
+    preset = PRESETS[cfg.preset]
     return preset.with_overrides(
-        vocab_size=manifest.vocab_size, max_seq_len=max(preset.max_seq_len, args.seq_len)
+        vocab_size=manifest.vocab_size, max_seq_len=max(preset.max_seq_len, cfg.seq_len)
     )
 
 
 def checkpoint_config(
-    args: argparse.Namespace,
+    cfg: TrainConfig,
     model_config: ModelConfig,
     manifests: list[Manifest],
     tokenizer_json: bytes,
@@ -478,7 +357,7 @@ def checkpoint_config(
     weights: list[Fraction],
     val_windows: list[int],
 ) -> dict[str, Any]:
-    """config.json of a checkpoint: model shape, tokenizer facts, data identity, training args."""
+    """config.json of a checkpoint: model shape, tokenizer facts, data identity, training settings."""
     manifest = manifests[0]
     return {
         "format": CHECKPOINT_FORMAT,
@@ -492,7 +371,7 @@ def checkpoint_config(
             "special_tokens": manifest.tokenizer.get("special_tokens", {}),
         },
         "data": {
-            "seq_len": args.seq_len,
+            "seq_len": cfg.seq_len,
             "sources": [
                 {
                     "manifest": m.uri,
@@ -504,19 +383,19 @@ def checkpoint_config(
                 for m, s, w, v in zip(manifests, sources, weights, val_windows, strict=True)
             ],
         },
-        "training": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "training": {k: v for k, v in dataclasses.asdict(cfg).items() if k not in LAUNCHER_FIELDS},
     }
 
 
 def _check_resume(
     saved_config: dict[str, Any],
     saved_state: dict[str, Any],
-    args: argparse.Namespace,
+    cfg: TrainConfig,
     config: dict[str, Any],
     schedule: Schedule,
 ) -> None:
     """Refuse to resume when the data position would not mean the same thing any more."""
-    now = {"seq_len": args.seq_len, "global_batch_size": args.batch_size, "seed": args.seed}
+    now = {"seq_len": cfg.seq_len, "global_batch_size": cfg.batch_size, "seed": cfg.seed}
     flags = {"seq_len": "--seq-len", "global_batch_size": "--batch-size", "seed": "--seed"}
     for key, value in now.items():
         if saved_state[key] != value:
@@ -546,104 +425,100 @@ def _seed_everything(seed: int) -> None:
 # ---------------------------------------------------------------- the run
 
 
-def _run(args: argparse.Namespace, info: DistInfo) -> None:
-    _check_args(args, info.world_size)
-    if args.deterministic:
+def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> None:
+    cfg = _resolved(cfg, info.world_size)
+    if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    store = CheckpointStore(
-        args.output, info.rank, info.local_rank, args.staging_dir and Path(args.staging_dir)
-    )
+    store = CheckpointStore(cfg.output, info.rank, info.local_rank, cfg.staging_dir and Path(cfg.staging_dir))
     latest = store.latest()
-    if latest is not None and not args.resume:
+    if latest is not None and not resume:
         raise TrainingError(
             f"{store.output} already holds checkpoints ({latest}); pass --resume or use a new --output"
         )
 
-    manifests = [load_manifest(uri) for uri in args.data]
+    manifests = [load_manifest(uri) for uri in cfg.data]
     tokenizer_json = check_tokenizer(manifests[0])
     for other in manifests[1:]:
         check_tokenizer(other)
         if other.tokenizer["sha256"] != manifests[0].tokenizer["sha256"]:
             raise DataError(f"{other.uri} was tokenized with another tokenizer than {manifests[0].uri}")
-    if args.verify_shards and info.is_main:
+    if cfg.verify_shards and info.is_main:
         for m in manifests:
             for split in ("train", "validation"):
                 if m.has_split(split):
                     verify_shards(m, split)
     _barrier()
-    cache = args.data_cache_mb << 20
-    sources = [WindowSource(m, "train", args.seq_len, cache) for m in manifests]
+    cache = cfg.data_cache_mb << 20
+    sources = [WindowSource(m, "train", cfg.seq_len, cache) for m in manifests]
     weights = (
-        [as_fraction(w) for w in args.data_weights]
-        if args.data_weights
+        [as_fraction(w) for w in cfg.data_weights]
+        if cfg.data_weights
         else [Fraction(int(m.split("train")["tokens"])) for m in manifests]
     )
-    schedule = make_schedule([len(s) for s in sources], weights, args.batch_size, args.seed)
+    schedule = make_schedule([len(s) for s in sources], weights, cfg.batch_size, cfg.seed)
     val_sources = [
-        WindowSource(m, "validation", args.seq_len, cache) if m.has_split("validation") else None
+        WindowSource(m, "validation", cfg.seq_len, cache) if m.has_split("validation") else None
         for m in manifests
     ]
     val_counts = [len(v) if v is not None else 0 for v in val_sources]
     val_live = (
-        [v for v in val_sources if v is not None and len(v) >= info.world_size] if args.eval_every > 0 else []
+        [v for v in val_sources if v is not None and len(v) >= info.world_size] if cfg.eval_every > 0 else []
     )
-    if args.eval_every > 0 and not val_live and info.is_main:
+    if cfg.eval_every > 0 and not val_live and info.is_main:
         print("no validation windows in the manifest(s); validation is skipped", flush=True)
 
     start_step = 0
     saved_state: dict[str, Any] | None = None
-    model_config = _model_config(args, manifests[0])
-    if args.resume and latest is not None:
+    model_config = _model_config(cfg, manifests[0])
+    if resume and latest is not None:
         saved_config = store.read_json(latest, "config.json")
         saved_state = store.read_json(latest, "train_state.json")
         model_config = ModelConfig.from_dict(saved_config["model"])
-        config = checkpoint_config(
-            args, model_config, manifests, tokenizer_json, sources, weights, val_counts
-        )
-        _check_resume(saved_config, saved_state, args, config, schedule)
+        config = checkpoint_config(cfg, model_config, manifests, tokenizer_json, sources, weights, val_counts)
+        _check_resume(saved_config, saved_state, cfg, config, schedule)
         start_step = saved_state["step"]
-        if info.is_main and saved_config["training"].get("preset") != args.preset:
+        if info.is_main and saved_config["training"].get("preset") != cfg.preset:
             print(
                 f"resuming with the checkpoint's model (preset {saved_config['training'].get('preset')}); "
                 "--preset is ignored",
                 flush=True,
             )
-    elif info.is_main and args.resume:
+    elif info.is_main and resume:
         print(f"no checkpoint in {store.output}; starting from step 0", flush=True)
-    config = checkpoint_config(args, model_config, manifests, tokenizer_json, sources, weights, val_counts)
+    config = checkpoint_config(cfg, model_config, manifests, tokenizer_json, sources, weights, val_counts)
 
-    _seed_everything(args.seed)
+    _seed_everything(cfg.seed)
     model = Transformer(model_config).to(info.device)
     n_params = model.num_parameters()
-    par = parallelize(model, args, info)
-    optimizer = build_optimizer(model, args.lr, args.weight_decay, info.device)
-    scheduler = build_scheduler(optimizer, args.max_steps, args.warmup_steps, args.min_lr_ratio)
+    par = parallelize(model, cfg, info)
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, info.device)
+    scheduler = build_scheduler(optimizer, cfg.max_steps, cfg.warmup_steps, cfg.min_lr_ratio)
     if saved_state is not None and latest is not None:
         rng = store.load(latest, model, optimizer, info.device)
         scheduler.load_state_dict(
             {**saved_state["scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)}
         )
         peak = scheduler.base_lrs[0]
-        if info.is_main and not math.isclose(peak, args.lr):
+        if info.is_main and not math.isclose(peak, cfg.lr):
             print(
-                f"resuming the checkpoint's LR schedule (peak {peak:g}); --lr {args.lr:g} is ignored",
+                f"resuming the checkpoint's LR schedule (peak {peak:g}); --lr {cfg.lr:g} is ignored",
                 flush=True,
             )
         if rng is not None:
             set_rng_state(rng, info.device)
 
-    logs = RunLogs(store, info, start_step, args.trace)
-    micro_batch = args.batch_size // info.world_size // args.grad_accum
-    tokens_per_step = args.batch_size * args.seq_len
-    flops_token = flops_per_token(model_config, args.seq_len)
-    peak, peak_source = peak_flops(info.device, args.dtype, args.peak_flops)
+    logs = RunLogs(store, info, start_step, cfg.trace)
+    micro_batch = cfg.batch_size // info.world_size // cfg.grad_accum
+    tokens_per_step = cfg.batch_size * cfg.seq_len
+    flops_token = flops_per_token(model_config, cfg.seq_len)
+    peak, peak_source = peak_flops(info.device, cfg.dtype, cfg.peak_flops)
     if info.is_main:
         print(
-            f"model {n_params:,} parameters | {info.world_size} rank(s) on {info.device} ({args.parallel}, "
-            f"{args.dtype}{', compiled' if args.compile else ''}) | "
+            f"model {n_params:,} parameters | {info.world_size} rank(s) on {info.device} ({cfg.parallel}, "
+            f"{cfg.dtype}{', compiled' if cfg.compile else ''}) | "
             f"{' + '.join(f'{len(s):,}' for s in sources)} train windows | start step {start_step} of "
-            f"{args.max_steps} | peak {peak / 1e12 if peak else float('nan'):.3g} TFLOP/s ({peak_source})",
+            f"{cfg.max_steps} | peak {peak / 1e12 if peak else float('nan'):.3g} TFLOP/s ({peak_source})",
             flush=True,
         )
 
@@ -651,11 +526,11 @@ def _run(args: argparse.Namespace, info: DistInfo) -> None:
         state = {
             "step": step,
             "tokens_seen": step * tokens_per_step,
-            "global_batch_size": args.batch_size,
-            "seq_len": args.seq_len,
-            "seed": args.seed,
+            "global_batch_size": cfg.batch_size,
+            "seq_len": cfg.seq_len,
+            "seed": cfg.seed,
             "world_size": info.world_size,
-            "parallel": args.parallel,
+            "parallel": cfg.parallel,
             "position": schedule.position(step),
             "scheduler": scheduler_state(scheduler),
         }
@@ -664,7 +539,7 @@ def _run(args: argparse.Namespace, info: DistInfo) -> None:
             "train_state.json": (json.dumps(state, indent=2, sort_keys=True) + "\n").encode(),
             "tokenizer.json": tokenizer_json,
         }
-        uri = store.save(step, model, optimizer, files, rng_state(info.device), args.keep_last)
+        uri = store.save(step, model, optimizer, files, rng_state(info.device), cfg.keep_last)
         logs.sync()
         if info.is_main:
             print(f"saved checkpoint {uri}", flush=True)
@@ -695,9 +570,9 @@ def _run(args: argparse.Namespace, info: DistInfo) -> None:
         info.rank,
         info.world_size,
         start_step,
-        args.stop_at,
-        args.prefetch_steps,
-        args.loader_workers,
+        cfg.stop_at,
+        cfg.prefetch_steps,
+        cfg.loader_workers,
         pin_memory=info.device.type == "cuda",
     )
     model.train()
@@ -706,21 +581,21 @@ def _run(args: argparse.Namespace, info: DistInfo) -> None:
     last_saved = start_step
     batches = iter(stream)
     try:
-        for step in range(start_step, args.stop_at):
+        for step in range(start_step, cfg.stop_at):
             wait_start = time.perf_counter()
             batch = next(batches)
             data_wait += time.perf_counter() - wait_start
             lr = optimizer.param_groups[0]["lr"]
-            loss, grad_norm = train_step(par, batch, optimizer, scheduler, args, info.device)
+            loss, grad_norm = train_step(par, batch, optimizer, scheduler, cfg, info.device)
             done = step + 1
             logs.trace.write(done, batch.windows, batch.sources)
             pending_loss.append(loss)
             pending_norm.append(grad_norm)
             pending_steps.append(done)
-            last = done == args.stop_at
-            log_now = done % args.log_every == 0 or last or done == start_step + 1
-            eval_now = bool(val_live) and (done % args.eval_every == 0 or done == args.max_steps)
-            save_now = (args.save_every and done % args.save_every == 0) or last
+            last = done == cfg.stop_at
+            log_now = done % cfg.log_every == 0 or last or done == start_step + 1
+            eval_now = bool(val_live) and (done % cfg.eval_every == 0 or done == cfg.max_steps)
+            save_now = (cfg.save_every and done % cfg.save_every == 0) or last
             if not (log_now or eval_now or save_now):
                 continue
             losses, norms = settle()
@@ -746,7 +621,7 @@ def _run(args: argparse.Namespace, info: DistInfo) -> None:
                 window_losses, data_wait, window_start = [], 0.0, time.perf_counter()
             pause_start = time.perf_counter()  # evaluation and saving do not count towards tokens/s
             if eval_now:
-                val = evaluate(par, val_live, args, info, micro_batch)
+                val = evaluate(par, val_live, cfg, info, micro_batch)
                 weights_val = [len(v) for v in val_live]
                 val_loss = sum(v * w for v, w in zip(val, weights_val, strict=True)) / sum(weights_val)
                 record = {
@@ -770,16 +645,17 @@ def _run(args: argparse.Namespace, info: DistInfo) -> None:
         for source in sources + [v for v in val_sources if v is not None]:
             source.reader.close()
     if last_saved == start_step and info.is_main:
-        print(f"nothing to do: checkpoint is already at step {start_step} (--stop-at {args.stop_at})")
+        print(f"nothing to do: checkpoint is already at step {start_step} (--stop-at {cfg.stop_at})")
 
 
-def train(args: argparse.Namespace) -> None:
-    """Run training with parsed arguments (inside or outside torchrun). Process-wide torch settings
-    (threads, deterministic algorithms) are restored afterwards, for callers that train in-process."""
+def train(cfg: TrainConfig, resume: bool = False) -> None:
+    """Run training (inside or outside torchrun); ``resume`` continues from the latest checkpoint in
+    ``cfg.output``. Process-wide torch settings (threads, deterministic algorithms) are restored
+    afterwards, for callers that train in-process."""
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     info = setup_distributed()
     try:
-        _run(args, info)
+        _run(cfg, resume, info)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -789,9 +665,9 @@ def train(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    cfg, resume = parse_args(argv)
     try:
-        train(args)
+        train(cfg, resume)
     except (TrainingError, DataError, CheckpointError, storage.StorageError) as exc:
         prefix = f"[rank {os.environ['RANK']}] " if "RANK" in os.environ else ""
         print(f"{prefix}error: {exc}", file=sys.stderr, flush=True)
