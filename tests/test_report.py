@@ -193,3 +193,72 @@ def test_report_renders_in_headless_chromium(runs: tuple) -> None:
         assert driver.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
     finally:
         driver.quit()
+
+
+def _html_tables(page: str) -> list[list[list[str]]]:
+    """Every table of an HTML page as rows of cell texts (header row first)."""
+    from html.parser import HTMLParser
+
+    class Tables(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tables: list[list[list[str]]] = []
+            self.in_cell = False
+
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            if tag == "table":
+                self.tables.append([])
+            elif tag == "tr":
+                self.tables[-1].append([])
+            elif tag in ("td", "th"):
+                self.tables[-1][-1].append("")
+                self.in_cell = True
+
+        def handle_endtag(self, tag: str) -> None:
+            self.in_cell = self.in_cell and tag not in ("td", "th")
+
+        def handle_data(self, data: str) -> None:
+            if self.in_cell:
+                self.tables[-1][-1][-1] += data
+
+    parser = Tables()
+    parser.feed(page)
+    return parser.tables
+
+
+def _md_tables(page: str) -> list[list[list[str]]]:
+    """Every table of a Markdown page as rows of cell texts (header row first, no separator row)."""
+    import re
+
+    tables: list[list[list[str]]] = []
+    previous = ""
+    for line in page.splitlines():
+        if line.startswith("| "):
+            if not previous.startswith("|"):
+                tables.append([])
+            tables[-1].append([c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line)[1:-1]])
+        previous = line
+    return tables
+
+
+def test_markdown_shows_the_tables_of_the_html_page(runs: tuple) -> None:
+    """One definition per section: a table both pages show has the same cells in both."""
+    run, _, _ = runs
+    html_tables = _html_tables((run.report / "report.html").read_text())
+    md_tables = _md_tables((run.report / "report.md").read_text())
+    assert {t[0][0] for t in md_tables} >= {"stage", "rule", "language", "kept document", "cluster size"}
+    for table in md_tables:
+        assert table in html_tables or table[0] == ["cluster size", "clusters"], table[0]
+
+
+def test_html_escapes_document_text_and_markdown_keeps_tables_intact() -> None:
+    from pipelines.report import render
+
+    text = render.Excerpt("<script>alert(1)</script>\nline | two")
+    table = render.Table(["id", "excerpt", "value"], [["<b>doc</b>", text, 1234.5678]])
+    page = render.Page("run <x>", [render.Section("Examples & more", [table])])
+    html, md = render.render(page, "html"), render.render(page, "md")
+    assert "<script>" not in html and "<b>doc" not in html
+    assert '<div class="excerpt">&lt;script&gt;alert(1)&lt;/script&gt;\nline | two</div>' in html
+    assert "<h2>Examples &amp; more</h2>" in html and '<td class="n">1235</td>' in html
+    assert "| <b>doc</b> | <script>alert(1)</script> line \\| two | 1235 |" in md.splitlines()

@@ -28,9 +28,13 @@ def write_report(run: RunDir, workers: int = 0) -> dict[str, Any]:
     report = build_report(run, workers)
     run.report.mkdir(parents=True, exist_ok=True)
     write_json(run.report / "report.json", report)
-    write_atomic(run.report / "report.md", render.render_markdown(report))
-    write_atomic(run.report / "report.html", render.render_html(report))
+    _write_page(render.report_page(report), run.report / "report.md", run.report / "report.html")
     return report
+
+
+def _write_page(page: render.Page, md: Path, html: Path) -> None:
+    write_atomic(md, render.render(page, "md"))
+    write_atomic(html, render.render(page, "html"))
 
 
 def _slug(text: str) -> str:
@@ -47,12 +51,7 @@ def write_whatif(run: RunDir, policy_path: str | Path, workers: int = 0) -> tupl
     name = Path(policy_path).name
     paths = [run.report / f"{stem}.{ext}" for ext in ("json", "md", "html")]
     write_json(paths[0], comparison)
-    write_atomic(
-        paths[1], render.render_whatif(comparison, str(data.record.get("run_id")), name, data.unit, "md")
-    )
-    write_atomic(
-        paths[2], render.render_whatif(comparison, str(data.record.get("run_id")), name, data.unit, "html")
-    )
+    _write_page(render.whatif_page(comparison, str(data.record.get("run_id")), name, data.unit), *paths[1:])
     return comparison, paths
 
 
@@ -64,8 +63,7 @@ def write_diff(run: RunDir, other: RunDir, workers: int = 0) -> tuple[dict[str, 
     stem = f"diff-{_slug(str(other_report.get('run_id') or other.root.name))}"
     paths = [run.report / f"{stem}.{ext}" for ext in ("json", "md", "html")]
     write_json(paths[0], diff)
-    write_atomic(paths[1], render.render_diff(diff, "md"))
-    write_atomic(paths[2], render.render_diff(diff, "html"))
+    _write_page(render.diff_page(diff), *paths[1:])
     return diff, paths
 
 
