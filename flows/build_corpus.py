@@ -13,6 +13,7 @@ own run directory, and a retry of the same flow run (same scheduled time) resume
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from datetime import UTC, datetime
@@ -22,37 +23,17 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from flows.config import RunConfig, StageRunConfig, run_lineage
-from pipelines import executor, stages
-from pipelines.dedup import DedupConfig
-from pipelines.rundir import RunDir, now
-from pipelines.shards import TokenizeConfig
-
-# Where each stage writes, relative to the run directory (published as the stage's output location).
-OUTPUTS = {
-    "ingest": ["documents/", "quarantine/"],
-    "signals": ["signals/", "clean/"],
-    "dedup": ["dedup/removed.parquet", "dedup/clusters.parquet", "dedup/summary.json"],
-    "tokenizer": ["tokenizer/tokenizer.json"],
-    "tokenize": ["tokens/manifest.json"],
-    "report": ["report/report.html", "report/report.md", "report/report.json"],
-}
-
-
-def _skip_if_done(run: RunDir, stage: str) -> bool:
-    if run.stage_status(stage) == "done":
-        get_run_logger().info("%s: already done in an earlier attempt, skipping", stage)
-        return True
-    return False
-
-
-def _done(run: RunDir, stage: str) -> dict[str, Any]:
-    return run.load()["stages"][stage]["summary"]
+from flows.config import Config
+from pipelines.exec import runner
+from pipelines.run import RunDir
+from pipelines.run.layout import STAGE_OUTPUTS
+from pipelines.run.record import now
+from pipelines.stages import STAGES, Stage, run_stage
 
 
 def _publish_stage(run: RunDir, stage: str, summary: dict[str, Any]) -> None:
     """A Markdown artifact per stage: its summary counts and where its outputs are."""
-    record = run.load()
+    record = run.record.load()
     seconds = record.get("stages", {}).get(stage, {}).get("seconds")
     lines = [f"### {stage} — run {record.get('run_id')}", ""]
     if seconds is not None:
@@ -60,7 +41,7 @@ def _publish_stage(run: RunDir, stage: str, summary: dict[str, Any]) -> None:
     lines += ["| field | value |", "|---|---|"]
     for key, value in summary.items():
         lines.append(f"| {key} | `{_short(value)}` |")
-    lines += ["", "outputs:", *[f"- `{_location(run, rel)}`" for rel in OUTPUTS[stage]]]
+    lines += ["", "outputs:", *[f"- `{_location(run, rel)}`" for rel in STAGE_OUTPUTS[stage]]]
     create_markdown_artifact(
         "\n".join(lines),
         key=f"{artifact_key(str(record.get('run_id')))}-{stage}",
@@ -78,61 +59,28 @@ def _short(value: Any) -> str:
     return (text if len(text) <= 200 else text[:197] + "...").replace("|", "\\|")
 
 
-@task(name="ingest")
-def ingest_task(run_root: str, inputs: list[str], workers: int) -> dict[str, Any]:
-    run = RunDir(run_root)
-    if _skip_if_done(run, "ingest"):
-        return _done(run, "ingest")
-    summary = stages.run_ingest(run, inputs, workers)
-    _publish_stage(run, "ingest", summary)
-    return summary
+def _stage_task(stage: Stage) -> Any:
+    """The Prefect task of one stage: `run_stage` (skipping a stage recorded as done), then artifacts."""
+
+    @task(name=stage.name)
+    def run_task(run_root: str, config: dict[str, Any]) -> dict[str, Any]:
+        run = RunDir(run_root)
+        summary = run_stage(run, stage.name, Config.model_validate(config), skip_done=True)
+        if stage.name == "report":
+            _publish_report(run)
+        else:
+            _publish_stage(run, stage.name, summary)
+        return summary
+
+    return run_task
 
 
-@task(name="signals")
-def signals_task(run_root: str, policy: str | None, langid_model: str | None, workers: int) -> dict[str, Any]:
-    run = RunDir(run_root)
-    if _skip_if_done(run, "signals"):
-        return _done(run, "signals")
-    summary = stages.run_signals(run, policy, langid_model, workers)
-    _publish_stage(run, "signals", summary)
-    return summary
+STAGE_TASKS = {stage.name: _stage_task(stage) for stage in STAGES}
 
 
-@task(name="dedup")
-def dedup_task(run_root: str, config: dict[str, Any], workers: int) -> dict[str, Any]:
-    run = RunDir(run_root)
-    if _skip_if_done(run, "dedup"):
-        return _done(run, "dedup")
-    summary = stages.run_dedup(run, DedupConfig(**config), workers)
-    _publish_stage(run, "dedup", summary)
-    return summary
-
-
-@task(name="tokenizer")
-def tokenizer_task(run_root: str, config: dict[str, Any]) -> dict[str, Any]:
-    run = RunDir(run_root)
-    if _skip_if_done(run, "tokenizer"):
-        return _done(run, "tokenizer")
-    summary = stages.run_tokenizer_training(run, **config)
-    _publish_stage(run, "tokenizer", summary)
-    return summary
-
-
-@task(name="tokenize")
-def tokenize_task(run_root: str, config: dict[str, Any], workers: int) -> dict[str, Any]:
-    run = RunDir(run_root)
-    if _skip_if_done(run, "tokenize"):
-        return _done(run, "tokenize")
-    summary = stages.run_tokenize(run, TokenizeConfig(**config), run_lineage(run), workers)
-    _publish_stage(run, "tokenize", summary)
-    return summary
-
-
-@task(name="report")
-def report_task(run_root: str, workers: int) -> dict[str, Any]:
-    """Write report/ and publish the report, a funnel table and the output locations as artifacts."""
-    run = RunDir(run_root)
-    report = stages.run_report(run, workers)
+def _publish_report(run: RunDir) -> None:
+    """The report, a funnel table and the output locations as artifacts."""
+    report = json.loads((run.report / "report.json").read_text())
     key = artifact_key(str(report["run_id"]))
     create_markdown_artifact(
         (run.report / "report.md").read_text(),
@@ -148,13 +96,12 @@ def report_task(run_root: str, workers: int) -> dict[str, Any]:
         description=f"documents and tokens in and out of each stage, run {report['run_id']}",
     )
     _publish_outputs(run, str(report["run_id"]))
-    return report
 
 
 def _publish_outputs(run: RunDir, run_id: str) -> None:
     """Where the run's outputs are: a Markdown table of every stage, and links to the report and manifest."""
     key = artifact_key(run_id)
-    record = run.load()
+    record = run.record.load()
     lines = [
         f"### Outputs of run {run_id}",
         "",
@@ -163,7 +110,7 @@ def _publish_outputs(run: RunDir, run_id: str) -> None:
         "| stage | status | seconds | outputs |",
         "|---|---|---|---|",
     ]
-    for stage, rels in OUTPUTS.items():
+    for stage, rels in STAGE_OUTPUTS.items():
         info = record.get("stages", {}).get(stage, {})
         where = "<br>".join(f"`{_location(run, rel)}`" for rel in rels)
         lines.append(f"| {stage} | {info.get('status', '-')} | {info.get('seconds', '-')} | {where} |")
@@ -213,31 +160,24 @@ def _run_root(output: str, run_id: str) -> str:
     return root if "://" in root else str(Path(root).absolute())
 
 
-def _with(stage_task: Any, settings: StageRunConfig) -> Any:
-    return stage_task.with_options(
-        retries=settings.retries,
-        retry_delay_seconds=settings.retry_delay_seconds,
-        timeout_seconds=settings.timeout_seconds,
-    )
-
-
 @flow(name="build_corpus", flow_run_name=_flow_run_name)
 def build_corpus(config: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
     """Raw text -> signals -> policy -> near-dedup -> BPE tokenizer -> token shards -> report."""
-    cfg = RunConfig.model_validate(config)
+    cfg = Config.model_validate(config)
     run_id = resolve_run_id(config, run_id)
     logging.getLogger("gristmill").setLevel(logging.INFO)
-    run = RunDir(_run_root(cfg.output, run_id)).create()
+    run = RunDir(_run_root(cfg.output, run_id)).pull().create()
     run.start(run_id, cfg.model_dump(mode="json"), cfg.inputs)
-    run.update(status="running", finished_at=None)
-    executor.configure(cfg.executor.kind, cfg.executor.address)
+    run.record.update(status="running", finished_at=None)
+    runner.configure(cfg.executor.kind, cfg.executor.address)
     get_run_logger().info("run %s in %s (executor: %s)", run_id, run.root, cfg.executor.kind)
-    workers, st, root = cfg.executor.workers, cfg.stages, str(run.root)
-    _with(ingest_task, st.ingest)(root, cfg.inputs, workers)
-    _with(signals_task, st.signals)(root, cfg.signals.policy, cfg.signals.langid_model, workers)
-    _with(dedup_task, st.dedup)(root, cfg.dedup.model_dump(), workers)
-    _with(tokenizer_task, st.tokenizer)(root, cfg.tokenizer.model_dump())
-    _with(tokenize_task, st.tokenize)(root, cfg.tokenize.model_dump(), workers)
-    report = _with(report_task, st.report)(root, workers)
-    run.update(status="done", finished_at=now())
-    return report
+    settings = cfg.model_dump(mode="json")
+    for stage in STAGES:
+        retry = getattr(cfg.stages, stage.name)
+        STAGE_TASKS[stage.name].with_options(
+            retries=retry.retries,
+            retry_delay_seconds=retry.retry_delay_seconds,
+            timeout_seconds=retry.timeout_seconds,
+        )(str(run.root), settings)
+    run.record.update(status="done", finished_at=now())
+    return json.loads((run.report / "report.json").read_text())

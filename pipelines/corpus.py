@@ -1,60 +1,84 @@
-"""The final corpus of a run: documents the policy kept and near-dedup did not remove.
+"""The final corpus of a run, and what later stages read of earlier ones: the one definition of
+"kept by the policy and not removed by dedup", where a shard's text is, the train/validation split.
 
-Text comes from `text_path`: the signals stage's cleaned text (clean/{shard}.parquet, C4's line
-cleaning) once it exists, else the ingested text (documents/{shard}.parquet). Both hold `id` and `text`
-in the same row order as documents/ and signals/.
+Text comes from `text_path`: the signals stage's cleaned text (clean/NNNNN.parquet, C4's line cleaning)
+once it exists, else the ingested text (documents/NNNNN.parquet). Both hold `id` and `text` in the same
+row order as documents/ and signals/.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.ingest import document_files
-from pipelines.rundir import RunDir
+from pipelines.run.layout import RunLayout
 
 BATCH_ROWS = 1_000
 
 
-def clean_dir(run: RunDir) -> Path:
-    """Where the signals stage writes the cleaned text of every document."""
-    return run.root / "clean"
-
-
-def text_path(run: RunDir, shard: str) -> Path:
-    """The Parquet file (`id`, `text`) that later stages read shard `shard`'s text from: the cleaned
-    text when the signals stage has written it, else the ingested documents."""
-    cleaned = clean_dir(run) / shard
+def text_path(run: RunLayout, shard: str) -> Path:
+    """The Parquet file (`id`, `text`) later stages read shard `shard`'s text from: the cleaned text
+    when the signals stage has written it, else the ingested documents."""
+    cleaned = run.clean / shard
     return cleaned if cleaned.exists() else run.documents / shard
 
 
-def iter_batches(run: RunDir) -> Iterator[pa.Table]:
-    """Tables of (id, text) of the final corpus, in input order, at most BATCH_ROWS rows each."""
-    from pipelines.dedup import kept_mask, removed_ids  # (dedup reads text through text_path)
-
-    removed = removed_ids(run)
-    for documents in document_files(run):
-        path = text_path(run, documents.name)
-        keep = kept_mask(run, path.name)
-        if removed:
-            ids = pq.read_table(path, columns=["id"]).column("id").to_pylist()
-            keep = keep & pa.array([i not in removed for i in ids]).to_numpy(zero_copy_only=False)
-        offset = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=["id", "text"]):
-            mask = keep[offset : offset + batch.num_rows]
-            offset += batch.num_rows
-            if mask.any():
-                yield pa.Table.from_batches([batch]).filter(pa.array(mask))
+def kept_mask(run: RunLayout, shard: str) -> np.ndarray:
+    """The policy's keep column of a shard, or all True when the run has no signals."""
+    path = run.signals / shard
+    if path.exists():
+        return pq.read_table(path, columns=["keep"]).column("keep").to_numpy(zero_copy_only=False)
+    return np.ones(pq.read_metadata(run.documents / shard).num_rows, bool)
 
 
-def iter_texts(run: RunDir) -> Iterator[tuple[str, str]]:
-    """(id, text) of every document of the final corpus."""
-    for table in iter_batches(run):
-        yield from zip(table.column("id").to_pylist(), table.column("text").to_pylist(), strict=True)
+def removed_ids(run: RunLayout) -> pa.Array:
+    """Ids that dedup removed (empty when the run has not been deduplicated)."""
+    if not run.removed.exists():
+        return pa.array([], pa.string())
+    return pq.read_table(run.removed, columns=["id"]).column("id").combine_chunks()
+
+
+def is_removed(ids: pa.Array | pa.ChunkedArray, removed: pa.Array) -> np.ndarray:
+    """Which of `ids` dedup removed."""
+    if not len(removed):
+        return np.zeros(len(ids), bool)
+    return pc.is_in(ids, value_set=removed).to_numpy(zero_copy_only=False)
+
+
+class FinalCorpus:
+    """The documents of a run's final corpus, shard by shard (masks cached per shard)."""
+
+    def __init__(self, run: RunLayout) -> None:
+        self.run = run
+        self.removed = removed_ids(run)
+        self._keep: dict[str, np.ndarray] = {}
+
+    def mask(self, shard: str, first_row: int, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Which of the rows `first_row`.. (ids `ids`) of `shard` are in the final corpus."""
+        if shard not in self._keep:
+            self._keep = {shard: kept_mask(self.run, shard)}
+        keep = self._keep[shard][first_row : first_row + len(ids)].copy()
+        return keep & ~is_removed(ids, self.removed)
+
+    def batches(self) -> Iterator[pa.Table]:
+        """Tables of (id, text), in input order, at most BATCH_ROWS rows each."""
+        for shard in self.run.shards():
+            row = 0
+            for batch in pq.ParquetFile(text_path(self.run, shard)).iter_batches(
+                BATCH_ROWS, columns=["id", "text"]
+            ):
+                mask = self.mask(shard, row, batch.column("id"))
+                row += batch.num_rows
+                if mask.any():
+                    yield pa.Table.from_batches([batch]).filter(pa.array(mask))
 
 
 def unit_hash(key: str, salt: str = "") -> float:
@@ -62,3 +86,29 @@ def unit_hash(key: str, salt: str = "") -> float:
     digest = hashlib.sha256(f"{salt}{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
+
+def split_of(doc_id: str, validation_fraction: float) -> str:
+    """The split of a document, decided by a hash of its id alone."""
+    return "validation" if unit_hash(doc_id, "split:") < validation_fraction else "train"
+
+
+def signal_files(run: RunLayout) -> list[Path]:
+    return sorted(run.signals.glob("[0-9]*.parquet"))
+
+
+def read_signals(run: RunLayout, columns: list[str] | None = None) -> pa.Table:
+    """All signals of a run, in shard order."""
+    files = signal_files(run)
+    if not files:
+        raise FileNotFoundError(f"{run.signals} has no signal shards; run the signals stage first")
+    return pa.concat_tables(pq.read_table(f, columns=columns) for f in files)
+
+
+def quarantine_counts(run: RunLayout) -> Counter[str]:
+    """Quarantined records of a run by reason."""
+    counts: Counter[str] = Counter()
+    for path in sorted(run.quarantine.glob("*.jsonl")):
+        with path.open() as f:
+            for line in f:
+                counts[json.loads(line)["reason"]] += 1
+    return counts

@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 from make_sample import split_pg  # noqa: E402  (the sample's own PG header/footer splitter)
 
 from flows.cli import main as gristmill  # noqa: E402
-from pipelines.quality import examples  # noqa: E402
+from pipelines.quality.classifier import examples  # noqa: E402
 
 SEED = 1234
 BOOK_EXAMPLES = 40

@@ -7,7 +7,11 @@ same thresholds for gristmill.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+# The gristmill policy with the chain's thresholds.
+POLICY = Path(__file__).resolve().parents[1] / "pipelines" / "resources" / "policy-datatrove.yaml"
 
 
 def quality_chain() -> list[Any]:

@@ -10,10 +10,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import zstandard
 from scipy.sparse import csr_matrix
+from stage_helpers import run_stages
 
-from pipelines import minhash, stages
-from pipelines.dedup import DedupConfig
-from pipelines.rundir import RunDir
+from pipelines.config import DedupConfig
+from pipelines.dedup import minhash
+from pipelines.run import RunDir
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
 
@@ -91,8 +92,8 @@ def dedup_run(
     """Ingest `texts` (split over `files` files) into the run directory `root` and deduplicate them."""
     ids = write_inputs(root.parent / f"{root.name}-inputs" / "docs", texts, files)
     run = RunDir(root).create()
-    stages.run_ingest(run, [str(root.parent / f"{root.name}-inputs" / "docs")], workers)
-    stages.run_dedup(run, config or DedupConfig(), workers)
+    inputs = [str(root.parent / f"{root.name}-inputs" / "docs")]
+    run_stages(run, "ingest", "dedup", inputs=inputs, dedup=config or DedupConfig(), workers=workers)
     return run, ids
 
 

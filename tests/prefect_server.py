@@ -34,7 +34,8 @@ def prefect_server(home: Path, timeout: float = 120) -> Iterator[tuple[str, dict
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
     }
-    env.pop("GRISTMILL_TEST_SHARD_DELAY", None)
+    for name in ("SLOW_SHARD_BEFORE", "SLOW_SHARD_AFTER"):
+        env.pop(name, None)
     log = home / "server.log"
     with log.open("w") as out:
         proc = subprocess.Popen(

@@ -11,11 +11,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from datatrove_reference import quality_chain
+from datatrove_reference import POLICY, quality_chain
+from stage_helpers import run_stages
 
-from pipelines import stages
-from pipelines.policy import datatrove_policy_path
-from pipelines.rundir import RunDir
+from pipelines.run import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
@@ -37,8 +36,7 @@ def _datatrove_keeps(texts: list[str]) -> list[bool]:
 def test_keep_drop_agrees_with_datatrove(tmp_path: Path) -> None:
     run = RunDir(tmp_path / "run").create()
     inputs = sorted(str(p) for p in SAMPLE.glob("*.jsonl.zst"))
-    stages.run_ingest(run, inputs, workers=2)
-    stages.run_signals(run, str(datatrove_policy_path()), workers=2)
+    run_stages(run, "ingest", "signals", inputs=inputs, signals={"policy": str(POLICY)}, workers=2)
     documents = pq.read_table(run.documents, columns=["id", "text"])
     ours = pq.read_table(run.signals, columns=["id", "keep", "reasons"])
     assert ours.column("id").to_pylist() == documents.column("id").to_pylist()

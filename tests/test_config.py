@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from flows.cli import main
-from flows.config import RunConfig, describe, load_config, parse_override
+from flows.config import Config as RunConfig
+from flows.config import describe, load_config, parse_override
 
 
 def test_printed_defaults_are_valid_yaml_equal_to_the_model_defaults() -> None:

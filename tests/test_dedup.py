@@ -13,11 +13,12 @@ import pytest
 from datasketch import MinHashLSH
 from dedup_corpus import dedup_run, edit, real_documents, removed, sample_texts, write_inputs
 from pydantic import ValidationError
+from stage_helpers import run_stages
 
-from pipelines import minhash, stages
-from pipelines.dedup import DedupConfig
-from pipelines.dedup_index import DedupIndex
-from pipelines.rundir import RunDir
+from pipelines.config import DedupConfig
+from pipelines.dedup import minhash
+from pipelines.dedup.index import DedupIndex
+from pipelines.run import RunDir
 
 TRICKY = [
     "",
@@ -122,10 +123,10 @@ def test_survivor_has_the_highest_quality_then_comes_first(tmp_path: Path) -> No
     texts = [a, edit(a, 0.005, rng), edit(a, 0.005, rng), b, b, edit(b, 0.005, rng), a]
     ids = write_inputs(tmp_path / "docs", texts)
     run = RunDir(tmp_path / "run").create()
-    stages.run_ingest(run, [str(tmp_path / "docs")], 1)
+    run_stages(run, "ingest", inputs=[str(tmp_path / "docs")], workers=1)
     # the third copy of `a` scores highest; `b`'s copies have no score, the last one is dropped by the policy
     _write_signals(run, [True] * 6 + [False], [0.2, 0.1, 0.9, None, None, None, 1.0])
-    stages.run_dedup(run, DedupConfig(), 1)
+    run_stages(run, "dedup", dedup=DedupConfig(), workers=1)
     out = removed(run)
     expected = {ids[0]: ids[2], ids[1]: ids[2], ids[4]: ids[3], ids[5]: ids[3]}
     assert {k: v[0] for k, v in out.items()} == expected
@@ -149,7 +150,7 @@ def test_cross_run_index(tmp_path: Path) -> None:
     summary = json.loads((run_b.dedup / "summary.json").read_text())
     assert summary["removed_matching_earlier_runs"] == 2
     assert summary["index"] == {"path": index, "earlier_runs": ["runA"], "earlier_documents": 40, "added": 20}
-    stages.run_dedup(run_b, config, 1)  # again: its own part in the index is not a reason to remove
+    run_stages(run_b, "dedup", dedup=config, workers=1)  # again: its own part in the index is no reason
     assert removed(run_b) == out
     manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
     assert [(p["run_id"], p["documents"]) for p in manifest["parts"]] == [("runA", 40), ("runB", 20)]

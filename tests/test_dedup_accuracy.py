@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dedup_corpus import dedup_run, edit, exact_jaccard_pairs, real_documents, removed
 
-from pipelines.dedup import DedupConfig
+from pipelines.config import DedupConfig
 
 EDIT_RATES = (0.0005, 0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.04, 0.06)
 BINS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.01)

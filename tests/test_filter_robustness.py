@@ -16,12 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from shared_data import SHARED_DATA
+from stage_helpers import run_stages
 
-from pipelines import stages
-from pipelines.corpus import clean_dir
-from pipelines.ingest import DOCUMENT_SCHEMA
-from pipelines.rundir import RunDir
-from pipelines.signals import SIGNALS, SignalComputer
+from pipelines.quality.signals import SIGNALS, SignalComputer
+from pipelines.run import RunDir
+from pipelines.stages.ingest import DOCUMENT_SCHEMA
 
 SHARED = SHARED_DATA
 SHAKESPEARE = (SHARED / "tinyshakespeare" / "input.txt").read_text()
@@ -122,9 +121,9 @@ def test_stage_on_bad_documents(tmp_path: Path) -> None:
         schema=DOCUMENT_SCHEMA,
     )
     pq.write_table(table, run.documents / "00000.parquet")
-    stages.run_signals(run, workers=1)
+    run_stages(run, "signals", workers=1)
     signals = pq.read_table(run.signals / "00000.parquet")
-    cleaned = pq.read_table(clean_dir(run) / "00000.parquet")
+    cleaned = pq.read_table(run.clean / "00000.parquet")
     assert (
         signals.column("id").to_pylist() == cleaned.column("id").to_pylist() == table.column("id").to_pylist()
     )

@@ -12,8 +12,8 @@ import pytest
 import zstandard
 from shared_data import SHARED_DATA
 
-from pipelines import quality
-from pipelines.signals import SignalComputer
+from pipelines.quality import classifier as quality
+from pipelines.quality.signals import SignalComputer
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = SHARED_DATA

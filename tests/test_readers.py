@@ -25,7 +25,8 @@ from shared_data import SHARED_DATA
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from pipelines.readers import REASONS, Document, Quarantined, list_inputs, read_file
+from pipelines.io.inputs import list_inputs
+from pipelines.readers import REASONS, Document, Quarantined, ReadOptions, read_file
 
 DATA = SHARED_DATA
 SHAKESPEARE = DATA / "tinyshakespeare" / "input.txt"
@@ -57,7 +58,7 @@ def compress(data: bytes, kind: str) -> bytes:
 
 
 def read(path: Path, source: str = "src", **kwargs: int) -> tuple[list[Document], list[Quarantined]]:
-    items = list(read_file(str(path), source, **kwargs))
+    items = list(read_file(str(path), source, ReadOptions(**kwargs)))
     assert all(isinstance(item, Document | Quarantined) for item in items)
     return [i for i in items if isinstance(i, Document)], [i for i in items if isinstance(i, Quarantined)]
 

@@ -13,13 +13,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from stage_helpers import run_stages
 
-from pipelines import stages
 from pipelines.corpus import text_path
-from pipelines.dedup import DedupConfig
-from pipelines.policy import load_policy
-from pipelines.rundir import RunDir
-from pipelines.shards import TokenizeConfig
+from pipelines.quality.policy import load_policy
+from pipelines.run import RunDir
 from tokenizer import load
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,13 +28,12 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 def _build(root: Path, inputs: list[Path], policy: Path | None = None) -> RunDir:
     """A real run through the stage functions (the same ones the flow calls), without Prefect."""
     run = RunDir(root).create()
-    run.start(root.name, {}, [str(p) for p in inputs])
-    stages.run_ingest(run, [str(p) for p in inputs], workers=2)
-    stages.run_signals(run, str(policy) if policy else None, workers=2)
-    stages.run_dedup(run, DedupConfig(), workers=2)
-    stages.run_tokenizer_training(run, 1024, 2, ["<|endoftext|>", "<|pad|>"], 10_000_000, 0)
-    stages.run_tokenize(run, TokenizeConfig(), {"run_id": root.name})
-    stages.run_report(run, workers=2)
+    files = [str(p) for p in inputs]
+    run.record.start(root.name, {}, files)
+    signals = {"policy": str(policy) if policy else None}
+    tokenizer = {"vocab_size": 1024, "sample_chars": 10_000_000}
+    stages = ("ingest", "signals", "dedup", "tokenizer", "tokenize", "report")
+    run_stages(run, *stages, inputs=files, signals=signals, tokenizer=tokenizer, workers=2)
     return run
 
 

@@ -28,6 +28,7 @@ GRISTMILL = BIN / "gristmill"
 SAMPLE = REPO / "data" / "sample"
 RUN = ["run", "--input", "in", "--output", "runs", "--run-id", "r", "--workers", "2"]
 SETTINGS = ["--set", "tokenizer.vocab_size=512"]
+SLOW_SHARDS = {"SLOW_SHARD_BEFORE": "1.0", "PYTHONPATH": str(Path(__file__).resolve().parent / "slow_shards")}
 N_SHARDS = 4  # spam, udhr, and the WARC and WET files of cc/
 
 
@@ -101,7 +102,7 @@ def _kill_mid_stage(work: Path, env: dict[str, str], stage: str, marker: str, lo
         proc = subprocess.Popen(
             [str(GRISTMILL), *RUN, *SETTINGS],
             cwd=work,
-            env={**env, "GRISTMILL_TEST_SHARD_DELAY": "1.0"},  # each shard waits 1 s before it starts
+            env={**env, **SLOW_SHARDS},  # each shard waits 1 s before it starts
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: the CLI and its pool workers

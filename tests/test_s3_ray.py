@@ -25,9 +25,12 @@ import pytest
 from ray_cluster import ray_head
 from run_outputs import run_outputs
 from s3_server import aws_env, client, create_bucket, upload_dir
+from stage_helpers import build, run_stages
 
-from pipelines import executor, storage
-from pipelines.rundir import NODE_ID_ENV, RemoteRun, RunDir
+from pipelines.exec import runner
+from pipelines.io import s3 as storage
+from pipelines.run import RunDir
+from pipelines.run.mirror import NODE_ID_ENV, RemoteRun
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
@@ -75,17 +78,12 @@ def _driver(bucket: dict[str, str], cache: Path) -> Iterator[None]:
 def _build(root: str, policy: str, workers: int = 1) -> RunDir:
     """A whole corpus build through the stage functions (what `gristmill run` calls)."""
     from flows.config import load_config
-    from pipelines import stages
 
-    cfg = load_config(None, {**SETTINGS, "inputs": [INPUTS], "signals.policy": policy})
-    run = RunDir(root).create()
+    overrides = {**SETTINGS, "inputs": [INPUTS], "signals.policy": policy, "executor.workers": workers}
+    cfg = load_config(None, overrides)
+    run = RunDir(root).pull().create()
     run.start("r", cfg.model_dump(mode="json"), cfg.inputs)
-    stages.run_ingest(run, cfg.inputs, workers)
-    stages.run_signals(run, cfg.signals.policy, cfg.signals.langid_model, workers)
-    stages.run_dedup(run, cfg.dedup, workers)
-    stages.run_tokenizer_training(run, **cfg.tokenizer.model_dump())
-    stages.run_tokenize(run, cfg.tokenize, {"run_id": "r"}, workers)
-    stages.run_report(run, workers)
+    build(run, cfg)
     return run
 
 
@@ -140,7 +138,7 @@ def test_shards_on_another_node_pull_their_inputs(
         there, here = pending[::2], pending[1::2]
         sent[name] = there
         for i in here:
-            executor._call(task, i)
+            runner._call(task, i)
         if not there:
             return {}
         result = subprocess.run(
@@ -156,7 +154,7 @@ def test_shards_on_another_node_pull_their_inputs(
     def no_pull_on_the_driver(*args: Any) -> int:
         raise AssertionError("the driver's node pulled for a shard")
 
-    monkeypatch.setattr(executor, "_run_local", two_nodes)
+    monkeypatch.setattr(runner, "_run_local", two_nodes)
     monkeypatch.setattr(RemoteRun, "pull_once", no_pull_on_the_driver)
     with _driver(bucket, work / "driver-cache"):
         run = _build(f"s3://{BUCKET}/runs/two-nodes", bucket["policy"])
@@ -188,14 +186,15 @@ def test_another_node_with_the_same_cache_path_pulls_what_it_lacks(
 ) -> None:
     """Node B with the mirror at the driver's path (`GRISTMILL_CACHE_DIR` the same on every node) but
     stale: an input missing, another changed on S3 since. Its shard pulls both, runs and uploads."""
-    from pipelines import filtering, ingest, stages
+    from pipelines.config import SignalsConfig
+    from pipelines.stages.signals import SignalsStep
 
     with _driver(bucket, tmp_path / "cache"):
         run = RunDir(f"s3://{BUCKET}/runs/same-path").create()
         run.start("r", {}, [INPUTS])
-        stages.run_ingest(run, [INPUTS], 1)
-        filtering.save_policy(run, bucket["policy"])
-        task = run.synced(filtering.SignalsShard(str(run.root), bucket["policy"]))
+        run_stages(run, "ingest", inputs=[INPUTS], workers=1)
+        shutil.copy(bucket["policy"], run.policy)
+        task = run.synced(SignalsStep(str(run.root), SignalsConfig(policy=bucket["policy"])))
         remote = run.remote
         assert remote is not None
         kept = (run.documents / "00000.parquet").read_bytes()
@@ -214,7 +213,7 @@ def test_another_node_with_the_same_cache_path_pulls_what_it_lacks(
             assert result.returncode == 0, result.stderr.decode()[-4000:]
         assert (run.documents / "00000.parquet").read_bytes() == kept
         assert (run.documents / "00002.parquet").read_bytes() != b"stale"
-        assert len(ingest.document_files(run)) == 3 and (run.signals / "00002.parquet").exists()
+        assert len(run.shards()) == 3 and (run.signals / "00002.parquet").exists()
         objects = {o.key[len(remote.uri.prefix) :] for o in storage.list_objects(remote.uri)}
         assert {"signals/00000.parquet", "signals/00002.parquet", "clean/00002.parquet"} <= objects
         assert "signals/00001.parquet" not in objects
@@ -269,12 +268,12 @@ def test_ray_workers_on_another_node_build_the_same_corpus(
     import ray
 
     work = Path(bucket["work"])
-    previous = executor.configure("ray", ray_other_node["address"])
+    previous = runner.configure("ray", ray_other_node["address"])
     try:
         with _driver(bucket, work / "ray-driver-cache"):
             run = _build(f"s3://{BUCKET}/runs/ray", bucket["policy"], workers=2)
     finally:
-        executor.configure(previous.kind, previous.address)
+        runner.configure(previous.kind, previous.address)
         ray.shutdown()
     _assert_same_build(s3_server, "runs/ray/", run.root, local)
     mirror = Path(ray_other_node["cache"]) / "s3" / BUCKET / "runs" / "ray"

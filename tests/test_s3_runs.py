@@ -24,8 +24,9 @@ import pytest
 from faulty_proxy import FaultyProxy
 from gristmill_cli import gristmill
 from s3_server import aws_env, client, create_bucket, upload_dir
+from stage_helpers import build, run_stages
 
-from pipelines import storage
+from pipelines.io import s3 as storage
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
@@ -142,8 +143,7 @@ def test_corrupted_upload_is_detected(
 
 
 def test_s3_inputs_are_named_like_local_folders(s3_env: str, tmp_path: Path) -> None:
-    from pipelines.ingest import list_s3_inputs
-    from pipelines.readers import list_inputs
+    from pipelines.io.inputs import list_inputs
 
     folder = tmp_path / "crawl"
     for rel in ("b.jsonl", "a/z.jsonl", "a/y.txt", "README.md", "LICENSE", ".hidden/x.jsonl", "a/.x.jsonl"):
@@ -152,18 +152,18 @@ def test_s3_inputs_are_named_like_local_folders(s3_env: str, tmp_path: Path) -> 
     upload_dir(s3_env, folder, BUCKET, "inputs/listing/crawl")
     client(s3_env).put_object(Bucket=BUCKET, Key="inputs/listing/crawl/a/", Body=b"")  # a console "folder"
     local = [source for _, source in list_inputs([str(folder)])]
-    remote = list_s3_inputs(f"s3://{BUCKET}/inputs/listing/crawl")
+    remote = list_inputs([f"s3://{BUCKET}/inputs/listing/crawl"])
     assert [source for _, source in remote] == local == ["crawl/a/y.txt", "crawl/a/z.jsonl", "crawl/b.jsonl"]
     assert remote[0][0] == f"s3://{BUCKET}/inputs/listing/crawl/a/y.txt"
-    assert list_s3_inputs(f"s3://{BUCKET}/inputs/listing/crawl/b.jsonl") == [
+    assert list_inputs([f"s3://{BUCKET}/inputs/listing/crawl/b.jsonl"]) == [
         (f"s3://{BUCKET}/inputs/listing/crawl/b.jsonl", "b.jsonl")
     ]
     with pytest.raises(ValueError, match="does not exist"):
-        list_s3_inputs(f"s3://{BUCKET}/inputs/listing/nothing/")
+        list_inputs([f"s3://{BUCKET}/inputs/listing/nothing/"])
 
 
 def test_credentials_are_scrubbed_from_run_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipelines.rundir import RunDir
+    from pipelines.run import RunDir
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     run = RunDir(tmp_path / "run").create()
@@ -180,8 +180,8 @@ def test_crash_mid_stage_keeps_finished_shards_and_resumes_elsewhere(
 ) -> None:
     """A shard that fails does not lose the others: they are on S3 as soon as they finish, and a new
     machine (an empty cache) resumes the stage running only the missing shard."""
-    from pipelines import ingest, stages
-    from pipelines.rundir import RunDir
+    from pipelines.run import RunDir
+    from pipelines.stages import ingest
 
     folder = tmp_path / "crash"
     folder.mkdir()
@@ -200,7 +200,7 @@ def test_crash_mid_stage_keeps_finished_shards_and_resumes_elsewhere(
     run = RunDir(f"s3://{BUCKET}/runs/crash").create()
     run.start("crash", {}, inputs)
     with pytest.raises(RuntimeError, match="1 of 3 shards failed"):
-        stages.run_ingest(run, inputs, workers=1)
+        run_stages(run, "ingest", inputs=inputs, workers=1)
     remote = _objects(s3_env, "runs/crash/")
     assert {"documents/00000.parquet", "quarantine/00000.jsonl", "documents/00002.parquet"} <= set(remote)
     assert "documents/00001.parquet" not in remote
@@ -209,11 +209,11 @@ def test_crash_mid_stage_keeps_finished_shards_and_resumes_elsewhere(
     monkeypatch.setattr(ingest, "local_input", real_input)
     monkeypatch.setenv("GRISTMILL_CACHE_DIR", str(tmp_path / "other-machine"))
     ran: list[int] = []
-    real_ingest_file = ingest.ingest_file
-    monkeypatch.setattr(ingest, "ingest_file", lambda *a: ran.append(a[3]) or real_ingest_file(*a))
-    again = RunDir(f"s3://{BUCKET}/runs/crash")
-    assert again.root != run.root and again.stage_status("ingest") == "failed"
-    summary = stages.run_ingest(again, inputs, workers=1)
+    real_process = ingest.IngestStep.process
+    monkeypatch.setattr(ingest.IngestStep, "process", lambda self, i: ran.append(i) or real_process(self, i))
+    again = RunDir(f"s3://{BUCKET}/runs/crash").pull()
+    assert again.root != run.root and again.record.stage_status("ingest") == "failed"
+    summary = run_stages(again, "ingest", inputs=inputs, workers=1)
     assert ran == [1] and summary["documents"] == 3
     assert json.loads(_get(s3_env, "runs/crash/run.json"))["stages"]["ingest"]["status"] == "done"
     assert "documents/00001.parquet" in _objects(s3_env, "runs/crash/")
@@ -274,21 +274,17 @@ def e2e(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
 def _local_build(inputs: Path, policy: Path, root: Path) -> Path:
     """The same corpus build on a local folder, through the stage functions `gristmill run` calls."""
     from flows.config import load_config
-    from pipelines import stages
-    from pipelines.rundir import RunDir
+    from pipelines.run import RunDir
 
     overrides = dict(a.split("=", 1) for a in RUN_ARGS[1:-2:2])
     cfg = load_config(
         None,
-        {k: int(v) for k, v in overrides.items()} | {"inputs": [str(inputs)], "signals.policy": str(policy)},
+        {k: int(v) for k, v in overrides.items()}
+        | {"inputs": [str(inputs)], "signals.policy": str(policy), "executor.workers": 2},
     )
     run = RunDir(root).create()
     run.start("e2e", cfg.model_dump(mode="json"), cfg.inputs)
-    stages.run_ingest(run, cfg.inputs, 2)
-    stages.run_signals(run, cfg.signals.policy, cfg.signals.langid_model, 2)
-    stages.run_dedup(run, cfg.dedup, 2)
-    stages.run_tokenizer_training(run, **cfg.tokenizer.model_dump())
-    stages.run_tokenize(run, cfg.tokenize, {"run_id": "e2e"})
+    build(run, cfg, "ingest", "signals", "dedup", "tokenizer", "tokenize")
     return root
 
 
@@ -360,11 +356,11 @@ def test_s3_run_equals_local_run(e2e: dict[str, Any], s3_server: str) -> None:
 
 def test_s3_run_resumes_on_a_new_machine(e2e: dict[str, Any], s3_env: str, tmp_path: Path) -> None:
     """Opening the run with an empty cache pulls it; every stage is done, every file is there."""
-    from pipelines.rundir import RunDir
+    from pipelines.run import RunDir
 
-    run = RunDir(f"s3://{BUCKET}/runs/e2e")
+    run = RunDir(f"s3://{BUCKET}/runs/e2e").pull()
     assert run.root.is_relative_to(tmp_path / "cache")
-    assert run.load()["status"] == "done"
+    assert run.record.load()["status"] == "done"
     local = {p.relative_to(run.root).as_posix() for p in storage.iter_files(run.root)}
     assert local == set(_objects(s3_env, "runs/e2e/"))
     assert (run.tokens / "manifest.json").read_bytes() == _get(s3_env, "runs/e2e/tokens/manifest.json")

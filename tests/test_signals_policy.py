@@ -16,9 +16,9 @@ from datatrove.pipeline.filters.gopher_repetition_filter import (
 )
 from shared_data import SHARED_DATA
 
-from pipelines import cleaning, repetition, signals, words
-from pipelines.filtering import signals_table
-from pipelines.policy import LANG_NOT_ALLOWED, LOW_LANG_CONFIDENCE, Policy, load_policy
+from pipelines.quality import cleaning, repetition, signals, words
+from pipelines.quality.policy import LANG_NOT_ALLOWED, LOW_LANG_CONFIDENCE, Policy, load_policy
+from pipelines.stages.signals import signals_table
 
 SHARED = SHARED_DATA
 SHAKESPEARE = SHARED / "tinyshakespeare" / "input.txt"
@@ -299,7 +299,7 @@ def test_language_overrides_and_rule_languages() -> None:
     assert overridden.column("reasons").to_pylist() == [["english_only"], ["gopher_min_words"]]
     # an override that gives only one bound keeps the other; null removes a bound
     rule = Policy.model_validate({"rules": rules}).rules[0]
-    from pipelines.policy import Override
+    from pipelines.quality.policy import Override
 
     assert Override.model_validate({"max": 20}).bounds(rule) == (3, 20)
     assert Override.model_validate({"min": None}).bounds(rule) == (None, 10)

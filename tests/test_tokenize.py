@@ -14,18 +14,20 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from stage_helpers import run_stages
 
-from pipelines import stages
-from pipelines.corpus import iter_texts
-from pipelines.rundir import RunDir
-from pipelines.shards import TEST_DELAY_ENV, TokenizeConfig, split_of, write_token_shards
-from pipelines.tokenizer_train import Sample
+from pipelines.config import TokenShardsConfig
+from pipelines.corpus import FinalCorpus, split_of
+from pipelines.run import RunDir
+from pipelines.stages.token_shards import write_token_shards
+from pipelines.stages.tokenizer_training import Sample
 from tokenizer import EOT, PAD, file_sha256, load
 
 REPO = Path(__file__).resolve().parents[1]
+SLOW_SHARDS = Path(__file__).resolve().parent / "slow_shards"
 GRISTMILL = Path(sys.executable).parent / "gristmill"
 VALIDATION = 0.1
-CONFIG = TokenizeConfig(
+CONFIG = TokenShardsConfig(
     validation_fraction=VALIDATION, shard_target_tokens=150_000, row_group_rows=8, row_group_tokens=20_000
 )
 
@@ -41,9 +43,9 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy(REPO / "data" / "sample" / name, inputs / name)
     run = RunDir(work / "run").create()
     config = {"tokenize": {"validation_fraction": VALIDATION}}
-    run.start("run", config, [str(inputs)])
-    stages.run_ingest(run, [str(inputs)], workers=2)
-    stages.run_tokenizer_training(run, 8192, 2, [EOT, PAD], 200_000_000, 0)
+    run.record.start("run", config, [str(inputs)])
+    tokenizer = {"vocab_size": 8192, "special_tokens": [EOT, PAD]}
+    run_stages(run, "ingest", "tokenizer", inputs=[str(inputs)], tokenizer=tokenizer, workers=2, **config)
     return run.root
 
 
@@ -52,14 +54,23 @@ def _copy(base: Path, dest: Path) -> RunDir:
     return RunDir(dest)
 
 
+def _texts(run: RunDir) -> list[tuple[str, str]]:
+    """(id, text) of every document of the final corpus."""
+    return [
+        pair
+        for table in FinalCorpus(run).batches()
+        for pair in zip(table.column("id").to_pylist(), table.column("text").to_pylist(), strict=True)
+    ]
+
+
 def _heldout_texts(run: RunDir) -> list[str]:
-    return [t for i, t in iter_texts(run) if split_of(i, VALIDATION) == "validation"]
+    return [t for i, t in _texts(run) if split_of(i, VALIDATION) == "validation"]
 
 
 def test_heldout_documents_are_not_in_the_sample(base: Path) -> None:
     run = RunDir(base)
     meta = json.loads((run.tokenizer / "tokenizer.meta.json").read_text())
-    ids = [i for i, _ in iter_texts(run)]
+    ids = [i for i, _ in _texts(run)]
     validation = [i for i in ids if split_of(i, VALIDATION) == "validation"]
     assert validation and meta["sample"]["validation_fraction"] == VALIDATION
     sample = Sample(200_000_000, 0, 10_000_000, VALIDATION, 0)
@@ -86,7 +97,7 @@ def test_bytes_per_token_on_heldout_text(base: Path) -> None:
     assert meta["heldout"]["bytes"] == n_bytes and meta["heldout"]["tokens"] == n_tokens
     assert meta["bytes_per_token"] == pytest.approx(n_bytes / n_tokens, abs=1e-4)
     assert 2.0 < meta["bytes_per_token"] < 6.0  # English at an 8k vocabulary
-    summary = run.load()["stages"]["tokenizer"]["summary"]
+    summary = run.record.load()["stages"]["tokenizer"]["summary"]
     assert summary["bytes_per_token"] == meta["bytes_per_token"]
     assert meta["sha256"] == file_sha256(run.tokenizer / "tokenizer.json")
 
@@ -124,12 +135,12 @@ def test_tokenize_shards_follow_the_contract(base: Path, tmp_path: Path) -> None
     from training.shards import RowGroupReader, SplitIndex
 
     run = _copy(base, tmp_path / "run")
-    manifest = stages.run_tokenize(run, CONFIG, {"run_id": "t"}, workers=2)
+    manifest = run_stages(run, "tokenize", tokenize=CONFIG, workers=2)
     data = json.loads((run.tokens / "manifest.json").read_text())
     assert manifest["shards"] == sum(len(s["shards"]) for s in data["splits"].values()) >= 4
     assert data["dtype"] == "uint16" and data["tokenizer"]["eot_id"] == 0
     tok = load(run.tokenizer / "tokenizer.json", literal_special_tokens=True)
-    docs = dict(iter_texts(run))
+    docs = dict(_texts(run))
     stored = _read_shards(run.tokens, data)
     assert set(stored) == set(docs)
     for doc_id, ids in stored.items():
@@ -168,7 +179,7 @@ def test_workers_do_not_change_the_bytes(base: Path, tmp_path: Path) -> None:
 
 
 def test_literal_special_token_text_stays_text(base: Path, tmp_path: Path) -> None:
-    from pipelines.ingest import DOCUMENT_SCHEMA
+    from pipelines.stages.ingest import DOCUMENT_SCHEMA
 
     run = _copy(base, tmp_path / "run")
     import pyarrow as pa
@@ -196,7 +207,7 @@ def test_vocabulary_over_65536_is_stored_as_uint32(base: Path, tmp_path: Path) -
     tok.save(str(run.tokenizer / "tokenizer.json"))
     import pyarrow as pa
 
-    from pipelines.ingest import DOCUMENT_SCHEMA
+    from pipelines.stages.ingest import DOCUMENT_SCHEMA
 
     pq.write_table(
         pa.table(
@@ -252,7 +263,7 @@ def test_killed_tokenize_resumes_to_identical_bytes(base: Path, tmp_path: Path) 
     assert len(shards) >= 4 and "manifest.json" in expected
 
     # one worker, a pause after each finished shard: kill the whole process group after the first
-    proc = _tokenize_cli(crashed.root, env={TEST_DELAY_ENV: "30"})
+    proc = _tokenize_cli(crashed.root, env={"SLOW_SHARD_AFTER": "30", "PYTHONPATH": str(SLOW_SHARDS)})
     deadline = time.time() + 120
     while not list(crashed.tokens.glob("*.parquet")):
         assert proc.poll() is None and time.time() < deadline, "no shard was finished"
@@ -262,7 +273,7 @@ def test_killed_tokenize_resumes_to_identical_bytes(base: Path, tmp_path: Path) 
     survived = _files(crashed.tokens)
     done = [n for n in survived if n.endswith(".parquet")]
     assert "manifest.json" not in survived and 1 <= len(done) < len(shards)
-    assert crashed.stage_status("tokenize") == "running"
+    assert crashed.record.stage_status("tokenize") == "running"
     mtimes = {n: (crashed.tokens / n).stat().st_mtime_ns for n in done}
 
     proc = _tokenize_cli(crashed.root, workers="2")

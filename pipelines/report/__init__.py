@@ -11,10 +11,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pipelines.policy import load_policy
+from pipelines.quality.policy import load_policy
 from pipelines.report import build, render
 from pipelines.report.data import load_run
-from pipelines.rundir import RunDir, write_atomic, write_json
+from pipelines.run import RunDir
+from pipelines.run.files import write_atomic, write_json
 
 __all__ = ["build_report", "summary_lines", "write_diff", "write_report", "write_whatif"]
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from pipelines import dedup
-from pipelines.policy import Policy
-from pipelines.report.data import RunData, as_float, signal_columns, texts_of
+from pipelines.corpus import is_removed
+from pipelines.quality.policy import Policy
+from pipelines.report.data import RunData, as_float, dedup_section, signal_columns, texts_of
 
 EXAMPLES_PER_RULE = 5
 BORDERLINE_PER_RULE = 3
@@ -84,11 +84,7 @@ def funnel(data: RunData) -> list[dict[str, Any]]:
         }
     )
     if data.removed is not None:
-        removed = np.isin(
-            data.signals.column("id").to_numpy(zero_copy_only=False),
-            data.removed.column("id").to_numpy(zero_copy_only=False),
-        )
-        survive = keep & ~removed
+        survive = keep & ~is_removed(data.signals.column("id"), data.removed.column("id").combine_chunks())
         steps.append(
             {
                 "stage": "dedup",
@@ -299,7 +295,7 @@ def languages(data: RunData) -> dict[str, Any]:
 
 def duplicates(data: RunData) -> dict[str, Any]:
     """Cluster sizes, largest clusters and example pairs (dedup's summary, else removed.parquet)."""
-    section = dedup.report_section(data.run)
+    section = dedup_section(data.run)
     if section is not None:
         return section
     removed = data.removed

@@ -13,49 +13,42 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.corpus import text_path
-from pipelines.executor import run_shards
-from pipelines.filtering import read_signals, signal_files
-from pipelines.ingest import document_files, quarantine_counts
-from pipelines.policy import Policy, load_policy
-from pipelines.rundir import RunDir, write_json
-from tokenizer import file_sha256, load
+from pipelines.corpus import quarantine_counts, read_signals, signal_files, text_path
+from pipelines.exec.runner import run_shards
+from pipelines.exec.step import ShardStep
+from pipelines.quality.policy import Policy, load_policy
+from pipelines.run import RunDir
+from pipelines.run.files import sha256_file, write_json, write_parquet
+from pipelines.run.layout import RunLayout
+from tokenizer import load
 
 NON_SIGNAL_COLUMNS = {"id", "keep", "reasons", "lang"}
-TOKEN_CACHE = "_doc_tokens"
 
 
-class DocumentTokens:
+class DocumentTokens(ShardStep):
     """Tokens of every document of shard i with the run's tokenizer -> report/_doc_tokens/i.parquet.
 
-    Counted on the text later stages read (cleaned when the signals stage cleaned it).
-
-    Dropped documents are never tokenized by the pipeline, so the report counts them here, once; a
-    what-if report reuses the counts.
+    Counted on the text later stages read (cleaned when the signals stage cleaned it). Dropped documents
+    are never tokenized by the pipeline, so the report counts them here, once; a what-if reuses the counts.
     """
 
-    def __init__(self, run_root: str) -> None:
-        self.run_root = run_root
+    label = "report token counts"
 
     def output(self, index: int) -> Path:
-        run = RunDir(self.run_root)
-        return run.report / TOKEN_CACHE / document_files(run)[index].name
+        return self.run.doc_tokens / self.shard(index)
 
-    def __call__(self, index: int) -> None:
-        run = RunDir(self.run_root)
-        tokenizer = load(run.tokenizer / "tokenizer.json")
-        counts = []
-        ids = []
-        source = text_path(run, document_files(run)[index].name)  # the text the tokenize stage would see
+    def process(self, index: int) -> dict[str, int]:
+        tokenizer = load(self.run.tokenizer_json)
+        counts: list[int] = []
+        ids: list[str] = []
+        source = text_path(self.run, self.shard(index))  # the text the tokenize stage would see
         for batch in pq.ParquetFile(source).iter_batches(1_000, columns=["id", "text"]):
             texts = batch.column("text").to_pylist()
             counts += [len(e.ids) for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
             ids += batch.column("id").to_pylist()
-        out = self.output(index)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        pq.write_table(pa.table({"id": ids, "n_tokens": pa.array(counts, pa.int64())}), tmp)
-        tmp.replace(out)
+        table = pa.table({"id": ids, "n_tokens": pa.array(counts, pa.int64())})
+        write_parquet(table, self.output(index))
+        return {"documents": len(ids), "tokens": sum(counts)}
 
 
 @dataclass
@@ -85,22 +78,23 @@ class RunData:
 
 def count_document_tokens(run: RunDir, workers: int = 0) -> np.ndarray | None:
     """Token counts of all documents in signals order (computed once, then read from the cache)."""
-    if not (run.tokenizer / "tokenizer.json").exists():
+    if not run.tokenizer_json.exists():
         return None
     task = DocumentTokens(str(run.root))
-    cache = run.report / TOKEN_CACHE
+    cache = run.doc_tokens
+    shards = run.shards()
     key = {
-        "tokenizer_sha256": file_sha256(run.tokenizer / "tokenizer.json"),
-        "text": [text_path(run, p.name).parent.name for p in document_files(run)],
+        "tokenizer_sha256": sha256_file(run.tokenizer_json),
+        "text": [text_path(run, name).parent.name for name in shards],
     }
     key_file = cache / "_key.json"
     if not key_file.exists() or json.loads(key_file.read_text()) != key:  # another tokenizer or text
         shutil.rmtree(cache, ignore_errors=True)
         cache.mkdir(parents=True)
         write_json(key_file, key)
-    run_shards("report token counts", run.synced(task), len(document_files(run)), workers)
+    run_shards("report token counts", run.synced(task), len(shards), workers)
     counts = {}
-    for i in range(len(document_files(run))):
+    for i in range(len(shards)):
         table = pq.read_table(task.output(i))
         counts.update(zip(table.column("id").to_pylist(), table.column("n_tokens").to_pylist(), strict=True))
     ids = read_signals(run, ["id"]).column("id").to_pylist()
@@ -111,19 +105,16 @@ def load_run(run: RunDir, workers: int = 0) -> RunData:
     """Read what a report needs from a run directory."""
     has_signals = bool(signal_files(run))
     signals = read_signals(run) if has_signals else None
-    policy_file = run.signals / "_policy.yaml"
-    removed_path = run.dedup / "removed.parquet"
-    manifest_path = run.tokens / "manifest.json"
     return RunData(
         run=run,
-        record=run.load(),
+        record=run.record.load(),
         signals=signals,
-        policy=load_policy(policy_file) if policy_file.exists() else None,
+        policy=load_policy(run.policy) if run.policy.exists() else None,
         tokens=count_document_tokens(run, workers) if has_signals else None,
-        removed=pq.read_table(removed_path) if removed_path.exists() else None,
-        manifest=json.loads(manifest_path.read_text()) if manifest_path.exists() else None,
+        removed=pq.read_table(run.removed) if run.removed.exists() else None,
+        manifest=json.loads(run.manifest.read_text()) if run.manifest.exists() else None,
         quarantine=dict(quarantine_counts(run).most_common()),
-        documents_in=sum(pq.read_metadata(p).num_rows for p in document_files(run)),
+        documents_in=sum(pq.read_metadata(run.documents / name).num_rows for name in run.shards()),
     )
 
 
@@ -146,8 +137,8 @@ def texts_of(run: RunDir, ids: set[str], limit: int = 400) -> dict[str, dict[str
     if not ids:
         return found
     wanted = pa.array(sorted(ids))
-    for path in document_files(run):
-        table = pq.read_table(path, columns=["id", "source", "url", "text"])
+    for name in run.shards():
+        table = pq.read_table(run.documents / name, columns=["id", "source", "url", "text"])
         table = table.filter(pc.is_in(table.column("id"), value_set=wanted))
         for row in table.to_pylist():
             text = row["text"]
@@ -159,3 +150,30 @@ def texts_of(run: RunDir, ids: set[str], limit: int = 400) -> dict[str, dict[str
         if len(found) == len(ids):
             break
     return found
+
+
+def dedup_section(run: RunLayout) -> dict[str, Any] | None:
+    """Report-ready dedup figures: counts, cluster sizes, largest clusters, example pairs (or None)."""
+    path = run.dedup_summary
+    if not path.exists():
+        return None
+    summary = json.loads(path.read_text())
+    return {
+        key: summary[key]
+        for key in (
+            "documents",
+            "removed",
+            "removed_exact",
+            "removed_near",
+            "removed_matching_earlier_runs",
+            "survivors",
+            "clusters",
+            "cluster_sizes",
+            "largest_clusters",
+            "candidate_pairs",
+            "pairs_below_threshold",
+            "examples",
+            "params",
+            "index",
+        )
+    }

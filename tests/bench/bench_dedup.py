@@ -93,30 +93,32 @@ def _peak_mb() -> float:
 
 def child_baseline(corpus: Path, work: Path) -> dict[str, Any]:
     """The interpreter with gristmill's stages imported and the dedup tables built: nothing processed."""
-    from pipelines import minhash, stages  # noqa: F401
+    from pipelines.dedup import minhash
 
     minhash.warm()
     return {"seconds": {}, "cpu_seconds": time.process_time(), "peak_mb": _peak_mb()}
 
 
 def child_ingest(corpus: Path, work: Path) -> dict[str, Any]:
-    from pipelines import stages
-    from pipelines.rundir import RunDir
+    from stage_helpers import run_stages
+
+    from pipelines.run import RunDir
 
     run = RunDir(work / "run").create()
     start, cpu = time.perf_counter(), time.process_time()
-    stages.run_ingest(run, [str(corpus)], workers=1)
+    run_stages(run, "ingest", inputs=[str(corpus)], workers=1)
     seconds = {"ingest": time.perf_counter() - start}
     return {"seconds": seconds, "cpu_seconds": time.process_time() - cpu, "peak_mb": _peak_mb()}
 
 
 def child_gristmill(corpus: Path, work: Path) -> dict[str, Any]:
-    from pipelines import stages
-    from pipelines.dedup import DedupConfig
-    from pipelines.rundir import RunDir
+    from stage_helpers import run_stages
+
+    from pipelines.config import DedupConfig
+    from pipelines.run import RunDir
 
     start, cpu = time.perf_counter(), time.process_time()
-    summary = stages.run_dedup(RunDir(work / "run"), DedupConfig(), workers=1)
+    summary = run_stages(RunDir(work / "run"), "dedup", dedup=DedupConfig(), workers=1)
     total = time.perf_counter() - start
     return {
         "seconds": {**summary["seconds"], "total": total},
@@ -138,7 +140,7 @@ def child_datatrove(corpus: Path, work: Path) -> dict[str, Any]:
     from datatrove.pipeline.readers import ParquetReader
     from datatrove.pipeline.writers import JsonlWriter
 
-    from pipelines.dedup import DedupConfig
+    from pipelines.config import DedupConfig
 
     bands, rows = DedupConfig().lsh()
     config = MinhashConfig(n_grams=5, num_buckets=bands, hashes_per_bucket=rows)

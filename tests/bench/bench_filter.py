@@ -8,7 +8,7 @@ documents, in a seeded shuffled order), written as one documents/ shard.
   False) -> FineWebQualityFilter, chained through their `run` generators on Documents streamed from the
   shard. At about 0.2 MB/s it runs on the first DATATROVE_MB (default 10 MB) of the corpus only: rates
   are per MB, so the ratio is still fair (set GRISTMILL_BENCH_DATATROVE_MB to change it).
-- gristmill: `stages.run_signals` on one worker (language ID, every Gopher/C4/FineWeb signal, the quality
+- gristmill: the signals stage on one worker (language ID, every Gopher/C4/FineWeb signal, the quality
   score, C4 cleaning written to clean/, policy-datatrove.yaml applied, Parquet written), on the same first
   DATATROVE_MB and on the whole corpus: peak memory at the two sizes shows it stays flat.
 - split: a bare `re.findall(r"\\w+")` word split and `str.split("\\n")` line split of the same text, the
@@ -84,14 +84,15 @@ def _peak_mb() -> float:
 
 
 def child_gristmill(run_root: Path) -> dict[str, Any]:
-    from pipelines import stages
-    from pipelines.policy import datatrove_policy_path
-    from pipelines.rundir import RunDir
+    from datatrove_reference import POLICY
+    from stage_helpers import run_stages
+
+    from pipelines.run import RunDir
 
     run = RunDir(run_root)
 
     def step() -> dict[str, Any]:
-        stages.run_signals(run, str(datatrove_policy_path()), workers=1)
+        run_stages(run, "signals", signals={"policy": str(POLICY)}, workers=1)
         return {}
 
     return _measure(step)

@@ -18,11 +18,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
+from stage_helpers import run_stages
 
-from pipelines import stages
-from pipelines.policy import load_policy
+from pipelines.quality.policy import load_policy
 from pipelines.report import write_report, write_whatif
-from pipelines.rundir import RunDir
+from pipelines.run import RunDir
 
 REPO = Path(__file__).resolve().parents[2]
 LARGE = int(os.environ.get("GRISTMILL_BENCH_REPORT_DOCS", "1000000"))
@@ -32,8 +32,8 @@ SHARD_ROWS = 100_000
 def _real_run(root: Path) -> RunDir:
     run = RunDir(root).create()
     run.start("real", {}, [str(REPO / "data" / "sample")])
-    stages.run_ingest(run, [str(REPO / "data" / "sample")])
-    stages.run_signals(run)
+    run_stages(run, "ingest", inputs=[str(REPO / "data" / "sample")])
+    run_stages(run, "signals")
     return run
 
 

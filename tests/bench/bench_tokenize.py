@@ -77,7 +77,7 @@ def write_run(root: Path, max_bytes: float | None = None) -> dict[str, Any]:
     """A run directory as the stages leave it before `tokenize`: documents/, signals/, tokenizer/."""
     import real_corpus
 
-    from pipelines.rundir import RunDir
+    from pipelines.run import RunDir
     from tokenizer import TRANSFORMERS_FILES
 
     docs = _corpus(max_bytes)
@@ -128,8 +128,10 @@ def child_raw(root: Path, variant: str) -> dict[str, Any]:
 
 
 def child_gristmill(root: Path, shard_tokens: str) -> dict[str, Any]:
-    from pipelines.rundir import RunDir
-    from pipelines.shards import TokenizeConfig, write_token_shards
+    from pipelines.stages.tokenize import write_token_shards
+
+    from pipelines.config import TokenShardsConfig as TokenizeConfig
+    from pipelines.run import RunDir
 
     run = RunDir(root)
     config = TokenizeConfig(**({"shard_target_tokens": int(shard_tokens)} if int(shard_tokens) else {}))

@@ -85,7 +85,7 @@ if __name__ == "__main__":
 
 def documents_table(docs: list[tuple[str, str]]) -> pa.Table:
     """(id, text) pairs as a documents/ shard of a run directory (the ingest stage's schema)."""
-    from pipelines.ingest import DOCUMENT_SCHEMA
+    from pipelines.stages.ingest import DOCUMENT_SCHEMA
 
     return pa.table(
         {

@@ -18,7 +18,6 @@ process dies).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import re
 import shutil
@@ -29,10 +28,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from pipelines.lsh import write_keys
-from pipelines.rundir import local_path, now, write_json
+from pipelines.dedup.lsh import write_keys
+from pipelines.run.files import local_path, locked, write_json, write_parquet
+from pipelines.run.record import now
 
 FORMAT = "gristmill.dedup-index"
 VERSION = 1
@@ -61,15 +60,13 @@ class PartWriter:
         name = f"{self.chunks:05d}"
         rows = np.repeat(np.arange(docs.num_rows, dtype=np.uint64), band_keys.shape[1])
         write_keys(self.folder / f"bands-{name}.parquet", band_keys.reshape(-1), rows)
-        tmp = self.folder / f".docs-{name}.parquet.tmp"
-        pq.write_table(docs, tmp, compression="zstd")
-        tmp.replace(self.folder / f"docs-{name}.parquet")
+        write_parquet(docs, self.folder / f"docs-{name}.parquet")
         self.documents += docs.num_rows
         self.chunks += 1
 
 
 class DedupIndex:
-    """A persistent index folder (a local path; `s3://` arrives with the storage layer)."""
+    """A persistent index folder (a local path)."""
 
     def __init__(self, uri: str, params: dict[str, Any]) -> None:
         self.uri = uri
@@ -103,15 +100,8 @@ class DedupIndex:
                 out.append(IndexChunk(part["run_id"], docs, bands))
         return out
 
-    @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with (self.root / ".lock").open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def _lock(self) -> Any:
+        return locked(self.root / ".lock")
 
     @contextlib.contextmanager
     def appending(self, run_id: str) -> Iterator[PartWriter]:

@@ -1,7 +1,7 @@
 """The tokenizer stage: byte-level BPE trained on a seeded sample of the final corpus's train split,
 and bytes per token measured on held-out kept text.
 
-The sample is drawn from the documents `pipelines.shards.split_of` puts in the train split only, so the
+The sample is drawn from the documents `pipelines.corpus.split_of` puts in the train split only, so the
 validation split (what the model is evaluated on) is never seen by the tokenizer and serves as held-out
 text: bytes per token = UTF-8 bytes / tokens over (a seeded sample of at most `heldout_chars`
 characters of) the validation documents. With no validation documents, the train documents left out of
@@ -14,14 +14,17 @@ import logging
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
 
-from pipelines.corpus import iter_batches, unit_hash
-from pipelines.rundir import RunDir, write_json
-from pipelines.shards import split_of
-from tokenizer import bytes_per_token, file_sha256, save, train_bpe
+from pipelines.config import RunConfig, TokenizerTrainingConfig
+from pipelines.corpus import FinalCorpus, split_of, unit_hash
+from pipelines.run import RunDir
+from pipelines.run.files import sha256_file, write_json
+from pipelines.run.layout import RunLayout
+from tokenizer import bytes_per_token, save, train_bpe
 
 log = logging.getLogger("gristmill")
 
@@ -41,7 +44,7 @@ class Sample:
     heldout_source: str = "validation split"
     corpus: dict[str, int] = field(default_factory=dict)
 
-    def plan(self, run: RunDir) -> None:
+    def plan(self, run: RunLayout) -> None:
         """Count the corpus (one pass over ids and text lengths) and set the sampling fractions."""
         counts = {
             "train_documents": 0,
@@ -49,7 +52,7 @@ class Sample:
             "validation_documents": 0,
             "validation_characters": 0,
         }
-        for table in iter_batches(run):
+        for table in FinalCorpus(run).batches():
             lengths = pc.utf8_length(table.column("text")).to_pylist()
             for doc_id, n in zip(table.column("id").to_pylist(), lengths, strict=True):
                 split = split_of(doc_id, self.validation_fraction)
@@ -88,13 +91,13 @@ class Sample:
 class _SampleTexts:
     """The sample's texts, streamed to the trainer; collects the held-out texts on the way."""
 
-    def __init__(self, run: RunDir, sample: Sample) -> None:
+    def __init__(self, run: RunLayout, sample: Sample) -> None:
         self.run, self.sample = run, sample
         self.documents = self.characters = 0
         self.heldout: list[str] = []
 
     def __iter__(self) -> Any:
-        for table in iter_batches(self.run):
+        for table in FinalCorpus(self.run).batches():
             for doc_id, text in zip(
                 table.column("id").to_pylist(), table.column("text").to_pylist(), strict=True
             ):
@@ -106,16 +109,43 @@ class _SampleTexts:
                     self.heldout.append(text)
 
 
-def train(
-    run_root: str,
-    vocab_size: int,
-    min_frequency: int,
-    special_tokens: list[str],
-    sample: Sample,
-) -> dict[str, Any]:
+def run(run: RunDir, config: RunConfig, resume: bool) -> dict[str, Any]:
+    """Train the tokenizer (in a child process, see `train_in_child`) and summarise it."""
+    meta = train_in_child(str(run.root), config.tokenizer, config.tokenize.validation_fraction)
+    heldout = meta["heldout"]
+    log.info(
+        "tokenizer: vocab %d trained on %d documents (%d characters); %s bytes per token on %d "
+        "held-out documents (%s)",
+        meta["vocab_size"],
+        meta["trained_on_documents"],
+        meta["trained_on_characters"],
+        meta["bytes_per_token"],
+        heldout["documents"],
+        heldout["source"],
+    )
+    return {
+        "vocab_size": meta["vocab_size"],
+        "sha256": meta["sha256"],
+        "documents": meta["trained_on_documents"],
+        "characters": meta["trained_on_characters"],
+        "bytes_per_token": meta["bytes_per_token"],
+        "heldout_documents": heldout["documents"],
+    }
+
+
+def train(run_root: str, settings: TokenizerTrainingConfig, validation_fraction: float) -> dict[str, Any]:
     """Train, save tokenizer/ (tokenizer.json, transformers files, tokenizer.meta.json) and measure
     bytes per token on the held-out text. Returns tokenizer.meta.json's content."""
-    run = RunDir(run_root)
+    run = RunLayout(Path(run_root))
+    sample = Sample(
+        settings.sample_chars, settings.sample_documents, settings.heldout_chars, validation_fraction,
+        settings.seed,
+    )  # fmt: skip
+    vocab_size, min_frequency, special_tokens = (
+        settings.vocab_size,
+        settings.min_frequency,
+        settings.special_tokens,
+    )
     sample.plan(run)
     texts = _SampleTexts(run, sample)
     tok = train_bpe(texts, vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=special_tokens)
@@ -130,7 +160,7 @@ def train(
         heldout["bytes_per_token"] = None
         log.warning("tokenizer: no held-out documents, bytes per token not measured")
     meta = {
-        "sha256": file_sha256(path),
+        "sha256": sha256_file(path),
         "vocab_size": tok.get_vocab_size(),
         "special_tokens": special_tokens,
         "trained_on_documents": texts.documents,
@@ -147,7 +177,7 @@ def train(
         "heldout": heldout,
         "bytes_per_token": heldout["bytes_per_token"],
     }
-    write_json(run.tokenizer / "tokenizer.meta.json", meta)
+    write_json(run.tokenizer_meta, meta)
     return meta
 
 

@@ -19,10 +19,8 @@ bytes as an uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -32,48 +30,25 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel, Field
 
-from pipelines.corpus import text_path, unit_hash
-from pipelines.executor import default_workers, run_shards
-from pipelines.rundir import RunDir, write_json
-from tokenizer import EOT, file_sha256, load
+from pipelines.config import RunConfig, TokenShardsConfig, config_sha256, lineage_config
+from pipelines.corpus import FinalCorpus, split_of, text_path
+from pipelines.exec.runner import run_shards
+from pipelines.exec.step import ShardStep
+from pipelines.quality.policy import policy_sha256
+from pipelines.run import RunDir
+from pipelines.run.files import atomic_path, parquet_writer, sha256_file, write_json
+from pipelines.run.layout import RunLayout
+from tokenizer import EOT, load
 
 log = logging.getLogger("gristmill")
 
 FORMAT = "gristmill.tokens"
 FORMAT_VERSION = 1
 SPLITS = ("train", "validation")
-PLAN = "_plan.json"
 PLAN_VERSION = 1
 DEFAULT_BYTES_PER_TOKEN = 4.0  # planning estimate when tokenizer.meta.json has no measurement
 ENCODE_ROWS = 512  # documents per encode_batch call
-TEST_DELAY_ENV = "GRISTMILL_TEST_TOKENIZE_SHARD_DELAY"  # tests: seconds to sleep after writing a shard
-
-
-class TokenizeConfig(BaseModel):
-    """Token shard settings."""
-
-    validation_fraction: float = Field(
-        0.02, ge=0, lt=1, description="share of documents (by id hash) held out for validation"
-    )
-    shard_target_tokens: int = Field(
-        50_000_000,
-        ge=1,
-        description="target tokens per shard file (planned from text bytes and the tokenizer's measured "
-        "bytes per token before tokenizing, so shards come out near this size, not exactly at it)",
-    )
-    row_group_rows: int = Field(
-        1_024, ge=1, description="most documents per Parquet row group (unit of a ranged read)"
-    )
-    row_group_tokens: int = Field(
-        1_048_576, ge=1, description="a row group is closed once it holds this many tokens"
-    )
-
-
-def split_of(doc_id: str, validation_fraction: float) -> str:
-    """The split of a document, decided by a hash of its id alone."""
-    return "validation" if unit_hash(doc_id, "split:") < validation_fraction else "train"
 
 
 def token_dtype(vocab_size: int) -> pa.DataType:
@@ -90,36 +65,20 @@ def shard_schema(vocab_size: int) -> pa.Schema:
 
 
 class _Selection:
-    """Which rows of a text file belong to a split of the final corpus (kept, not removed by dedup)."""
+    """Which split each row of a shard's text belongs to (None: not in the final corpus)."""
 
-    def __init__(self, run: RunDir, validation_fraction: float) -> None:
-        from pipelines.dedup import kept_mask  # (dedup reads text through text_path)
-
-        self.run, self.validation_fraction, self._kept_mask = run, validation_fraction, kept_mask
-        path = run.dedup / "removed.parquet"
-        self.removed = pq.read_table(path, columns=["id"]).column("id") if path.exists() else None
-        self._keep: dict[str, np.ndarray] = {}
+    def __init__(self, run: RunLayout, validation_fraction: float) -> None:
+        self.corpus, self.validation_fraction = FinalCorpus(run), validation_fraction
 
     def splits(self, shard: str, first_row: int, ids: pa.Array | pa.ChunkedArray) -> list[str | None]:
-        """The split of each row (None: not in the final corpus) of rows first_row.. of `shard`."""
-        if shard not in self._keep:
-            self._keep = {shard: self._kept_mask(self.run, shard)}
-        keep = self._keep[shard][first_row : first_row + len(ids)].copy()
-        if self.removed is not None and len(self.removed):
-            keep &= ~pc.is_in(ids, value_set=self.removed).to_numpy(zero_copy_only=False)
+        keep = self.corpus.mask(shard, first_row, ids)
         return [
             split_of(doc_id, self.validation_fraction) if k else None
             for doc_id, k in zip(ids.to_pylist(), keep, strict=True)
         ]
 
 
-def _text_files(run: RunDir) -> list[str]:
-    from pipelines.ingest import document_files
-
-    return [p.name for p in document_files(run)]
-
-
-def plan_shards(run: RunDir, config: TokenizeConfig, bytes_per_token: float) -> list[dict[str, Any]]:
+def plan_shards(run: RunLayout, config: TokenShardsConfig, bytes_per_token: float) -> list[dict[str, Any]]:
     """Cut each split's documents, in input order, into shards of about shard_target_tokens tokens.
 
     A shard: {"split", "index", "documents", "text_bytes", "segments": [[file, first_row, stop_row]]},
@@ -129,7 +88,7 @@ def plan_shards(run: RunDir, config: TokenizeConfig, bytes_per_token: float) -> 
     selection = _Selection(run, config.validation_fraction)
     shards: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     open_: dict[str, dict[str, Any] | None] = {s: None for s in SPLITS}
-    for name in _text_files(run):
+    for name in run.shards():
         row = 0
         pf = pq.ParquetFile(text_path(run, name))
         for batch in pf.iter_batches(batch_size=4096, columns=["id", "text"]):
@@ -179,72 +138,59 @@ def _tokenizer(path: Path) -> Any:
     return _TOKENIZERS[key]
 
 
-class TokenizeShard:
-    """Tokenize planned shard `i` into tokens/<split>-NNNNN.parquet (a picklable executor task)."""
+class TokenizeStep(ShardStep):
+    """Tokenize planned shard `i` into tokens/<split>-NNNNN.parquet."""
 
-    def __init__(self, run_root: str, config: dict[str, Any]) -> None:
-        self.run_root = run_root
+    label = "tokenize"
+
+    def __init__(self, run_root: str, config: TokenShardsConfig) -> None:
+        super().__init__(run_root)
         self.config = config
         self._plan: list[dict[str, Any]] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"run_root": self.run_root, "config": self.config, "_plan": None}
+        return {**super().__getstate__(), "_plan": None}
 
     def plan(self) -> list[dict[str, Any]]:
         if self._plan is None:
-            self._plan = json.loads((RunDir(self.run_root).tokens / PLAN).read_text())["shards"]
+            self._plan = json.loads(self.run.token_plan.read_text())["shards"]
         return self._plan
 
     def output(self, index: int) -> Path:
-        return RunDir(self.run_root).tokens / shard_name(self.plan()[index])
+        return self.run.tokens / shard_name(self.plan()[index])
 
-    def __call__(self, index: int) -> dict[str, int]:
-        run = RunDir(self.run_root)
-        config = TokenizeConfig(**self.config)
-        shard = self.plan()[index]
-        tokenizer = _tokenizer(run.tokenizer / "tokenizer.json")
+    def process(self, index: int) -> dict[str, int]:
+        run, config, shard = self.run, self.config, self.plan()[index]
+        tokenizer = _tokenizer(run.tokenizer_json)
         encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
-        out = self.output(index)
-        tmp = out.with_name(f".{out.name}.tmp")
-        start = time.perf_counter()
         selection = _Selection(run, config.validation_fraction)
-        writer = _RowGroups(tmp, shard_schema(tokenizer.get_vocab_size()), config)
-        with writer, ThreadPoolExecutor(1, thread_name_prefix="encode") as encoder:
-            # encode batch k+1 (tokenizers releases the GIL) while batch k is converted and written
-            inflight: tuple[list[str], Future[Any]] | None = None
-            for ids, texts in _documents(run, shard, selection):
-                future = encoder.submit(encode, texts, add_special_tokens=False)
+        with atomic_path(self.output(index)) as tmp:
+            writer = _RowGroups(tmp, shard_schema(tokenizer.get_vocab_size()), config)
+            with writer, ThreadPoolExecutor(1, thread_name_prefix="encode") as encoder:
+                # encode batch k+1 (tokenizers releases the GIL) while batch k is converted and written
+                inflight: tuple[list[str], Future[Any]] | None = None
+                for ids, texts in _documents(run, shard, selection):
+                    future = encoder.submit(encode, texts, add_special_tokens=False)
+                    if inflight is not None:
+                        writer.add(inflight[0], inflight[1].result())
+                    inflight = (ids, future)
                 if inflight is not None:
                     writer.add(inflight[0], inflight[1].result())
-                inflight = (ids, future)
-            if inflight is not None:
-                writer.add(inflight[0], inflight[1].result())
-        if writer.documents != shard["documents"]:
-            raise RuntimeError(
-                f"tokenize: shard {out.name} planned {shard['documents']} documents, read {writer.documents}"
-            )
-        tmp.replace(out)
-        seconds = max(time.perf_counter() - start, 1e-9)
-        log.info(
-            "tokenize %s: %d documents, %d tokens, %.0f tokens/s",
-            out.name,
-            writer.documents,
-            writer.tokens,
-            writer.tokens / seconds,
-        )
-        delay = os.environ.get(TEST_DELAY_ENV)
-        if delay:
-            time.sleep(float(delay))
+            if writer.documents != shard["documents"]:
+                raise RuntimeError(
+                    f"tokenize: shard {shard_name(shard)} planned {shard['documents']} documents, "
+                    f"read {writer.documents}"
+                )
         return {"documents": writer.documents, "tokens": writer.tokens}
 
 
 class _RowGroups:
     """A shard's Parquet writer: a row group is closed at row_group_rows documents or row_group_tokens."""
 
-    def __init__(self, path: Path, schema: pa.Schema, config: TokenizeConfig) -> None:
+    def __init__(self, path: Path, schema: pa.Schema, config: TokenShardsConfig) -> None:
         self.schema, self.config = schema, config
         self.dtype = schema.field("input_ids").type.value_type
-        self.writer = pq.ParquetWriter(path, schema, compression="zstd")
+        self.writer = parquet_writer(path, schema)
         self.ids: list[str] = []
         self.token_lists: list[list[int]] = []
         self.group_tokens = self.documents = self.tokens = 0
@@ -277,7 +223,7 @@ class _RowGroups:
         self.writer.close()
 
 
-def _documents(run: RunDir, shard: dict[str, Any], selection: _Selection) -> Any:
+def _documents(run: RunLayout, shard: dict[str, Any], selection: _Selection) -> Any:
     """(ids, texts) batches of the shard's documents, at most ENCODE_ROWS each, in input order."""
     ids: list[str] = []
     texts: list[str] = []
@@ -326,86 +272,94 @@ def _table(ids: list[str], token_lists: list[list[int]], schema: pa.Schema, dtyp
 # ------------------------------------------------------------------------------------------- stage
 
 
-def _planned_bytes_per_token(run: RunDir) -> float:
-    meta = run.tokenizer / "tokenizer.meta.json"
-    if meta.exists():
-        value = json.loads(meta.read_text()).get("bytes_per_token")
-        if value:
-            return float(value)
-    return DEFAULT_BYTES_PER_TOKEN
+def run(run: RunDir, config: RunConfig, resume: bool) -> dict[str, Any]:
+    """Write token shards in parallel and the manifest last; an interrupted attempt resumes from the
+    shards it finished."""
+    start = time.perf_counter()
+    manifest = write_token_shards(run, config.tokenize, lineage(run, config), config.executor.workers, resume)
+    seconds = max(time.perf_counter() - start, 1e-9)
+    totals = manifest["totals"]
+    return {
+        "documents": totals["documents"],
+        "tokens": totals["tokens"],
+        "shards": sum(len(s["shards"]) for s in manifest["splits"].values()),
+        "bytes": totals["bytes"],
+        "tokens_per_second": round(totals["tokens"] / seconds),
+    }
+
+
+def lineage(run: RunDir, config: RunConfig) -> dict[str, Any]:
+    """What the manifest records of where the corpus came from: the run's id and inputs (run.json), the
+    hashes of the config and of the policy the signals stage used.
+
+    The config hash covers only the corpus-shaping sections, so the same corpus built locally or on Ray,
+    by hand or on a schedule, into a folder or a bucket, has the same manifest."""
+    record = run.record.load()
+    return {
+        "run_id": record.get("run_id", run.root.name),
+        "config_sha256": config_sha256(lineage_config(config.model_dump(mode="json"))),
+        "policy_sha256": policy_sha256(run.policy if run.policy.exists() else None),
+        "inputs": record.get("inputs", []),
+    }
 
 
 def write_token_shards(
-    run: RunDir,
-    config: TokenizeConfig,
-    lineage: dict[str, Any],
-    workers: int = 0,
-    resume: bool = False,
+    run: RunDir, config: TokenShardsConfig, lineage: dict[str, Any], workers: int = 0, resume: bool = False
 ) -> dict[str, Any]:
     """Tokenize the final corpus of a run into tokens/ and write tokens/manifest.json last.
 
     With `resume`, shards already written under the same plan (same corpus, tokenizer and settings) are
     kept and only the missing ones are tokenized; otherwise tokens/ is emptied first.
     """
-    tokenizer_path = run.tokenizer / "tokenizer.json"
-    if not tokenizer_path.exists():
-        raise FileNotFoundError(f"{tokenizer_path}: train the tokenizer first (`gristmill tokenizer train`)")
+    if not run.tokenizer_json.exists():
+        raise FileNotFoundError(
+            f"{run.tokenizer_json}: train the tokenizer first (`gristmill tokenizer train`)"
+        )
     run.tokens.mkdir(parents=True, exist_ok=True)
-    (run.tokens / "manifest.json").unlink(missing_ok=True)  # first: readers trust only the manifest
+    run.manifest.unlink(missing_ok=True)  # first: readers trust only the manifest
     bpt = _planned_bytes_per_token(run)
     plan = {
         "plan_version": PLAN_VERSION,
-        "tokenizer_sha256": file_sha256(tokenizer_path),
+        "tokenizer_sha256": sha256_file(run.tokenizer_json),
         "config": config.model_dump(),
         "bytes_per_token": bpt,
         "shards": plan_shards(run, config, bpt),
     }
-    plan_path = run.tokens / PLAN
-    same_plan = plan_path.exists() and json.loads(plan_path.read_text()) == plan
-    for stale in run.tokens.glob(".*.tmp"):
-        stale.unlink()
+    same_plan = run.token_plan.exists() and json.loads(run.token_plan.read_text()) == plan
     if not (resume and same_plan):
         for stale in run.tokens.glob("*.parquet"):
             stale.unlink()
-        write_json(plan_path, plan)
-    elif resume:
-        log.info("tokenize: resuming under the same plan")
-    task = TokenizeShard(str(run.root), config.model_dump())
-    n = len(plan["shards"])
-    done = sum(task.output(i).exists() for i in range(n))
+        write_json(run.token_plan, plan)
     start = time.perf_counter()
-    synced = run.synced(task) if hasattr(run, "synced") else task  # S3 runs: upload each shard when done
-    run_shards("tokenize", synced, n, _workers(workers, n - done))
-    seconds = time.perf_counter() - start
+    ran = run_shards(
+        "tokenize", run.synced(TokenizeStep(str(run.root), config)), len(plan["shards"]), workers
+    )
     manifest = build_manifest(run, config, lineage, plan["shards"])
-    write_json(run.tokens / "manifest.json", manifest)  # last
-    tokens = manifest["totals"]["tokens"]
+    write_json(run.manifest, manifest)  # last
     log.info(
         "tokenize: %d documents, %d tokens in %d shards (%d tokenized now) in %.1fs",
         manifest["totals"]["documents"],
-        tokens,
-        n,
-        n - done,
-        seconds,
+        manifest["totals"]["tokens"],
+        len(plan["shards"]),
+        ran,
+        time.perf_counter() - start,
     )
     return manifest
 
 
-def _workers(workers: int, pending: int) -> int:
-    """Worker processes for the pending shards.
-
-    tokenizers encodes a batch on a Rayon thread pool over every core, so fewer shards than cores
-    still use every core; each process runs its own pool (processes forked before any pool existed).
-    """
-    return max(1, min(workers or default_workers(), pending))
+def _planned_bytes_per_token(run: RunLayout) -> float:
+    if run.tokenizer_meta.exists():
+        value = json.loads(run.tokenizer_meta.read_text()).get("bytes_per_token")
+        if value:
+            return float(value)
+    return DEFAULT_BYTES_PER_TOKEN
 
 
 def build_manifest(
-    run: RunDir, config: TokenizeConfig, lineage: dict[str, Any], shards: list[dict[str, Any]]
+    run: RunLayout, config: TokenShardsConfig, lineage: dict[str, Any], shards: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """manifest.json from the plan and the shard files (counts from the files, not the plan)."""
-    tokenizer_path = run.tokenizer / "tokenizer.json"
-    tokenizer = load(tokenizer_path)
+    tokenizer = load(run.tokenizer_json)
     vocab_size = tokenizer.get_vocab_size()
     splits: dict[str, dict[str, Any]] = {s: {"documents": 0, "tokens": 0, "shards": []} for s in SPLITS}
     for shard in shards:
@@ -416,7 +370,7 @@ def build_manifest(
             "documents": len(n_tokens),
             "tokens": int(pc.sum(n_tokens).as_py() or 0),
             "bytes": path.stat().st_size,
-            "sha256": file_sha256(path),
+            "sha256": sha256_file(path),
         }
         split = splits[shard["split"]]
         split["shards"].append(entry)
@@ -431,7 +385,7 @@ def build_manifest(
         "dtype": str(token_dtype(vocab_size)),
         "tokenizer": {
             "path": "../tokenizer/tokenizer.json",
-            "sha256": file_sha256(tokenizer_path),
+            "sha256": sha256_file(run.tokenizer_json),
             "vocab_size": vocab_size,
             "special_tokens": special,
             "eot_id": tokenizer.token_to_id(EOT),
@@ -448,8 +402,3 @@ def build_manifest(
         },
         "lineage": lineage,
     }
-
-
-def config_sha256(config: dict[str, Any]) -> str:
-    """A stable hash of a config dictionary."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()

@@ -24,8 +24,9 @@ import numpy as np
 import pyarrow as pa
 from datatrove.utils.text import TERMINAL_PUNCTUATION
 
-from pipelines import langid, repetition, words
-from pipelines.cleaning import Cleaned, CleaningConfig, clean
+from pipelines.config import CleaningConfig
+from pipelines.quality import langid, repetition, words
+from pipelines.quality.cleaning import Cleaned, clean
 
 GOPHER_STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 # Languages written without spaces: stop words are found anywhere in the text, not as whole words.
@@ -161,7 +162,7 @@ class SignalComputer:
     def _quality(self, text: str) -> float | None:
         if not self.quality or not text:
             return None
-        from pipelines import quality
+        from pipelines.quality import classifier as quality
 
         return quality.score(text, self.quality_model)
 

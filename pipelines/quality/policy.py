@@ -18,7 +18,7 @@ import pyarrow as pa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
-from pipelines.signals import SIGNAL_NAMES
+from pipelines.quality.signals import SIGNAL_NAMES
 
 LANG_NOT_ALLOWED = "lang_not_allowed"
 LOW_LANG_CONFIDENCE = "low_lang_confidence"
@@ -166,11 +166,6 @@ def _as_float(table: pa.Table, column: str) -> np.ndarray:
 
 def default_policy_path() -> Path:
     return Path(str(resources.files("pipelines") / "resources" / "policy.yaml"))
-
-
-def datatrove_policy_path() -> Path:
-    """The policy equal to datatrove's stock Gopher -> C4 -> FineWeb chain (for comparisons)."""
-    return Path(str(resources.files("pipelines") / "resources" / "policy-datatrove.yaml"))
 
 
 def load_policy(path: str | Path | None = None) -> Policy:

@@ -22,12 +22,10 @@ from typing import Any, Protocol
 
 log = logging.getLogger("gristmill")
 
-# Test hook: seconds each shard waits before it starts, so a test can interrupt a stage between shards.
-DELAY_ENV = "GRISTMILL_TEST_SHARD_DELAY"
-
 
 class ShardTask(Protocol):
-    """What a stage hands to the executor."""
+    """What a stage hands to the runner: a `pipelines.exec.step.ShardStep`, or a wrapper of one
+    (`pipelines.run.mirror.ShardUpload`)."""
 
     def output(self, index: int) -> Path:
         """The file that shard `index` writes last (its completion marker)."""
@@ -37,8 +35,9 @@ class ShardTask(Protocol):
         """Process shard `index`, writing `output(index)` atomically."""
         ...
 
-    # Optional: `finish()`, called in this process once the shards have run (also when some failed),
-    # before run_shards returns or raises: rundir.ShardUpload pulls what other machines uploaded.
+    def finish(self) -> None:
+        """Called in the driver once the shards have run (also when some failed)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -73,8 +72,9 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def run_shards(name: str, task: ShardTask, n_shards: int, workers: int = 0) -> None:
-    """Run `task(i)` for every shard without output, on up to `workers` processes (0: every core).
+def run_shards(name: str, task: ShardTask, n_shards: int, workers: int = 0) -> int:
+    """Run `task(i)` for every shard without output, on up to `workers` processes (0: every core);
+    return how many shards ran. This is the one place that skips finished shards.
 
     A failing shard does not stop the others; the stage fails at the end naming every failed shard.
     With the `ray` executor, every pending shard is one Ray task (`workers` > 0 caps those in flight).
@@ -83,7 +83,7 @@ def run_shards(name: str, task: ShardTask, n_shards: int, workers: int = 0) -> N
     if len(pending) < n_shards:
         log.info("%s: %d of %d shards already done, resuming", name, n_shards - len(pending), n_shards)
     if not pending:
-        return
+        return 0
     start = time.perf_counter()
     if _settings.kind == "ray":
         failures = _run_ray(name, task, pending, workers)
@@ -92,19 +92,15 @@ def run_shards(name: str, task: ShardTask, n_shards: int, workers: int = 0) -> N
         workers = max(1, min(workers or default_workers(), len(pending)))
         failures = _run_local(name, task, pending, workers)
         where = f"{workers} workers"
-    finish = getattr(task, "finish", None)
-    if finish is not None:
-        finish()  # e.g. an S3 run's wrapper pulls the outputs of shards that ran on other machines
+    task.finish()  # e.g. an S3 run's wrapper pulls the outputs of shards that ran on other machines
     if failures:
         raise RuntimeError(f"{name}: {len(failures)} of {len(pending)} shards failed: {failures}")
     log.info("%s: %d shards on %s in %.1fs", name, len(pending), where, time.perf_counter() - start)
+    return len(pending)
 
 
 def _call(task: ShardTask, index: int) -> None:
-    """Run one shard (in a worker process or a Ray worker); the hook below is for tests only."""
-    delay = float(os.environ.get(DELAY_ENV) or 0)
-    if delay:
-        time.sleep(delay)
+    """Run one shard (in a worker process or a Ray worker)."""
     task(index)
 
 

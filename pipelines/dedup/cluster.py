@@ -27,12 +27,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines import lsh
-from pipelines.dedup_index import DedupIndex, IndexChunk
-from pipelines.rundir import RunDir, write_json
+from pipelines.dedup import lsh
+from pipelines.dedup.index import DedupIndex, IndexChunk
+from pipelines.run.files import write_json, write_parquet
+from pipelines.run.layout import RunLayout
 
 if TYPE_CHECKING:
-    from pipelines.dedup import DedupConfig
+    from pipelines.config import DedupConfig
 
 log = logging.getLogger("gristmill")
 
@@ -159,16 +160,16 @@ def _exact_edges(files: list[tuple[Path, int]], max_rows: int) -> Iterator[tuple
             yield lsh.bucket_edges(np.concatenate(hashes), np.concatenate(docs))
 
 
-def cluster(run: RunDir, config: DedupConfig) -> dict[str, Any]:
+def cluster(run: RunLayout, config: DedupConfig) -> dict[str, Any]:
     """Find exact and near-duplicates of the signed documents; write removed, clusters and summary."""
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    run_id = str(run.load().get("run_id") or run.root.name)
-    signature_files = sorted((run.dedup / "signatures").glob("[0-9]*.parquet"))
+    run_id = run.root.name
+    signature_files = sorted(run.signatures.glob("[0-9]*.parquet"))
     index = DedupIndex(config.index, config.signature_params()) if config.index else None
     chunks = index.chunks(exclude_run=run_id) if index else []
     store = DocStore.of(signature_files, chunks, config.cache_mb << 20)
-    u, v = candidate_pairs(store, [run.dedup / "bands" / p.name for p in signature_files], chunks, config)
+    u, v = candidate_pairs(store, [run.bands / p.name for p in signature_files], chunks, config)
     clock = _lap(timings, "candidates", clock)
     similarity = similarities(store, u, v)
     candidates = len(u)
@@ -192,9 +193,9 @@ def cluster(run: RunDir, config: DedupConfig) -> dict[str, Any]:
         },
         schema=REMOVED_SCHEMA,
     )
-    _write_parquet(removed_table, run.dedup / "removed.parquet")
+    write_parquet(removed_table, run.removed, compression="snappy")
     clusters = _cluster_table(store, nodes, labels, survivor, removed_label, removed_similarity, exact)
-    _write_parquet(clusters, run.dedup / "clusters.parquet")
+    write_parquet(clusters, run.clusters, compression="snappy")
     summary = _summary(signature_files, config, clusters, removed_survivor, exact)
     summary.update(
         candidate_pairs=candidates,
@@ -211,7 +212,7 @@ def cluster(run: RunDir, config: DedupConfig) -> dict[str, Any]:
         }
         clock = _lap(timings, "index", clock)
     summary["seconds"] = {k: round(t, 3) for k, t in timings.items()}
-    write_json(run.dedup / "summary.json", summary)
+    write_json(run.dedup_summary, summary)
     log.info(
         "dedup: %d documents, %d removed (%d exact, %d near, %d matching earlier runs), %d clusters",
         summary["documents"],
@@ -296,13 +297,6 @@ def _lap(timings: dict[str, float], name: str, since: float) -> float:
     now = time.perf_counter()
     timings[name] = now - since
     return now
-
-
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
 
 
 def _cluster_table(

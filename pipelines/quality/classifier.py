@@ -64,7 +64,8 @@ def examples(text: str, max_chars: int = EXAMPLE_CHARS) -> Iterator[str]:
 
 def read_examples(uris: list[str]) -> list[str]:
     """Normalized examples of every document under `uris` (files or folders in any input format)."""
-    from pipelines.readers import Document, list_inputs, read_file
+    from pipelines.io.inputs import list_inputs
+    from pipelines.readers import Document, read_file
 
     out = []
     for path, source in list_inputs(uris):
@@ -172,7 +173,7 @@ def evaluate(model: Any, rows: Iterable[tuple[str, str]]) -> Evaluation:
 @lru_cache(maxsize=4)
 def load_model(path: str | None = None) -> Any:
     """Load a quality model once per process (the bundled default when `path` is None)."""
-    from pipelines.langid import load_model as load_fasttext
+    from pipelines.quality.langid import load_model as load_fasttext
 
     path = path or default_model_path()
     if not os.path.exists(path):
@@ -190,6 +191,6 @@ def _positive_probability(model: Any, normalized: str) -> float:
 
 def score(text: str, model_path: str | None = None) -> float:
     """Probability that `text` is high-quality, judged on its first SCORE_CHARS characters."""
-    from pipelines.langid import valid_utf8
+    from pipelines.quality.langid import valid_utf8
 
     return _positive_probability(load_model(model_path), valid_utf8(normalize(text[:SCORE_CHARS])))

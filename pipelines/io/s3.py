@@ -6,18 +6,17 @@ environment and config files (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECR
 `AWS_DEFAULT_REGION`, `AWS_PROFILE`, instance/IRSA roles), so one code path serves AWS, MinIO and a
 loopback test server.
 
-Failure handling, in two layers:
-- every request goes through botocore's retry (mode `GRISTMILL_S3_RETRY_MODE`, default `standard`,
-  `GRISTMILL_S3_MAX_ATTEMPTS` attempts, default 10): throttling (SlowDown, 503), 500s, dropped and
-  timed-out connections, with exponential backoff and jitter;
-- whole-file transfers are retried again as a unit (`GRISTMILL_S3_TRANSFER_ATTEMPTS`, default 4, with
-  backoff), which covers a multipart upload or a download stream failing mid-way after botocore gave up.
+Retries are botocore's own (mode `GRISTMILL_S3_RETRY_MODE`, default `standard`, `GRISTMILL_S3_MAX_ATTEMPTS`
+attempts, default 10): throttling (SlowDown, 503), 500s, dropped and timed-out connections, with
+exponential backoff and jitter; s3transfer re-reads a download stream that breaks mid-way.
 
 Integrity: an upload sends a SHA-256 checksum (S3 rejects a body that does not match it) and stores the
-file's own sha256 in the object metadata (`gristmill-sha256`). After every upload the object is checked
-with a HEAD: size, metadata and the checksum S3 stored (the file's SHA-256, or for a multipart upload
-the SHA-256 of its parts' SHA-256s, recomputed locally with the same part size). A mismatch re-uploads
-once, then raises `ChecksumMismatch`. Downloads are checked against the size and the stored sha256.
+file's own sha256 in the object metadata (`gristmill-sha256`). After every upload, and after an upload
+that raised (a response lost after the server acted, e.g. a CompleteMultipartUpload), a HEAD compares
+the object with the file: size, metadata and the checksum S3 stored (the file's SHA-256, or for a
+multipart upload the SHA-256 of its parts' SHA-256s, recomputed locally with the same part size). A
+mismatch re-uploads once, then raises `ChecksumMismatch`. Downloads are checked against the size and the
+stored sha256, and fetched once more on a mismatch.
 A PUT and a CompleteMultipartUpload are atomic, so an object is never visible half-written.
 """
 
@@ -27,10 +26,8 @@ import base64
 import hashlib
 import logging
 import os
-import random
 import re
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,24 +199,7 @@ def redact(text: str) -> str:
     return re.sub(r"([a-z][a-z0-9+.-]*://)[^/\s@:]+:[^/\s@]+@", r"\1***@", text)
 
 
-# ---------------------------------------------------------------------------------------------- retries
-
-_RETRYABLE_CODES = {
-    "500",
-    "502",
-    "503",
-    "504",
-    "InternalError",
-    "ServiceUnavailable",
-    "SlowDown",
-    "Throttling",
-    "ThrottlingException",
-    "RequestTimeout",
-    "RequestTimeTooSkewed",
-    "BadDigest",
-    "IncompleteBody",
-    "NoSuchUpload",  # a CompleteMultipartUpload retried after its first attempt succeeded
-}
+# ---------------------------------------------------------------------------------------------- errors
 
 
 def _error_code(exc: BaseException) -> str:
@@ -232,34 +212,15 @@ def _is_not_found(exc: BaseException) -> bool:
     return _error_code(exc) in ("404", "NoSuchKey", "NotFound")
 
 
-def _is_retryable(exc: BaseException) -> bool:
-    from boto3.exceptions import S3UploadFailedError
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    if isinstance(exc, ClientError):
-        return _error_code(exc) in _RETRYABLE_CODES
-    if isinstance(exc, S3UploadFailedError):
-        return any(code in str(exc) for code in _RETRYABLE_CODES) or "onnection" in str(exc)
-    if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
-        return False
-    return isinstance(exc, BotoCoreError | OSError)  # connection, read timeouts, truncated bodies
-
-
-def with_retries(what: str, call: Callable[[], T], attempts: int | None = None) -> T:
-    """Run `call`, again with exponential backoff and jitter on transient errors (bounded)."""
-    attempts = attempts or _env_int("GRISTMILL_S3_TRANSFER_ATTEMPTS", 4)
-    for attempt in range(attempts):
-        try:
-            return call()
-        except ChecksumMismatch:
-            raise
-        except Exception as exc:
-            if not _is_retryable(exc) or attempt == attempts - 1:
-                raise StorageError(redact(f"{what} failed: {type(exc).__name__}: {exc}")) from exc
-            delay = min(20.0, 0.5 * 2**attempt) * (0.5 + random.random())
-            log.warning("%s: %s, retrying in %.1fs", what, redact(f"{type(exc).__name__}: {exc}"), delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+def _call(what: str, call: Callable[[], T]) -> T:
+    """Run one S3 call (botocore retries transient errors); a failure becomes a StorageError with
+    credentials scrubbed."""
+    try:
+        return call()
+    except (StorageError, FileNotFoundError):
+        raise
+    except Exception as exc:
+        raise StorageError(redact(f"{what} failed: {type(exc).__name__}: {exc}")) from exc
 
 
 # ---------------------------------------------------------------------------------------------- reads
@@ -276,7 +237,7 @@ def head(uri: S3Uri) -> dict[str, Any] | None:
                 return None
             raise
 
-    return with_retries(f"HEAD {uri}", call)
+    return _call(f"HEAD {uri}", call)
 
 
 def exists(uri: S3Uri) -> bool:
@@ -294,48 +255,44 @@ def list_objects(uri: S3Uri) -> list[ObjectInfo]:
                 found.append(ObjectInfo(obj["Key"], int(obj["Size"]), str(obj.get("ETag", "")).strip('"')))
         return found
 
-    return sorted(with_retries(f"LIST {uri}", call), key=lambda o: o.key)
+    return sorted(_call(f"LIST {uri}", call), key=lambda o: o.key)
 
 
 def download(uri: S3Uri, path: Path) -> dict[str, Any]:
     """Copy an object to `path` (through a temporary file and a rename); returns its HEAD response.
 
-    The copy is checked against the object's size and, when the object carries one, its sha256.
+    The copy is checked against the object's size and, when the object carries one, its sha256; a copy
+    that does not match is fetched once more, then StorageError is raised.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.download")
-
-    def call() -> dict[str, Any]:
-        info = head(uri)
-        if info is None:
-            raise FileNotFoundError(f"{uri}: no such object")
-        client().download_file(uri.bucket, uri.key, str(tmp), Config=transfer_config())
-        size = tmp.stat().st_size
-        if size != int(info["ContentLength"]):
-            raise StorageError(f"{uri}: downloaded {size} bytes, the object has {info['ContentLength']}")
-        want = (info.get("Metadata") or {}).get(SHA256_METADATA)
-        if want and file_sha256(tmp) != want:
-            raise StorageError(f"{uri}: downloaded bytes do not match the stored sha256 (retrying)")
-        return info
-
     try:
-        info = with_retries(f"download {uri}", _retry_integrity(call))
-        os.replace(tmp, path)
+        for attempt in (1, 2):
+            info = head(uri)
+            if info is None:
+                raise FileNotFoundError(f"{uri}: no such object")
+            _call(
+                f"download {uri}",
+                lambda: client().download_file(uri.bucket, uri.key, str(tmp), Config=transfer_config()),
+            )
+            problem = _download_problem(info, tmp)
+            if problem is None:
+                os.replace(tmp, path)
+                return info
+            log.warning("download %s: %s (attempt %d)", uri, problem, attempt)
+        raise StorageError(f"download {uri}: {problem}")
     finally:
         tmp.unlink(missing_ok=True)
-    return info
 
 
-def _retry_integrity(call: Callable[[], T]) -> Callable[[], T]:
-    """Turn an integrity StorageError into an OSError so that with_retries tries again."""
-
-    def wrapped() -> T:
-        try:
-            return call()
-        except StorageError as exc:
-            raise OSError(str(exc)) from exc
-
-    return wrapped
+def _download_problem(info: dict[str, Any], path: Path) -> str | None:
+    size = path.stat().st_size
+    if size != int(info["ContentLength"]):
+        return f"downloaded {size} bytes, the object has {info['ContentLength']}"
+    want = (info.get("Metadata") or {}).get(SHA256_METADATA)
+    if want and file_sha256(path) != want:
+        return "downloaded bytes do not match the stored sha256"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- writes
@@ -375,11 +332,11 @@ def upload(path: Path, uri: S3Uri, tags: dict[str, str] | None = None) -> dict[s
     if tags:
         extra["Tagging"] = urlencode(tags)
 
-    def put() -> None:
-        client().upload_file(str(path), uri.bucket, uri.key, ExtraArgs=extra, Config=transfer_config())
-
     for attempt in (1, 2):
-        with_retries(f"upload {uri}", put)
+        try:
+            client().upload_file(str(path), uri.bucket, uri.key, ExtraArgs=extra, Config=transfer_config())
+        except Exception as exc:  # the server may have acted before the response was lost: HEAD tells
+            log.warning("upload %s: %s; checking the object", uri, redact(f"{type(exc).__name__}: {exc}"))
         info = head(uri)
         problem = _verify(info, path, size, sha256)
         if problem is None:
@@ -408,7 +365,7 @@ def _verify(info: dict[str, Any] | None, path: Path, size: int, sha256: str) -> 
 
 def delete(uri: S3Uri) -> None:
     """Delete an object (no error when it is already gone)."""
-    with_retries(f"DELETE {uri}", lambda: client().delete_object(Bucket=uri.bucket, Key=uri.key))
+    _call(f"DELETE {uri}", lambda: client().delete_object(Bucket=uri.bucket, Key=uri.key))
 
 
 def iter_files(root: Path) -> Iterator[Path]:

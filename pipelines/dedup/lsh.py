@@ -22,7 +22,8 @@ from datasketch import MinHashLSH
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from pipelines.minhash import fmix64
+from pipelines.dedup.minhash import fmix64
+from pipelines.run.files import write_parquet
 
 U64 = np.uint64
 KEY_SCHEMA = pa.schema([("key", pa.int64()), ("doc", pa.uint64())])
@@ -60,10 +61,7 @@ def write_keys(path: Path, keys: np.ndarray, docs: np.ndarray) -> None:
     """Write (key, doc) rows sorted by (key, doc), atomically, in row groups of ROW_GROUP_ROWS."""
     order = np.lexsort((docs, keys))
     table = pa.table({"key": keys[order], "doc": docs[order]}, schema=KEY_SCHEMA)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS, compression="zstd")
-    tmp.replace(path)
+    write_parquet(table, path, row_group_size=ROW_GROUP_ROWS)
 
 
 def key_ranges(total_rows: int, max_rows: int) -> list[tuple[int, int]]:

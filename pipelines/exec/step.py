@@ -1,0 +1,74 @@
+"""The per-shard unit of work of a stage: a picklable step that the runner calls once per shard.
+
+A step writes its shard's files atomically, its completion marker (`output(i)`) last, so a shard whose
+marker exists is done: `pipelines.exec.runner` skips it on a resume. `__call__` times `process` and logs
+one line per shard with its counts and rates.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines.run.layout import RunLayout
+
+log = logging.getLogger("gristmill")
+
+
+class ShardStep:
+    """Base of every stage's shard task. Subclasses set `label` and implement `output` and `process`.
+
+    `run_root` is the local run folder (an S3 run's mirror). The layout and the shard list are built once
+    per process, not pickled; `process(i)` returns counts: `documents`, optionally `bytes` (for the
+    MB/s figure) and any other named counts, which the shard's log line shows.
+    """
+
+    label = "shard"
+
+    def __init__(self, run_root: str) -> None:
+        self.run_root = run_root
+        self._layout: RunLayout | None = None
+        self._shards: list[str] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_layout": None, "_shards": None}
+
+    @property
+    def run(self) -> RunLayout:
+        if self._layout is None or str(self._layout.root) != self.run_root:
+            self._layout, self._shards = RunLayout(Path(self.run_root)), None
+        return self._layout
+
+    def shard(self, index: int) -> str:
+        """The file name of shard `index` (`NNNNN.parquet`), from a listing made once per process."""
+        if self._shards is None:
+            self._shards = self.run.shards()
+        return self._shards[index]
+
+    def output(self, index: int) -> Path:
+        """The file shard `index` writes last: its completion marker."""
+        raise NotImplementedError
+
+    def process(self, index: int) -> dict[str, int]:
+        """Write shard `index`'s files; return its counts."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Called once in the driver after the shards ran (also when some failed)."""
+
+    def __call__(self, index: int) -> dict[str, int]:
+        start = time.perf_counter()
+        counts = self.process(index)
+        seconds = max(time.perf_counter() - start, 1e-9)
+        documents = counts.get("documents", 0)
+        extra = "".join(f", {v:,} {k}" for k, v in counts.items() if k not in ("documents", "bytes"))
+        rate = f"{documents / seconds:,.0f} docs/s"
+        if "bytes" in counts:
+            rate += f", {counts['bytes'] / seconds / 1e6:.1f} MB/s"
+        if "tokens" in counts:
+            rate += f", {counts['tokens'] / seconds:,.0f} tokens/s"
+        log.info("%s %s: %s documents%s in %.1fs (%s)", self.label, self.output(index).name, f"{documents:,}",
+                 extra, seconds, rate)  # fmt: skip
+        return counts

@@ -1,0 +1,94 @@
+"""How gristmill writes files: atomically (readers see the old content or the whole new one), Parquet
+with one set of writer options, sha256 of a file, and an exclusive lock between processes."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd"}
+
+
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+FILE_MODE = _file_mode()  # what a plain open() would give; mkstemp alone makes 0600
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path`, renamed to `path` when the block ends without an error (removed
+    when it raises). Nest them to order renames: the outermost is renamed last."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, FILE_MODE)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write a whole file atomically (fsynced before the rename)."""
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write pretty, stable JSON atomically."""
+    write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
+    """The writer of the Parquet files gristmill streams (shards of every stage)."""
+    return pq.ParquetWriter(path, schema, **PARQUET_OPTIONS)
+
+
+def write_parquet(table: pa.Table, path: Path, **options: Any) -> None:
+    """Write one table as a Parquet file atomically (`options` override PARQUET_OPTIONS)."""
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, **(PARQUET_OPTIONS | options))
+
+
+def sha256_file(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing) for the block, across processes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def local_path(uri: str) -> Path:
+    """A local URI (a path or `file://`) as a path; other schemes are refused."""
+    if uri.startswith("file://"):
+        return Path(uri[len("file://") :])
+    if "://" in uri:
+        raise ValueError(f"{uri.split('@')[-1]}: only a local path is supported here")
+    return Path(uri)

@@ -1,0 +1,106 @@
+"""Every path of a run directory, and which stage writes which folder.
+
+```
+<run>/run.json                      pipelines.run.record
+      documents/ NNNNN.parquet      stages.ingest     (+ _inputs.json: shard -> input file)
+      quarantine/ NNNNN.jsonl       stages.ingest
+      clean/ NNNNN.parquet          stages.signals    (C4 line cleaning: the text later stages read)
+      signals/ NNNNN.parquet        stages.signals    (+ _policy.yaml)
+      dedup/ signatures/ bands/     stages.dedup      (per shard)
+             removed.parquet clusters.parquet summary.json   pipelines.dedup.cluster
+      tokenizer/                    stages.tokenizer_training
+      tokens/ <split>-NNNNN.parquet stages.token_shards (+ _plan.json, manifest.json written last)
+      report/                       stages.report     (+ _doc_tokens/: token counts per shard)
+```
+Shard `i` of every per-shard stage is input file `i`; its files are named `shard_name(i)`. Files that are
+not data start with `_` so that each data folder reads as one Parquet dataset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+STAGES = ("ingest", "signals", "dedup", "tokenizer", "tokenize", "report")
+# The folders each stage writes, in stage order.
+STAGE_FOLDERS = {
+    "ingest": ("documents", "quarantine"),
+    "signals": ("signals", "clean"),
+    "dedup": ("dedup",),
+    "tokenizer": ("tokenizer",),
+    "tokenize": ("tokens",),
+    "report": ("report",),
+}
+# The outputs a user opens, per stage (published as the stage's output locations).
+STAGE_OUTPUTS = {
+    "ingest": ("documents/", "quarantine/"),
+    "signals": ("signals/", "clean/"),
+    "dedup": ("dedup/removed.parquet", "dedup/clusters.parquet", "dedup/summary.json"),
+    "tokenizer": ("tokenizer/tokenizer.json",),
+    "tokenize": ("tokens/manifest.json",),
+    "report": ("report/report.html", "report/report.md", "report/report.json"),
+}
+# Files a shard writes next to its completion marker (same stem), by the marker's folder.
+SHARD_COMPANIONS = {"documents": ("quarantine",), "signals": ("clean",), "dedup/signatures": ("dedup/bands",)}
+# Files that say "this stage's outputs are complete": written (and uploaded) after every data file.
+COMMIT_NAMES = ("manifest.json", "summary.json")
+STAGE_COMMIT_FILES = {"tokenize": ("tokens/manifest.json",)}
+# Regenerable intermediate data (tagged for the bucket's lifecycle rule, infra/terraform/s3.tf).
+INTERMEDIATE_PREFIXES = ("documents/", "clean/", "dedup/signatures/", "dedup/bands/")
+
+
+def shard_name(index: int) -> str:
+    """The stem of shard `index`'s files in every per-shard folder."""
+    return f"{index:05d}"
+
+
+def is_commit_file(rel: str) -> bool:
+    """manifest.json, summary.json, `_*` metadata files and run.json: written after the data files."""
+    name = rel.rsplit("/", 1)[-1]
+    return rel == "run.json" or name in COMMIT_NAMES or name.startswith("_")
+
+
+class RunLayout:
+    """The paths of one run directory (a local folder: the run, or an S3 run's mirror)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.run_json = root / "run.json"
+        self.documents = root / "documents"
+        self.inputs = self.documents / "_inputs.json"
+        self.quarantine = root / "quarantine"
+        self.clean = root / "clean"
+        self.signals = root / "signals"
+        self.policy = self.signals / "_policy.yaml"
+        self.dedup = root / "dedup"
+        self.signatures = self.dedup / "signatures"
+        self.bands = self.dedup / "bands"
+        self.removed = self.dedup / "removed.parquet"
+        self.clusters = self.dedup / "clusters.parquet"
+        self.dedup_summary = self.dedup / "summary.json"
+        self.tokenizer = root / "tokenizer"
+        self.tokenizer_json = self.tokenizer / "tokenizer.json"
+        self.tokenizer_meta = self.tokenizer / "tokenizer.meta.json"
+        self.tokens = root / "tokens"
+        self.token_plan = self.tokens / "_plan.json"
+        self.manifest = self.tokens / "manifest.json"
+        self.report = root / "report"
+        self.doc_tokens = self.report / "_doc_tokens"
+
+    def create(self) -> None:
+        """Make the folders of every stage."""
+        for folders in STAGE_FOLDERS.values():
+            for folder in folders:
+                (self.root / folder).mkdir(parents=True, exist_ok=True)
+
+    def shards(self) -> list[str]:
+        """The names of the run's shards (`NNNNN.parquet` of documents/), in shard order."""
+        return sorted(p.name for p in self.documents.glob("[0-9]*.parquet"))
+
+    def stage_files(self, stage: str) -> list[Path]:
+        """Every file a stage wrote (what a stage that starts afresh deletes first)."""
+        return [
+            path
+            for folder in STAGE_FOLDERS[stage]
+            for path in sorted((self.root / folder).rglob("*"))
+            if path.is_file()
+        ]

@@ -1,0 +1,58 @@
+"""The stages of a corpus build, in order, and the one way to run a stage over a run directory.
+
+Every stage is a module with `run(run_dir, config, resume) -> summary`. The Prefect flow
+(`flows.build_corpus`) and the stage commands (`gristmill filter`, ...) both go through `run_stage`,
+which owns resuming: a stage recorded as done is skipped (when asked), a stage whose last attempt was
+interrupted (running/failed in run.json) resumes from its finished shards, and any other start begins
+afresh by deleting the stage's earlier files. To add a stage: a module with `run`, and one entry in
+STAGES (its output folders go in `pipelines.run.layout`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pipelines.config import RunConfig
+from pipelines.run import RunDir
+from pipelines.stages import dedup, ingest, report, signals, token_shards, tokenizer_training
+
+log = logging.getLogger("gristmill")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # in run.json, logs, the flow's task and `stages.<name>` of the config
+    run: Callable[[RunDir, RunConfig, bool], dict[str, Any]]
+    fresh_start: bool = True  # delete the stage's files before a run that is not a resume
+    skip_when_done: bool = True  # with skip_done, a stage recorded as done is not run again
+
+
+STAGES = (
+    Stage("ingest", ingest.run),
+    Stage("signals", signals.run),
+    Stage("dedup", dedup.run),
+    Stage("tokenizer", tokenizer_training.run),
+    Stage("tokenize", token_shards.run),
+    # the report always reflects the run as it is now; it keeps what-if pages and its token-count cache
+    Stage("report", report.run, fresh_start=False, skip_when_done=False),
+)
+BY_NAME = {stage.name: stage for stage in STAGES}
+
+
+def run_stage(run: RunDir, name: str, config: RunConfig, skip_done: bool = False) -> dict[str, Any]:
+    """Run one stage and record it in run.json; return its summary."""
+    stage = BY_NAME[name]
+    status = run.record.stage_status(name)
+    if skip_done and stage.skip_when_done and status == "done":
+        log.info("%s: already done in an earlier attempt, skipping", name)
+        return run.record.stage_summary(name)
+    resume = status in ("running", "failed")
+    if stage.fresh_start and not resume:
+        for path in run.stage_files(name):
+            path.unlink()
+    with run.stage(name) as summary:
+        summary.update(stage.run(run, config, resume))
+    return summary

@@ -1,0 +1,99 @@
+"""The signals stage: clean and score every document shard, then apply the policy.
+
+documents/NNNNN.parquet -> clean/NNNNN.parquet (id, text: C4's line cleaning, what every later stage reads)
+                        -> signals/NNNNN.parquet (id, signals..., keep, reasons), written last: its
+                           existence marks the shard done.
+Shards are read and written in row batches, so memory does not grow with the size of a shard. The
+policy used is copied to signals/_policy.yaml so a report can tell which thresholds produced `keep`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines.config import RunConfig, SignalsConfig
+from pipelines.corpus import read_signals
+from pipelines.exec.runner import run_shards
+from pipelines.exec.step import ShardStep
+from pipelines.quality.policy import default_policy_path, load_policy
+from pipelines.quality.signals import SIGNAL_SCHEMA, SIGNALS, SignalComputer
+from pipelines.run import RunDir
+from pipelines.run.files import atomic_path, parquet_writer, write_atomic
+
+log = logging.getLogger("gristmill")
+
+BATCH_ROWS = 256
+CLEAN_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.large_string())])
+
+
+def run(run: RunDir, config: RunConfig, resume: bool) -> dict[str, Any]:
+    """Clean and score every document (clean/, signals/) and apply the policy."""
+    settings = config.signals
+    write_atomic(run.policy, Path(settings.policy or default_policy_path()).read_bytes())
+    warm_up(settings)  # forked workers inherit the models and compiled expressions
+    run_shards("signals", run.synced(SignalsStep(str(run.root), settings)), len(run.shards()),
+               config.executor.workers)  # fmt: skip
+    keep = read_signals(run, ["keep"]).column("keep")
+    documents, kept = len(keep), int(pc.sum(keep).as_py() or 0)
+    log.info("signals: %d documents, %d kept, %d dropped", documents, kept, documents - kept)
+    return {"documents": documents, "kept": kept, "dropped": documents - kept}
+
+
+def warm_up(settings: SignalsConfig) -> None:
+    """Compile the word-splitting expressions and load the models once, before worker processes fork."""
+    computer = SignalComputer(langid_model=settings.langid_model, quality_model=settings.quality_model)
+    computer.compute("Warm up. 中文 हिन्दी")
+
+
+class SignalsStep(ShardStep):
+    """Clean, score and keep/drop the documents of one documents/ shard."""
+
+    label = "signals"
+
+    def __init__(self, run_root: str, settings: SignalsConfig) -> None:
+        super().__init__(run_root)
+        self.settings = settings
+
+    def output(self, index: int) -> Path:
+        return self.run.signals / self.shard(index)
+
+    def process(self, index: int) -> dict[str, int]:
+        name, settings = self.shard(index), self.settings
+        policy = load_policy(settings.policy)
+        computer = SignalComputer(settings.cleaning, settings.langid_model, settings.quality_model)
+        documents = kept = chars = 0
+        schema = policy.apply(SIGNAL_SCHEMA.empty_table()).schema
+        source = pq.ParquetFile(self.run.documents / name)
+        with (
+            atomic_path(self.output(index)) as signals_path,
+            atomic_path(self.run.clean / name) as clean_path,
+            parquet_writer(clean_path, CLEAN_SCHEMA) as clean_writer,
+            parquet_writer(signals_path, schema) as signals_writer,
+        ):
+            for batch in source.iter_batches(batch_size=BATCH_ROWS, columns=["id", "text"]):
+                ids = batch.column("id")
+                texts = [t or "" for t in batch.column("text").to_pylist()]
+                rows, cleaned = zip(*map(computer.compute, texts), strict=True) if texts else ((), ())
+                table = policy.apply(signals_table(ids, list(rows)))
+                signals_writer.write_table(table)
+                clean_writer.write_table(
+                    pa.table({"id": ids, "text": list(cleaned)}, schema=CLEAN_SCHEMA)
+                )
+                documents += len(rows)
+                kept += sum(table.column("keep").to_pylist())
+                chars += sum(map(len, texts))
+        return {"documents": documents, "bytes": chars, "kept": kept}
+
+
+def signals_table(ids: pa.Array | pa.ChunkedArray, rows: list[dict[str, Any]]) -> pa.Table:
+    """The signals of a batch of documents as a table with SIGNAL_SCHEMA."""
+    columns: dict[str, Any] = {"id": ids}
+    for name, (kind, _) in SIGNALS.items():
+        columns[name] = pa.array([r[name] for r in rows], kind)
+    return pa.table(columns, schema=SIGNAL_SCHEMA)
