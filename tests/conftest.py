@@ -1,11 +1,21 @@
-"""Shared fixtures: ``s3_server``, a loopback S3 endpoint (moto's server) for the whole session."""
+"""Shared fixtures: ``s3_server``, a loopback S3 endpoint (moto's server) for the whole session.
+
+Helpers the tests share (servers, proxies, references, corpus builders) live in tests/support/, which is
+put on sys.path here.
+"""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from s3_server import moto_server
+
+SUPPORT = Path(__file__).resolve().parent / "support"
+sys.path.insert(0, str(SUPPORT))
+
+from s3_server import moto_server  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path[:0] = [str(HERE), str(HERE.parent)]  # tests/bench: child; tests/: datatrove_reference
+sys.path[:0] = [str(HERE), str(HERE.parent / "support")]  # tests/bench: child; tests/support: references
 
 from child import run_child  # noqa: E402
 
@@ -84,7 +84,7 @@ def _peak_mb() -> float:
 
 
 def child_gristmill(run_root: Path) -> dict[str, Any]:
-    from datatrove_reference import POLICY
+    from references import POLICY
     from stage_helpers import run_stages
 
     from pipelines.run import RunDir
@@ -100,7 +100,7 @@ def child_gristmill(run_root: Path) -> dict[str, Any]:
 
 def child_datatrove(run_root: Path) -> dict[str, Any]:
     from datatrove.data import Document
-    from datatrove_reference import quality_chain
+    from references import quality_chain
 
     chain = quality_chain()
 

@@ -31,7 +31,7 @@ import torch
 
 TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
-sys.path[:0] = [str(TESTS), str(REPO)]
+sys.path[:0] = [str(TESTS / "support"), str(REPO)]
 
 from token_shards import TEXT, build_token_run  # noqa: E402
 

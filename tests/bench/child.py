@@ -19,7 +19,7 @@ def run_child(script: str | Path, step: str, *args: str, env: dict[str, str] | N
         cwd=REPO,
         capture_output=True,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+        env={**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'tests' / 'support'}", **(env or {})},
         timeout=1800,
         check=False,
     )

@@ -20,7 +20,7 @@ from pipelines.quality.policy import load_policy
 from pipelines.run import RunDir
 from tokenizer import load
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GRISTMILL = Path(sys.executable).parent / "gristmill"
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 

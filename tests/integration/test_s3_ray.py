@@ -32,7 +32,7 @@ from pipelines.io import s3 as storage
 from pipelines.run import RunDir
 from pipelines.run.mirror import NODE_ID_ENV, RemoteRun
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample"
 BUCKET = "gristmill-ray"
 INPUTS = f"s3://{BUCKET}/inputs/sample/"

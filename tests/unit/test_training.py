@@ -46,7 +46,7 @@ from training.schedule import lr_at
 from training.trace import load_trace
 from training.train import main as train_main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BUCKET = "gristmill-test"
 
 

@@ -31,7 +31,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 K8S = ROOT / "infra" / "k8s"
 TERRAFORM = ROOT / "infra" / "terraform"

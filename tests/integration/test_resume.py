@@ -22,13 +22,13 @@ from prefect_server import prefect_server
 from ray_cluster import ray_head
 from run_outputs import run_outputs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 GRISTMILL = BIN / "gristmill"
 SAMPLE = REPO / "data" / "sample"
 RUN = ["run", "--input", "in", "--output", "runs", "--run-id", "r", "--workers", "2"]
 SETTINGS = ["--set", "tokenizer.vocab_size=512"]
-SLOW_SHARDS = {"SLOW_SHARD_BEFORE": "1.0", "PYTHONPATH": str(Path(__file__).resolve().parent / "slow_shards")}
+SLOW_SHARDS = {"SLOW_SHARD_BEFORE": "1.0", "PYTHONPATH": str(REPO / "tests" / "support" / "slow_shards")}
 N_SHARDS = 4  # spam, udhr, and the WARC and WET files of cc/
 
 

@@ -15,7 +15,7 @@ from shared_data import SHARED_DATA
 from pipelines.quality import classifier as quality
 from pipelines.quality.signals import SignalComputer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHARED = SHARED_DATA
 GRISTMILL = Path(sys.executable).parent / "gristmill"
 

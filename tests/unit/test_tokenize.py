@@ -23,8 +23,8 @@ from pipelines.stages.token_shards import write_token_shards
 from pipelines.stages.tokenizer_training import Sample
 from tokenizer import EOT, PAD, file_sha256, load
 
-REPO = Path(__file__).resolve().parents[1]
-SLOW_SHARDS = Path(__file__).resolve().parent / "slow_shards"
+REPO = Path(__file__).resolve().parents[2]
+SLOW_SHARDS = Path(__file__).resolve().parents[1] / "support" / "slow_shards"
 GRISTMILL = Path(sys.executable).parent / "gristmill"
 VALIDATION = 0.1
 CONFIG = TokenShardsConfig(

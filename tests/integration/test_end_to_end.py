@@ -16,7 +16,7 @@ from gristmill_cli import gristmill
 
 from tokenizer import file_sha256
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample"
 
 

@@ -1,6 +1,6 @@
 """Keep/drop agreement with datatrove's stock quality chain on the bundled sample.
 
-datatrove runs its stock chain (tests/datatrove_reference.py); gristmill runs its signals stage with the
+datatrove runs its stock chain (tests/references.py); gristmill runs its signals stage with the
 policy that holds the same thresholds (pipelines/resources/policy-datatrove.yaml). docs/filtering.md explains
 the documents on which they differ.
 """
@@ -11,12 +11,12 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pyarrow.parquet as pq
-from datatrove_reference import POLICY, quality_chain
+from references import POLICY, quality_chain
 from stage_helpers import run_stages
 
 from pipelines.run import RunDir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample"
 MIN_AGREEMENT = 0.98
 

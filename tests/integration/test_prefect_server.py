@@ -20,7 +20,7 @@ import pytest
 import yaml
 from prefect_server import prefect_server
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SAMPLE = REPO / "data" / "sample"
 

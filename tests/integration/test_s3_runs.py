@@ -28,7 +28,7 @@ from stage_helpers import build, run_stages
 
 from pipelines.io import s3 as storage
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample"
 BUCKET = "gristmill-test"
 SECRET = "gristmill-test-SECRET-wJalrXUtnFEMIK7MDENGbPxRfiCY"  # distinctive: must never be written out

@@ -13,7 +13,7 @@ from pipelines.quality.signals import SIGNALS
 from pipelines.quality.words import has_no_space_script
 from pipelines.run import RunDir
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample"
 
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from gristmill_cli import gristmill
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SETTINGS = ["--set", "tokenizer.vocab_size=512", "--workers", "2"]
 
 

@@ -13,6 +13,7 @@ import pytest
 from datasketch import MinHashLSH
 from dedup_corpus import dedup_run, edit, real_documents, removed, sample_texts, write_inputs
 from pydantic import ValidationError
+from references import as_datasketch, datasketch_minhash
 from stage_helpers import run_stages
 
 from pipelines.config import DedupConfig
@@ -39,11 +40,11 @@ def test_signatures_are_datasketch_minhashes() -> None:
     for num_perm, seed, size in ((128, 1, 5), (64, 7, 3), (32, 2, 9)):
         fast = minhash.signatures(pa.array(texts), num_perm, seed, size, batch_bytes=40_000)
         for i, text in enumerate(texts):
-            reference = minhash.datasketch_minhash(text, num_perm, seed, size)
+            reference = datasketch_minhash(text, num_perm, seed, size)
             assert np.array_equal(fast.minhash[i], reference.hashvalues), (i, text[:80])
             assert fast.n_words[i] == len(minhash.words(text)), (i, text[:80])
-    lean = minhash.as_datasketch(fast.minhash[0], seed=2)
-    assert lean.jaccard(minhash.datasketch_minhash(texts[0], 32, 2, 9)) == 1.0
+    lean = as_datasketch(fast.minhash[0], seed=2)
+    assert lean.jaccard(datasketch_minhash(texts[0], 32, 2, 9)) == 1.0
 
 
 def test_normalization_tables_cover_unicode() -> None:

@@ -16,7 +16,7 @@ from pipelines.config import DedupConfig
 from pipelines.dedup import minhash
 from pipelines.run import RunDir
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample"
+SAMPLE = Path(__file__).resolve().parents[2] / "data" / "sample"
 
 
 def sample_texts(name: str) -> list[str]:
