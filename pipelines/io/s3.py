@@ -23,11 +23,11 @@ A PUT and a CompleteMultipartUpload are atomic, so an object is never visible ha
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import logging
 import os
 import re
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,30 +135,28 @@ def transfer_config() -> Any:
     )
 
 
-_client_lock = threading.Lock()
-_client: tuple[int, Any] | None = None
+@functools.cache
+def _client_of(pid: int) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    retries = {"mode": os.environ.get("GRISTMILL_S3_RETRY_MODE", "standard"),
+               "max_attempts": _env_int("GRISTMILL_S3_MAX_ATTEMPTS", 10)}  # fmt: skip
+    timeouts = {"connect_timeout": _env_int("GRISTMILL_S3_CONNECT_TIMEOUT", 10),
+                "read_timeout": _env_int("GRISTMILL_S3_READ_TIMEOUT", 60)}  # fmt: skip
+    addressing = {"addressing_style": os.environ.get("AWS_S3_ADDRESSING_STYLE", "auto")}
+    config = Config(retries=retries, max_pool_connections=32, s3=addressing, **timeouts)
+    return boto3.session.Session().client("s3", config=config)
 
 
 def client() -> Any:
     """One boto3 S3 client per process (made again after a fork; clients are thread-safe)."""
-    global _client
-    with _client_lock:
-        if _client is None or _client[0] != os.getpid():
-            import boto3
-            from botocore.config import Config
+    return _client_of(os.getpid())
 
-            config = Config(
-                retries={
-                    "mode": os.environ.get("GRISTMILL_S3_RETRY_MODE", "standard"),
-                    "max_attempts": _env_int("GRISTMILL_S3_MAX_ATTEMPTS", 10),
-                },
-                connect_timeout=_env_int("GRISTMILL_S3_CONNECT_TIMEOUT", 10),
-                read_timeout=_env_int("GRISTMILL_S3_READ_TIMEOUT", 60),
-                max_pool_connections=32,
-                s3={"addressing_style": os.environ.get("AWS_S3_ADDRESSING_STYLE", "auto")},
-            )
-            _client = (os.getpid(), boto3.session.Session().client("s3", config=config))
-        return _client[1]
+
+def reset_client() -> None:
+    """Forget the client, so the next call reads the environment again (endpoint, credentials)."""
+    _client_of.cache_clear()
 
 
 def endpoint() -> str:

@@ -10,7 +10,8 @@ from typing import BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.readers.base import Document, Quarantined, ReadOptions, document, quarantine
+from pipelines.readers import base
+from pipelines.readers.base import ReadOptions
 
 BATCH_ROWS = 1024
 
@@ -24,22 +25,22 @@ def _is_text_type(dtype: pa.DataType) -> bool:
 
 def read(
     stream: BinaryIO, head: bytes, source: str, options: ReadOptions
-) -> Iterator[Document | Quarantined]:
+) -> Iterator[base.Document | base.Quarantined]:
     """Read the text (and url) columns by batches within each row group; a bad row group is reported and
     the next one is still read."""
     try:
         parquet = pq.ParquetFile(stream)
         schema = parquet.schema_arrow
     except (OSError, pa.ArrowException) as error:
-        yield quarantine(source, "file", "unreadable_file", f"{type(error).__name__}: {error}", b"")
+        yield base.quarantine(source, "file", "unreadable_file", f"{type(error).__name__}: {error}", b"")
         return
     with parquet:
         if schema.get_field_index("text") < 0:  # absent, or present twice
             detail = f"no single 'text' column (columns: {', '.join(schema.names[:10])})"
-            yield quarantine(source, "file", "missing_text", detail, b"")
+            yield base.quarantine(source, "file", "missing_text", detail, b"")
             return
         if not _is_text_type(dtype := schema.field("text").type):
-            yield quarantine(source, "file", "text_not_string", f"'text' column has type {dtype}", b"")
+            yield base.quarantine(source, "file", "text_not_string", f"'text' column has type {dtype}", b"")
             return
         columns = ["text", "url"] if schema.get_field_index("url") >= 0 else ["text"]
         row = 0
@@ -57,18 +58,18 @@ def read(
                 detail = (
                     f"rows {row}-{end - 1} of row group {group} unreadable: {type(error).__name__}: {error}"
                 )
-                yield quarantine(source, f"row {row}", "unreadable_file", detail, b"")
+                yield base.quarantine(source, f"row {row}", "unreadable_file", detail, b"")
             row = end
 
 
-def _parquet_row(source: str, row: int, text: object, url: object) -> Document | Quarantined:
+def _parquet_row(source: str, row: int, text: object, url: object) -> base.Document | base.Quarantined:
     position = f"row {row}"
     if text is None:
-        return quarantine(source, position, "missing_text", "text is null", "")
+        return base.quarantine(source, position, "missing_text", "text is null", "")
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError as error:
-            return quarantine(source, position, "invalid_utf8", str(error), text)
+            return base.quarantine(source, position, "invalid_utf8", str(error), text)
     raw = text if isinstance(text, str) else ""
-    return document(source, row, text, url if isinstance(url, str) else None, position, raw)
+    return base.document(source, row, text, url if isinstance(url, str) else None, position, raw)

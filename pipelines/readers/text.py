@@ -5,29 +5,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from pipelines.readers.base import (
-    STREAM_ERRORS,
-    Document,
-    Quarantined,
-    ReadOptions,
-    document,
-    quarantine,
-    stream_error,
-)
+from pipelines.readers import base
+from pipelines.readers.base import ReadOptions
 
 
 def read(
     stream: BinaryIO, head: bytes, source: str, options: ReadOptions
-) -> Iterator[Document | Quarantined]:
+) -> Iterator[base.Document | base.Quarantined]:
     try:
         data = stream.read()
-    except STREAM_ERRORS as error:
-        yield stream_error(source, "file", error)
+    except base.STREAM_ERRORS as error:
+        yield base.stream_error(source, "file", error)
         return
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         window = data[max(0, error.start - 50) : error.start + 50]
-        yield quarantine(source, "file", "invalid_utf8", str(error), window)
+        yield base.quarantine(source, "file", "invalid_utf8", str(error), window)
         return
-    yield document(source, 0, text.removeprefix("\ufeff"), None, "file", data)
+    yield base.document(source, 0, text.removeprefix("\ufeff"), None, "file", data)

@@ -16,18 +16,8 @@ from warcio.archiveiterator import ArchiveIterator
 from warcio.exceptions import ArchiveLoadFailed
 from warcio.recordloader import ArcWarcRecord
 
-from pipelines.readers.base import (
-    CHUNK,
-    HEAD,
-    STREAM_ERRORS,
-    Document,
-    Quarantined,
-    ReadOptions,
-    document,
-    quarantine,
-    sniff,
-    stream_error,
-)
+from pipelines.readers import base
+from pipelines.readers.base import ReadOptions
 
 _HTML_TYPES = {"text/html", "application/xhtml+xml"}
 _HTTP_CHARSET = re.compile(r"charset\s*=\s*[\"']?\s*([\w.:-]+)", re.IGNORECASE)
@@ -56,7 +46,7 @@ class _Guarded:
     def read(self, size: int = -1) -> bytes:
         try:  # read1: a short read keeps what was decompressed before a truncation
             return self._stream.read1(size)
-        except STREAM_ERRORS as error:
+        except base.STREAM_ERRORS as error:
             raise _StreamFailure(error) from error
 
 
@@ -80,7 +70,7 @@ class _ArchiveIterator(ArchiveIterator):
 
 def read(
     stream: BinaryIO, head: bytes, source: str, options: ReadOptions
-) -> Iterator[Document | Quarantined]:
+) -> Iterator[base.Document | base.Quarantined]:
     records = _ArchiveIterator(_Guarded(stream))
     index = 0
     while True:
@@ -92,18 +82,18 @@ def read(
             if record is None:
                 return
             item = _warc_record(record, source, index, position)
-            while record.raw_stream.read(CHUNK):  # the rest of this record, to check its length
+            while record.raw_stream.read(base.CHUNK):  # the rest of this record, to check its length
                 pass
             if missing := getattr(record.raw_stream, "limit", 0):
                 raise _CutShort(f"the stream ends {missing} bytes before the end of the record")
         except _CutShort as error:
-            yield quarantine(source, position, "truncated_file", str(error), b"")
+            yield base.quarantine(source, position, "truncated_file", str(error), b"")
             return
         except _StreamFailure as error:
-            yield stream_error(source, position, error.__cause__ or error)
+            yield base.stream_error(source, position, error.__cause__ or error)
             return
         except ArchiveLoadFailed as error:
-            yield quarantine(source, position, "malformed_record", " ".join(str(error).split()), b"")
+            yield base.quarantine(source, position, "malformed_record", " ".join(str(error).split()), b"")
             return
         if item is not None:
             yield item
@@ -112,18 +102,20 @@ def read(
 
 def _warc_record(
     record: ArcWarcRecord, source: str, index: int, position: str
-) -> Document | Quarantined | None:
+) -> base.Document | base.Quarantined | None:
     """The document (or quarantine record) of a WET conversion or HTML response record; None to skip it."""
     url = record.rec_headers.get_header("WARC-Target-URI")
     if record.rec_type == "conversion":
         payload = record.content_stream().read()
-        if (kind := sniff(payload[:HEAD])) not in ("text", "empty"):
-            return quarantine(source, position, "not_text", f"conversion record looks like {kind}", payload)
+        if (kind := base.sniff(payload[: base.HEAD])) not in ("text", "empty"):
+            return base.quarantine(
+                source, position, "not_text", f"conversion record looks like {kind}", payload
+            )
         try:
             text = payload.decode("utf-8")
         except UnicodeDecodeError as error:
-            return quarantine(source, position, "invalid_utf8", str(error), payload)
-        return document(source, index, text, url, position, payload)
+            return base.quarantine(source, position, "invalid_utf8", str(error), payload)
+        return base.document(source, index, text, url, position, payload)
 
     http = record.http_headers
     if record.rec_type != "response" or http is None or not (http.get_statuscode() or "").startswith("2"):
@@ -134,13 +126,15 @@ def _warc_record(
     if content_type.split(";")[0].strip().lower() not in _HTML_TYPES:
         return None
     payload = record.content_stream().read()
-    if (kind := sniff(payload[:HEAD])) not in ("text", "empty"):
-        return quarantine(source, position, "not_text", f"HTML response looks like {kind}", payload)
+    if (kind := base.sniff(payload[: base.HEAD])) not in ("text", "empty"):
+        return base.quarantine(source, position, "not_text", f"HTML response looks like {kind}", payload)
     html, tried = _decode_html(payload, content_type)
     if html is None:
-        return quarantine(source, position, "invalid_utf8", f"payload does not decode as {tried}", payload)
+        return base.quarantine(
+            source, position, "invalid_utf8", f"payload does not decode as {tried}", payload
+        )
     if not html.strip():
-        return quarantine(source, position, "empty_after_extraction", "empty HTML payload", payload)
+        return base.quarantine(source, position, "empty_after_extraction", "empty HTML payload", payload)
     try:
         LRU_TEST.clear()  # trafilatura's dedup cache is process-wide: dedup within this page only
         tree = trafilatura.load_html(html)
@@ -151,14 +145,14 @@ def _warc_record(
             )
     except Exception as error:  # trafilatura/lxml can fail in many ways on hostile HTML
         detail = f"{type(error).__name__}: {error}"
-        return quarantine(source, position, "html_extraction_failed", detail, payload)
+        return base.quarantine(source, position, "html_extraction_failed", detail, payload)
     if tree is None:
         detail = "trafilatura could not parse the payload as HTML"
-        return quarantine(source, position, "html_extraction_failed", detail, payload)
+        return base.quarantine(source, position, "html_extraction_failed", detail, payload)
     if not text or text.isspace():
         detail = "trafilatura found no main text"
-        return quarantine(source, position, "empty_after_extraction", detail, payload)
-    return document(source, index, text, url, position, payload)
+        return base.quarantine(source, position, "empty_after_extraction", detail, payload)
+    return base.document(source, index, text, url, position, payload)
 
 
 def _decode_html(payload: bytes, content_type: str) -> tuple[str | None, str]:

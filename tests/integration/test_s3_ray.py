@@ -66,13 +66,13 @@ def _driver(bucket: dict[str, str], cache: Path) -> Iterator[None]:
     os.environ.update({k: v for k, v in bucket.items() if k.startswith("AWS_")})
     os.environ["GRISTMILL_CACHE_DIR"] = str(cache)
     os.environ.pop(NODE_ID_ENV, None)
-    storage._client = None
+    storage.reset_client()
     try:
         yield
     finally:
         os.environ.clear()
         os.environ.update(saved)
-        storage._client = None
+        storage.reset_client()
 
 
 def _build(root: str, policy: str, workers: int = 1) -> RunDir:

@@ -61,9 +61,9 @@ def s3_env(s3_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> I
     create_bucket(s3_server, BUCKET)
     for key, value in _env(s3_server, tmp_path / "cache", GRISTMILL_S3_MULTIPART_MB="5").items():
         monkeypatch.setenv(key, value)
-    storage._client = None
+    storage.reset_client()
     yield s3_server
-    storage._client = None
+    storage.reset_client()
 
 
 def _objects(endpoint: str, prefix: str) -> dict[str, int]:
@@ -110,7 +110,7 @@ def test_transfers_survive_injected_faults(
     data.write_bytes(os.urandom(11 * 1024 * 1024))
     with FaultyProxy(s3_env, rate=0.25, seed=7) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-        storage._client = None
+        storage.reset_client()
         for i in range(3):
             uri = storage.S3Uri(BUCKET, f"faults/data-{i}.bin")
             storage.upload(data, uri)
@@ -131,13 +131,13 @@ def test_corrupted_upload_is_detected(
     key = f"corrupt/{size}.bin"
     with FaultyProxy(s3_env, rate=0.0, corrupt_puts=1) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-        storage._client = None
+        storage.reset_client()
         storage.upload(path, storage.S3Uri(BUCKET, key))  # detected, uploaded again
     assert proxy.counts["corrupted"] == 1
     assert _get(s3_env, key) == path.read_bytes()
     with FaultyProxy(s3_env, rate=0.0, corrupt_puts=10**6) as proxy:  # every upload corrupted
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-        storage._client = None
+        storage.reset_client()
         with pytest.raises(storage.ChecksumMismatch, match="after a re-upload"):
             storage.upload(path, storage.S3Uri(BUCKET, key + ".2"))
 
