@@ -74,7 +74,7 @@ def funnel(data: RunData) -> list[dict[str, Any]]:
     steps[0].update(characters_out=int(chars.sum()), tokens_out=_sum(tokens))
     steps.append(
         {
-            "stage": "filter",
+            "stage": "signals",
             "documents_in": len(keep),
             "documents_out": int(keep.sum()),
             "characters_in": int(chars.sum()),
@@ -371,7 +371,7 @@ def run_comparison(this: dict[str, Any], other: dict[str, Any]) -> dict[str, Any
         )
 
     def rule_rates(report: dict[str, Any]) -> dict[str, float | None]:
-        total = stage_rows(report).get("filter", {}).get("documents_in")
+        total = stage_rows(report).get("signals", {}).get("documents_in")
         return {r["rule"]: rate(r["documents"], total) for r in report.get("rules", [])}
 
     a_rules, b_rules = rule_rates(this), rule_rates(other)
@@ -382,7 +382,7 @@ def run_comparison(this: dict[str, Any], other: dict[str, Any]) -> dict[str, Any
 
     def lang_shares(report: dict[str, Any]) -> dict[str, float]:
         top = report.get("languages", {}).get("top", [])
-        total = stage_rows(report).get("filter", {}).get("documents_in") or 1
+        total = stage_rows(report).get("signals", {}).get("documents_in") or 1
         return {t["lang"]: round(t["documents"] / total, 4) for t in top}
 
     a_lang, b_lang = lang_shares(this), lang_shares(other)

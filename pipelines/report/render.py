@@ -208,7 +208,7 @@ def _report_sections(report: Report) -> Iterator[Section]:
     yield Section("", [lead, Cards(cards)])
     yield Section("Funnel", [*funnel_blocks, Charts([bars])])
     if rules := report.get("rules"):
-        total = next((s["documents_in"] for s in funnel if s["stage"] == "filter"), None)
+        total = next((s["documents_in"] for s in funnel if s["stage"] == "signals"), None)
         headers = ["rule", "signal", "keeps", "documents", "of filter input", "documents (only this rule)"]
         rows = [_rule_row(r, unit, total) for r in rules]
         table = Table([*headers, unit, f"{unit} (only this rule)"], rows)

@@ -120,7 +120,7 @@ def plan_shards(run: RunLayout, config: TokenShardsConfig, bytes_per_token: floa
     return [shard for split in SPLITS for shard in shards[split]]
 
 
-def shard_name(shard: dict[str, Any]) -> str:
+def token_shard_file(shard: dict[str, Any]) -> str:
     return f"{shard['split']}-{shard['index']:05d}.parquet"
 
 
@@ -157,7 +157,7 @@ class TokenizeStep(ShardStep):
         return self._plan
 
     def output(self, index: int) -> Path:
-        return self.run.tokens / shard_name(self.plan()[index])
+        return self.run.tokens / token_shard_file(self.plan()[index])
 
     def process(self, index: int) -> dict[str, int]:
         run, config, shard = self.run, self.config, self.plan()[index]
@@ -178,7 +178,7 @@ class TokenizeStep(ShardStep):
                     writer.add(inflight[0], inflight[1].result())
             if writer.documents != shard["documents"]:
                 raise RuntimeError(
-                    f"tokenize: shard {shard_name(shard)} planned {shard['documents']} documents, "
+                    f"tokenize: shard {token_shard_file(shard)} planned {shard['documents']} documents, "
                     f"read {writer.documents}"
                 )
         return {"documents": writer.documents, "tokens": writer.tokens}
@@ -363,7 +363,7 @@ def build_manifest(
     vocab_size = tokenizer.get_vocab_size()
     splits: dict[str, dict[str, Any]] = {s: {"documents": 0, "tokens": 0, "shards": []} for s in SPLITS}
     for shard in shards:
-        path = run.tokens / shard_name(shard)
+        path = run.tokens / token_shard_file(shard)
         n_tokens = pq.read_table(path, columns=["n_tokens"]).column("n_tokens")
         entry = {
             "path": path.name,

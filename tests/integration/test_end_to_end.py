@@ -159,7 +159,7 @@ def test_tokenizer_and_manifest(run_dir: Path) -> None:
 
 def test_report_files(run_dir: Path) -> None:
     report = json.loads((run_dir / "report" / "report.json").read_text())
-    assert [s["stage"] for s in report["funnel"]] == ["ingest", "filter", "dedup", "tokenize"]
+    assert [s["stage"] for s in report["funnel"]] == ["ingest", "signals", "dedup", "tokenize"]
     assert report["rules"] and all(r["documents"] >= r["documents_alone"] for r in report["rules"])
     html = (run_dir / "report" / "report.html").read_text()
     assert "<svg" in html and "Rules" in html and "<script" not in html

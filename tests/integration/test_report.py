@@ -81,8 +81,8 @@ def test_report_json_matches_the_stored_signals(runs: tuple) -> None:
             assert example["reasons"] == []
     funnel = {s["stage"]: s for s in report["funnel"]}
     kept = [r for r in rows if r["keep"]]
-    assert funnel["filter"]["documents_out"] == len(kept)
-    assert funnel["filter"]["tokens_out"] == sum(tokens[r["id"]] for r in kept)
+    assert funnel["signals"]["documents_out"] == len(kept)
+    assert funnel["signals"]["tokens_out"] == sum(tokens[r["id"]] for r in kept)
     manifest = json.loads((run.tokens / "manifest.json").read_text())
     assert funnel["dedup"]["tokens_out"] == manifest["totals"]["tokens"] == funnel["tokenize"]["tokens_out"]
     removed = pq.read_table(run.dedup / "removed.parquet").num_rows
@@ -102,7 +102,7 @@ def test_report_json_matches_the_stored_signals(runs: tuple) -> None:
 def test_threshold_curves_pass_through_the_current_threshold(runs: tuple) -> None:
     run, _, _ = runs
     report = json.loads((run.report / "report.json").read_text())
-    kept_tokens = next(s for s in report["funnel"] if s["stage"] == "filter")["tokens_out"]
+    kept_tokens = next(s for s in report["funnel"] if s["stage"] == "signals")["tokens_out"]
     assert report["curves"]
     for curve in report["curves"].values():
         at_current = curve["kept_tokens"][curve["thresholds"].index(curve["current"])]
