@@ -4,9 +4,15 @@ Every document gets a stable id ``f"{source}:{position}"``. Bad input never rais
 `Quarantined` record with a reason from `REASONS`, and the good records around it are kept. The format
 comes from the file name (each but Parquet optionally ``.gz``/``.zst``) and is confirmed by the first
 bytes; the compression actually applied is taken from the magic bytes (gzip ``1f8b``, zstd ``28b52ffd``),
-not the name. A reader is `read(stream, head, source, options)` over the decompressed stream.
+not the name. A reader is `read(stream, head, source, options, split)` over the decompressed stream: a
+generator of documents and quarantine records that returns how many positions it went through (None when
+it stopped early).
 
-To add a format: a module with `read`, and one entry in FORMATS.
+Splits: `plan_splits` cuts one uncompressed JSONL or WARC/WET file into byte ranges and a Parquet file
+into runs of row groups; every other file is one split. `read_file(path, source, options, split)` reads
+one split, positions counted from the split's start (`Document.position`), offsets from the file's.
+
+To add a format: a module with `read` (and optionally a splitter), and one entry in FORMATS.
 """
 
 from __future__ import annotations
@@ -14,48 +20,87 @@ from __future__ import annotations
 import gzip
 import io
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import zstandard
 
-from pipelines.readers import jsonl, parquet, text, warc
+from pipelines.readers import csv, html, jsonl, parquet, text, warc
 from pipelines.readers.base import (
     CHUNK,
     HEAD,
     REASONS,
     STREAM_ERRORS,
+    WHOLE,
     Document,
     Quarantined,
     ReadOptions,
+    Records,
+    Split,
     quarantine,
     sniff,
     stream_error,
 )
 
-__all__ = ["FORMATS", "REASONS", "Document", "Quarantined", "ReadOptions", "read_file"]
+__all__ = [
+    "FORMATS",
+    "REASONS",
+    "Document",
+    "Quarantined",
+    "ReadOptions",
+    "Split",
+    "plan_splits",
+    "read_file",
+]
 
-Reader = Callable[[BinaryIO, bytes, str, ReadOptions], Iterator[Document | Quarantined]]
+Reader = Callable[[BinaryIO, bytes, str, ReadOptions, Split], Records]
+# (file, first bytes, size, split_bytes, options) -> splits of an uncompressed file
+Splitter = Callable[[BinaryIO, bytes, int, int, ReadOptions], list[Split]]
 
 
 @dataclass(frozen=True)
 class Format:
-    """A registered input format: its reader and what its (decompressed) first bytes must look like."""
+    """A registered input format: its reader, what its (decompressed) first bytes must look like, and
+    how an uncompressed file splits (None: never)."""
 
     name: str
     read: Reader
     content: str = "text"  # a base.sniff() name
     compressible: bool = True
+    split: Splitter | None = None
+    split_by: str = "bytes"  # what a Split counts: bytes (a stream range) or row groups (the reader's own)
 
 
-_JSONL = Format("jsonl", jsonl.read)
-_WARC = Format("warc", warc.read, content="WARC")
+def _jsonl_splits(
+    raw: BinaryIO, head: bytes, size: int, split_bytes: int, options: ReadOptions
+) -> list[Split]:
+    return jsonl.splits(head, size, split_bytes)
+
+
+def _warc_splits(
+    raw: BinaryIO, head: bytes, size: int, split_bytes: int, options: ReadOptions
+) -> list[Split]:
+    return warc.splits(raw, size, split_bytes)
+
+
+def _parquet_splits(
+    raw: BinaryIO, head: bytes, size: int, split_bytes: int, options: ReadOptions
+) -> list[Split]:
+    return parquet.splits(raw, split_bytes, options)
+
+
+_JSONL = Format("jsonl", jsonl.read, split=_jsonl_splits)
+_WARC = Format("warc", warc.read, content="WARC", split=_warc_splits)
+_HTML = Format("html", html.read)
 FORMATS = {
     ".jsonl": _JSONL, ".json": _JSONL, ".ndjson": _JSONL,
-    ".parquet": Format("parquet", parquet.read, content="Parquet", compressible=False),
+    ".parquet": Format("parquet", parquet.read, content="Parquet", compressible=False, split=_parquet_splits,
+                       split_by="row groups"),
     ".warc": _WARC, ".wet": _WARC,
     ".txt": Format("text", text.read),
+    ".csv": Format("csv", csv.read_csv), ".tsv": Format("tsv", csv.read_tsv),
+    ".html": _HTML, ".htm": _HTML,
 }  # fmt: skip
 COMPRESSION_SUFFIXES = (".gz", ".zst", ".zstd")
 
@@ -70,9 +115,30 @@ def format_of(path: str) -> Format | None:
     return FORMATS.get(os.path.splitext(name)[1])
 
 
-def read_file(path: str, source: str, options: ReadOptions | None = None) -> Iterator[Document | Quarantined]:
-    """Yield the documents and quarantine records of one input file, in input order; never raises for bad
-    content or unreadable files."""
+def plan_splits(path: str, split_bytes: int, options: ReadOptions | None = None) -> list[Split]:
+    """The splits of one input file: byte ranges or row-group runs of about `split_bytes` for an
+    uncompressed splittable file whose content matches its name, else the whole file."""
+    fmt = format_of(path)
+    if fmt is None or fmt.split is None:
+        return [WHOLE]
+    try:
+        with open(path, "rb") as raw:
+            head = raw.read(HEAD)
+            size = os.fstat(raw.fileno()).st_size
+            if sniff(head) != fmt.content or (size <= split_bytes and fmt.split_by == "bytes"):
+                return [WHOLE]
+            raw.seek(0)
+            return fmt.split(raw, head, size, split_bytes, options or ReadOptions())
+    except OSError:
+        return [WHOLE]  # read_file reports it
+
+
+def read_file(
+    path: str, source: str, options: ReadOptions | None = None, split: Split = WHOLE
+) -> Generator[Document | Quarantined, None, int | None]:
+    """Yield the documents and quarantine records of one input file (or one split of it), in input
+    order; return the number of positions read (None when the rest of the file had to be skipped).
+    Never raises for bad content or unreadable files."""
     options = options or ReadOptions()
     fmt = format_of(path)
     try:
@@ -82,10 +148,12 @@ def read_file(path: str, source: str, options: ReadOptions | None = None) -> Ite
             raw.seek(0)
             if fmt is None:
                 detail = f"unknown file extension; content looks like {kind}"
-                yield quarantine(source, "file", "unsupported_format", detail, head)
-                return
+                yield quarantine(source, "file", None, "unsupported_format", detail, head)
+                return None
             stream: BinaryIO = raw
-            if fmt.compressible and kind in ("gzip", "zstd"):
+            if split != WHOLE and fmt.split_by == "bytes":
+                stream, split = _byte_range(raw, fmt, split)
+            elif fmt.compressible and kind in ("gzip", "zstd"):
                 stream = (
                     gzip.GzipFile(fileobj=raw)
                     if kind == "gzip"
@@ -98,11 +166,64 @@ def read_file(path: str, source: str, options: ReadOptions | None = None) -> Ite
                 detail = f"{fmt.name} file whose content looks like {kind}"
                 if not fmt.compressible:
                     detail = f"named .{fmt.name} but content looks like {kind}"
-                yield quarantine(source, "file", reason, detail, head)
-                return
-            yield from fmt.read(stream, head, source, options)
+                yield quarantine(source, "file", None, reason, detail, head)
+                return None
+            return (yield from fmt.read(stream, head, source, options, split))
     except STREAM_ERRORS as error:
-        yield stream_error(source, "file", error)
+        yield stream_error(source, "file", None, error)
+        return None
+
+
+def _byte_range(raw: BinaryIO, fmt: Format, split: Split) -> tuple[BinaryIO, Split]:
+    """The stream of a byte-range split and the split as the reader sees it: JSONL from the first line
+    that starts in the range to the end of the last one; WARC exactly the range (it starts and ends at
+    records)."""
+    start = split.start
+    if fmt is _JSONL and start > 0:
+        raw.seek(start - 1)
+        if raw.read(1) != b"\n":
+            while (rest := raw.readline(CHUNK)) and not rest.endswith(b"\n"):
+                pass
+        start = raw.tell()
+    raw.seek(start)
+    if fmt is _JSONL:
+        return _LinesUntil(raw, start, split.stop), Split(start, split.stop)
+    return io.BufferedReader(_Range(raw, start, split.stop), CHUNK), Split(start, split.stop)
+
+
+class _LinesUntil:
+    """Lines of a file from its current position, ending after the last line that starts before `stop`."""
+
+    def __init__(self, raw: BinaryIO, start: int, stop: int | None) -> None:
+        self._raw, self._pos, self._stop = raw, start, stop
+        self._at_line_start = True
+
+    def readline(self, size: int = -1) -> bytes:
+        if self._at_line_start and self._stop is not None and self._pos >= self._stop:
+            return b""
+        line = self._raw.readline(size)
+        self._pos += len(line)
+        self._at_line_start = line.endswith(b"\n")
+        return line
+
+
+class _Range(io.RawIOBase):
+    """Bytes [start, stop) of a file (to its end when stop is None)."""
+
+    def __init__(self, raw: BinaryIO, start: int, stop: int | None) -> None:
+        self._raw, self._left = raw, None if stop is None else stop - start
+        raw.seek(start)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        size = len(buffer) if self._left is None else min(len(buffer), self._left)
+        data = self._raw.read(size)
+        buffer[: len(data)] = data
+        if self._left is not None:
+            self._left -= len(data)
+        return len(data)
 
 
 class _ZstdReader(io.RawIOBase):

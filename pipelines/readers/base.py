@@ -1,18 +1,21 @@
-"""What every reader shares: documents, quarantine records and their reasons, content sniffing."""
+"""What every reader shares: documents, quarantine records and their reasons, reading options, splits,
+record fields by dotted path, content sniffing."""
 
 from __future__ import annotations
 
 import gzip
+import json
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
+from typing import Any
 
 import zstandard
 
 REASONS: dict[str, str] = {
     "malformed_json": "a JSONL line is not valid JSON",
     "not_an_object": "a JSONL line is valid JSON but not an object",
-    "missing_text": "no text: JSON key absent, Parquet column absent (one record per file) or null",
+    "missing_text": "no text: JSON key, CSV/Parquet column absent (one record per file) or value null",
     "text_not_string": "the text value (or the Parquet column type) is not a string",
     "empty_text": "the text is empty or whitespace only",
     "invalid_utf8": "bytes that are not valid UTF-8 (or a lone surrogate); for HTML: no charset tried fits",
@@ -23,9 +26,10 @@ REASONS: dict[str, str] = {
     "truncated_file": "the gzip/zstd/WARC stream ends early; the complete records before it were kept",
     "corrupt_file": "the compressed stream is corrupt (bad data, CRC, trailing junk); records before it kept",
     "malformed_record": "a WARC record header cannot be parsed; the rest of the file is skipped",
+    "malformed_row": "a CSV/TSV row that cannot be parsed or has another number of fields than the header",
     "unsupported_format": "unknown file extension, or content that does not match the extension",
-    "html_extraction_failed": "the HTML of a WARC response could not be parsed, or trafilatura raised",
-    "empty_after_extraction": "trafilatura found no main text in a WARC HTML response",
+    "html_extraction_failed": "HTML (a file or a WARC response) could not be parsed, or trafilatura raised",
+    "empty_after_extraction": "trafilatura found no main text in an HTML page (file or WARC response)",
 }
 
 MAX_LINE_BYTES = 1 << 30  # default cap on one JSONL line; longer lines -> line_too_long
@@ -46,37 +50,92 @@ STREAM_ERRORS = (EOFError, OSError, zlib.error, zstandard.ZstdError)
 
 @dataclass(frozen=True, slots=True)
 class Document:
-    """One input document."""
+    """One input document.
 
-    id: str  # f"{source}:{index}"
-    text: str
+    `position` is its line (JSONL, 1-based), row (Parquet, CSV/TSV; 0-based), record (WARC/WET; 0-based)
+    or 0 (a whole-file document), counted from the start of the split it was read from; `offset` is the
+    byte offset of the record in the (decompressed) file, or of its Parquet row group. `source_id` is the
+    record's own id (`ReadOptions.id_key`; the WARC-Record-ID), `metadata` its other fields as a JSON
+    object (None when reading without metadata).
+    """
+
     source: str
+    position: int
+    text: str
     url: str | None = None
+    source_id: str | None = None
+    metadata: str | None = None
+    offset: int = 0
+
+    @property
+    def id(self) -> str:
+        """gristmill's stable id: `<source>:<position>`."""
+        return f"{self.source}:{self.position}"
 
 
 @dataclass(frozen=True, slots=True)
 class Quarantined:
-    """One piece of bad input, with where it was and why it was set aside."""
+    """One piece of bad input, with where it was and why it was set aside.
+
+    `unit` is "file", "line", "row" or "record"; `number` the line/row/record number (counted like
+    `Document.position`, None for the whole file); `offset` the record's byte offset when known.
+    """
 
     source: str
-    position: str  # "line 12", "row 3", "row group 1", "record 5 (offset 1234)" or "file"
+    unit: str
+    number: int | None
     reason: str  # a key of REASONS
     detail: str
     excerpt: str  # printable, at most EXCERPT_CHARS
+    offset: int | None = None
 
     def __post_init__(self) -> None:
         if self.reason not in REASONS:
             raise ValueError(f"unknown quarantine reason {self.reason!r}")
 
+    @property
+    def position(self) -> str:
+        """'file', 'line 12', 'row 3' or 'record 5 (offset 1234)'."""
+        if self.unit == "file":
+            return "file"
+        where = f"{self.unit} {self.number}"
+        return (
+            f"{where} (offset {self.offset})" if self.unit == "record" and self.offset is not None else where
+        )
 
-Records = Iterator[Document | Quarantined]
+    def record(self) -> dict[str, str]:
+        """The quarantine/ line of this record."""
+        return {"source": self.source, "position": self.position, "reason": self.reason,
+                "detail": self.detail, "excerpt": self.excerpt}  # fmt: skip
+
+
+# A reader yields documents and quarantine records and returns the number of positions (lines, rows,
+# records) it went through, or None when it stopped early (the rest of the file skipped).
+Records = Generator[Document | Quarantined, None, int | None]
 
 
 @dataclass(frozen=True)
 class ReadOptions:
-    """Limits every reader honours."""
+    """How to read one input: where the text and the record's own id are, whether to keep metadata,
+    limits."""
 
+    text_key: str = "text"  # JSON key, CSV/Parquet column; dotted paths (metadata.text) reach nested fields
+    id_key: str | None = "id"  # the record's own id, when present; None: none
+    metadata: bool = True  # keep the record's other fields as a JSON object
     max_line_bytes: int = MAX_LINE_BYTES
+
+
+@dataclass(frozen=True)
+class Split:
+    """A part of one input file that one task reads: bytes [start, stop) (JSONL, WARC/WET; a record
+    belongs to the split its first byte is in) or row groups [start, stop) (Parquet). The default is
+    the whole file."""
+
+    start: int = 0
+    stop: int | None = None
+
+
+WHOLE = Split()
 
 
 def sniff(head: bytes) -> str:
@@ -97,35 +156,97 @@ def excerpt(data: bytes | str) -> str:
     return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 3] + "..."
 
 
-def quarantine(source: str, position: str, reason: str, detail: str, raw: bytes | str) -> Quarantined:
-    return Quarantined(source, position, reason, detail, excerpt(raw))
+def quarantine(
+    source: str, unit: str, number: int | None, reason: str, detail: str, raw: bytes | str,
+    offset: int | None = None,
+) -> Quarantined:  # fmt: skip
+    return Quarantined(source, unit, number, reason, detail, excerpt(raw), offset)
 
 
-def stream_error(source: str, position: str, error: BaseException) -> Quarantined:
+def stream_error(
+    source: str, unit: str, number: int | None, error: BaseException, offset: int | None = None
+) -> Quarantined:
     if isinstance(error, EOFError):
         reason = "truncated_file"
     elif isinstance(error, zlib.error | gzip.BadGzipFile | zstandard.ZstdError):
         reason = "corrupt_file"
     else:
         reason = "unreadable_file"
-    return quarantine(source, position, reason, f"{type(error).__name__}: {error}", b"")
+    return quarantine(source, unit, number, reason, f"{type(error).__name__}: {error}", b"", offset)
 
 
 def document(
-    source: str, index: int, text: object, url: str | None, position: str, raw: bytes | str
-) -> Document | Quarantined:
+    source: str, unit: str, index: int, text: object, raw: bytes | str, *, url: str | None = None,
+    source_id: str | None = None, metadata: str | None = None, offset: int = 0,
+) -> Document | Quarantined:  # fmt: skip
     """Check a text value; a Document if it is usable text."""
+
+    def bad(reason: str, detail: str) -> Quarantined:
+        return quarantine(source, unit, index, reason, detail, raw, offset)
+
     if not isinstance(text, str):
-        kind = JSON_TYPES.get(type(text), type(text).__name__)
-        return quarantine(source, position, "text_not_string", f"text is {kind}", raw)
+        return bad("text_not_string", f"text is {JSON_TYPES.get(type(text), type(text).__name__)}")
     if "\x00" in text:
-        return quarantine(source, position, "nul_bytes", f"NUL at character {text.index(chr(0))}", raw)
+        return bad("nul_bytes", f"NUL at character {text.index(chr(0))}")
     if not text.isascii():
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as error:  # a lone surrogate, e.g. from a JSON "\ud800" escape
-            detail = f"lone surrogate U+{ord(text[error.start]):04X} at character {error.start}"
-            return quarantine(source, position, "invalid_utf8", detail, raw)
+            where = f"lone surrogate U+{ord(text[error.start]):04X} at character {error.start}"
+            return bad("invalid_utf8", where)
     if not text or text.isspace():
-        return quarantine(source, position, "empty_text", "text is empty or whitespace only", raw)
-    return Document(f"{source}:{index}", text, source, url)
+        return bad("empty_text", "text is empty or whitespace only")
+    return Document(source, index, text, url, source_id, metadata, offset)
+
+
+MISSING = object()
+
+
+def field(record: dict[str, Any], path: str) -> Any:
+    """The value at `path` in a record: the key itself, else a dotted path through nested objects;
+    `MISSING` when absent."""
+    if path in record:
+        return record[path]
+    value: Any = record
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return MISSING
+        value = value[part]
+    return value
+
+
+def without(record: dict[str, Any], paths: list[str]) -> dict[str, Any]:
+    """A copy of `record` without the fields at `paths` (nested objects along a dotted path copied)."""
+    out = dict(record)
+    for path in paths:
+        if path in out:
+            del out[path]
+            continue
+        parts, node = path.split("."), out
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                break
+            node[part] = node = dict(node[part])
+        else:
+            node.pop(parts[-1], None)
+    return out
+
+
+def id_text(value: Any) -> str | None:
+    """A record's own id as text: strings as they are, other values as JSON; None when absent or null."""
+    if value is MISSING or value is None:
+        return None
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+
+
+def metadata_json(fields: dict[str, Any]) -> str:
+    """The metadata column's value: the fields as one compact JSON object (bytes as UTF-8, dates ISO)."""
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)

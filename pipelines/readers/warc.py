@@ -1,32 +1,23 @@
 """WARC and WET: WET `conversion` records (plain text) and 2xx HTML `response` records (main text
-extracted with trafilatura, as datatrove does) become documents; warcinfo, request, metadata, non-HTML and
-non-2xx responses are skipped by design. The position is the 0-based record number among all records;
-offsets are positions in the decompressed stream."""
+extracted with trafilatura, as datatrove does: `readers.html`) become documents; warcinfo, request,
+metadata, non-HTML and non-2xx responses are skipped by design. The position is the 0-based record number
+among all records; offsets are positions in the decompressed stream. A document's own id is its
+WARC-Record-ID; its metadata the headers that matter (record id, type, target URI, date, content type,
+refers-to, identified language). Uncompressed files split at record starts, found by following
+Content-Length from the first record."""
 
 from __future__ import annotations
 
-import codecs
-import re
-from collections.abc import Iterator
 from typing import BinaryIO
 
-import trafilatura
-from trafilatura.deduplication import LRU_TEST
 from warcio.archiveiterator import ArchiveIterator
 from warcio.exceptions import ArchiveLoadFailed
 from warcio.recordloader import ArcWarcRecord
 
-from pipelines.readers import base
-from pipelines.readers.base import ReadOptions
+from pipelines.readers import base, html
+from pipelines.readers.base import ReadOptions, Split
 
 _HTML_TYPES = {"text/html", "application/xhtml+xml"}
-_HTTP_CHARSET = re.compile(r"charset\s*=\s*[\"']?\s*([\w.:-]+)", re.IGNORECASE)
-_META_CHARSET = re.compile(rb"<meta[^>]{0,200}?charset\s*=\s*[\"']?\s*([\w.:-]+)", re.IGNORECASE)
-# Labels that browsers decode with a superset (WHATWG Encoding Standard).
-_SUPERSETS = {
-    "iso8859-1": "cp1252", "ascii": "cp1252", "gb2312": "gb18030", "gbk": "gb18030",
-    "big5": "big5hkscs", "shift_jis": "cp932", "euc_kr": "cp949",
-}  # fmt: skip
 
 
 class _StreamFailure(Exception):
@@ -68,110 +59,127 @@ class _ArchiveIterator(ArchiveIterator):
             raise ArchiveLoadFailed(f"{type(error).__name__}: {error}") from error
 
 
-def read(
-    stream: BinaryIO, head: bytes, source: str, options: ReadOptions
-) -> Iterator[base.Document | base.Quarantined]:
+def read(stream: BinaryIO, head: bytes, source: str, options: ReadOptions, split: Split) -> base.Records:
     records = _ArchiveIterator(_Guarded(stream))
-    index = 0
+    index, offset = 0, None
     while True:
-        position = f"record {index}"
         try:
+            offset = None
             records.read_to_end()  # finish the previous record: trailing blank lines, next header line
-            position = f"record {index} (offset {records.offset})"
+            offset = records.offset + split.start
             record = next(records, None)
             if record is None:
-                return
-            item = _warc_record(record, source, index, position)
+                return index
+            item = _warc_record(record, source, index, offset, options)
             while record.raw_stream.read(base.CHUNK):  # the rest of this record, to check its length
                 pass
             if missing := getattr(record.raw_stream, "limit", 0):
                 raise _CutShort(f"the stream ends {missing} bytes before the end of the record")
         except _CutShort as error:
-            yield base.quarantine(source, position, "truncated_file", str(error), b"")
-            return
+            yield base.quarantine(source, "record", index, "truncated_file", str(error), b"", offset)
+            return None
         except _StreamFailure as error:
-            yield base.stream_error(source, position, error.__cause__ or error)
-            return
+            yield base.stream_error(source, "record", index, error.__cause__ or error, offset)
+            return None
         except ArchiveLoadFailed as error:
-            yield base.quarantine(source, position, "malformed_record", " ".join(str(error).split()), b"")
-            return
+            detail = " ".join(str(error).split())
+            yield base.quarantine(source, "record", index, "malformed_record", detail, b"", offset)
+            return None
         if item is not None:
             yield item
         index += 1
 
 
+_METADATA_HEADERS = ("WARC-Record-ID", "WARC-Type", "WARC-Target-URI", "WARC-Date", "WARC-Refers-To",
+                     "WARC-Identified-Content-Language")  # fmt: skip
+
+
 def _warc_record(
-    record: ArcWarcRecord, source: str, index: int, position: str
+    record: ArcWarcRecord, source: str, index: int, offset: int, options: ReadOptions
 ) -> base.Document | base.Quarantined | None:
     """The document (or quarantine record) of a WET conversion or HTML response record; None to skip it."""
-    url = record.rec_headers.get_header("WARC-Target-URI")
+    headers = record.rec_headers
+    url = headers.get_header("WARC-Target-URI")
     if record.rec_type == "conversion":
-        payload = record.content_stream().read()
-        if (kind := base.sniff(payload[: base.HEAD])) not in ("text", "empty"):
-            return base.quarantine(
-                source, position, "not_text", f"conversion record looks like {kind}", payload
-            )
-        try:
-            text = payload.decode("utf-8")
-        except UnicodeDecodeError as error:
-            return base.quarantine(source, position, "invalid_utf8", str(error), payload)
-        return base.document(source, index, text, url, position, payload)
-
-    http = record.http_headers
-    if record.rec_type != "response" or http is None or not (http.get_statuscode() or "").startswith("2"):
-        return None
-    content_type = http.get_header("Content-Type") or record.rec_headers.get_header(
-        "WARC-Identified-Payload-Type", ""
-    )
-    if content_type.split(";")[0].strip().lower() not in _HTML_TYPES:
-        return None
-    payload = record.content_stream().read()
-    if (kind := base.sniff(payload[: base.HEAD])) not in ("text", "empty"):
-        return base.quarantine(source, position, "not_text", f"HTML response looks like {kind}", payload)
-    html, tried = _decode_html(payload, content_type)
-    if html is None:
-        return base.quarantine(
-            source, position, "invalid_utf8", f"payload does not decode as {tried}", payload
+        content_type = headers.get_header("Content-Type", "")
+    else:
+        http = record.http_headers
+        if record.rec_type != "response" or http is None or not (http.get_statuscode() or "").startswith("2"):
+            return None
+        content_type = http.get_header("Content-Type") or headers.get_header(
+            "WARC-Identified-Payload-Type", ""
         )
-    if not html.strip():
-        return base.quarantine(source, position, "empty_after_extraction", "empty HTML payload", payload)
-    try:
-        LRU_TEST.clear()  # trafilatura's dedup cache is process-wide: dedup within this page only
-        tree = trafilatura.load_html(html)
-        text = None
-        if tree is not None:
-            text = trafilatura.extract(
-                tree, url=url, favor_precision=False, include_comments=False, deduplicate=True
-            )
-    except Exception as error:  # trafilatura/lxml can fail in many ways on hostile HTML
-        detail = f"{type(error).__name__}: {error}"
-        return base.quarantine(source, position, "html_extraction_failed", detail, payload)
-    if tree is None:
-        detail = "trafilatura could not parse the payload as HTML"
-        return base.quarantine(source, position, "html_extraction_failed", detail, payload)
-    if not text or text.isspace():
-        detail = "trafilatura found no main text"
-        return base.quarantine(source, position, "empty_after_extraction", detail, payload)
-    return base.document(source, index, text, url, position, payload)
+        if content_type.split(";")[0].strip().lower() not in _HTML_TYPES:
+            return None
 
+    def bad(reason: str, detail: str) -> base.Quarantined:
+        return base.quarantine(source, "record", index, reason, detail, payload, offset)
 
-def _decode_html(payload: bytes, content_type: str) -> tuple[str | None, str]:
-    """Decode with the HTTP charset, else the <meta> one, then UTF-8: (html, codec) or (None, tried)."""
-    match = _HTTP_CHARSET.search(content_type)
-    label = match.group(1) if match else None
-    if label is None and (meta := _META_CHARSET.search(payload[:4096])):
-        label = meta.group(1).decode("ascii")
-    tried = []
-    try:
-        if label:
-            codec = codecs.lookup(label).name
-            tried.append(_SUPERSETS.get(codec, codec))
-    except LookupError:  # an unknown label
-        pass
-    tried = list(dict.fromkeys([*tried, "utf-8"]))
-    for codec in tried:
+    payload = record.content_stream().read()
+    if record.rec_type == "conversion":
+        if (kind := base.sniff(payload[: base.HEAD])) not in ("text", "empty"):
+            return bad("not_text", f"conversion record looks like {kind}")
         try:
-            return payload.decode(codec).removeprefix("\ufeff"), codec
-        except (UnicodeDecodeError, LookupError):  # LookupError: a non-text codec such as rot13
-            continue
-    return None, " or ".join(tried)
+            text: str | None = payload.decode("utf-8")
+        except UnicodeDecodeError as error:
+            return bad("invalid_utf8", str(error))
+    else:
+        text, reason, detail = html.extract(payload, content_type, url)
+        if text is None:
+            return bad(reason, detail.replace("HTML looks like", "HTML response looks like"))
+    metadata = None
+    if options.metadata:
+        fields = {name: value for name in _METADATA_HEADERS if (value := headers.get_header(name))}
+        metadata = base.metadata_json({**fields, "Content-Type": content_type} if content_type else fields)
+    return base.document(
+        source, "record", index, text, payload, url=url, source_id=headers.get_header("WARC-Record-ID"),
+        metadata=metadata, offset=offset,
+    )  # fmt: skip
+
+
+def splits(stream: BinaryIO, size: int, split_bytes: int) -> list[Split]:
+    """Byte ranges starting at records, a new one at the first record starting past each multiple of
+    `split_bytes`. The walk reads only record headers; where one cannot be parsed the last split runs to
+    the end of the file, so the reader meets the problem as in a whole-file read."""
+    starts, offset, next_cut = [0], 0, split_bytes
+    while (end := _record_end(stream, offset, size)) is not None and end < size:
+        if end >= next_cut:
+            starts.append(end)
+            next_cut = (end // split_bytes + 1) * split_bytes
+        offset = end
+    return [Split(a, b) for a, b in zip(starts, [*starts[1:], None], strict=True)]
+
+
+_MAX_HEADER_LINES = 1000
+
+
+def _record_end(stream: BinaryIO, offset: int, size: int) -> int | None:
+    """Where the record at `offset` ends (past its trailing blank lines), or None when its header cannot
+    be parsed or its content runs past the end of the file."""
+    stream.seek(offset)
+    if not stream.readline(base.CHUNK).startswith(b"WARC/"):
+        return None
+    length = None
+    for _ in range(_MAX_HEADER_LINES):
+        line = stream.readline(base.CHUNK)
+        if not line.endswith(b"\n"):
+            return None
+        if not line.strip():
+            break
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            try:
+                length = int(value.strip())
+            except ValueError:
+                return None
+    else:
+        return None
+    end = stream.tell() + (length if length is not None and length >= 0 else size + 1)
+    if end > size:
+        return None
+    stream.seek(end)
+    while True:
+        here = stream.tell()
+        line = stream.readline(base.CHUNK)
+        if not line or line.strip():
+            return here

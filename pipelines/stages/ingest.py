@@ -10,7 +10,6 @@ import json
 import logging
 import os
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +92,7 @@ class IngestStep(ShardStep):
         ):
             for item in read_file(path, entry["source"]):
                 if isinstance(item, Quarantined):
-                    bad.write(json.dumps(asdict(item), ensure_ascii=False) + "\n")
+                    bad.write(json.dumps(item.record(), ensure_ascii=False) + "\n")
                     reasons[item.reason] += 1
                     continue
                 batch.append(item)

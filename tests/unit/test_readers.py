@@ -6,6 +6,7 @@ all yielded with the right ids, and (by consuming read_file fully) that nothing 
 
 from __future__ import annotations
 
+import csv
 import functools
 import gzip
 import io
@@ -283,7 +284,7 @@ def test_jsonl_gzip_content_named_plain_is_decompressed(tmp_path: Path) -> None:
         ("book.txt", PNG_HEADER + random_bytes(4000), "not_text"),
         ("image.png", PNG_HEADER + random_bytes(4000), "unsupported_format"),
         ("random.bin", random_bytes(4000), "unsupported_format"),
-        ("data.csv", b"text,url\nhello,https://x\n", "unsupported_format"),
+        ("data.xml", b"<text>hello</text>\n", "unsupported_format"),
         ("noext", b'{"text": "hi"}\n', "unsupported_format"),
         ("archive.jsonl.gz", gzip.compress(b"WARC/1.0\r\nWARC-Type: warcinfo\r\n"), "unsupported_format"),
         ("web.warc", jsonl(["not a warc"]), "unsupported_format"),
@@ -644,7 +645,7 @@ def test_wet_bad_conversion_records(tmp_path: Path) -> None:
 
 def test_quarantined_rejects_unknown_reason() -> None:
     with pytest.raises(ValueError, match="unknown quarantine reason"):
-        Quarantined("s", "file", "no_such_reason", "d", "")
+        Quarantined("s", "file", None, "no_such_reason", "d", "")
 
 
 def test_reasons_are_documented() -> None:
@@ -672,3 +673,175 @@ def test_sample_directory_end_to_end(tmp_path: Path) -> None:
     assert [(q.source, q.reason, q.position) for q in items if isinstance(q, Quarantined)] == [
         ("sample/web.jsonl.zst", "malformed_json", "line 6")
     ]
+
+
+# ------------------------------------------------------------------------------- record ids and metadata
+
+DOLMA = DATA / "dolma-test-fixtures"
+HTML_PAGES = DATA / "trafilatura-eval-html" / "html"
+
+
+def test_jsonl_own_id_and_metadata_of_real_records() -> None:
+    """CCNet records (Dolma fixtures): `id` becomes source_id, every other field but the text is metadata."""
+    path = DOLMA / "cc_en_head" / "cc_en_head-0091.jsonl.gz"
+    records = [json.loads(line) for line in gzip.decompress(path.read_bytes()).splitlines()]
+    docs, quarantined = read(path, "cc/head.jsonl.gz")
+    assert quarantined == [] and len(docs) == len(records) == 10
+    for doc, record in zip(docs, records, strict=True):
+        assert doc.id == f"cc/head.jsonl.gz:{records.index(record) + 1}"
+        assert doc.source_id == record["id"] and doc.text == record["text"]
+        assert json.loads(doc.metadata) == {k: v for k, v in record.items() if k not in ("id", "text")}
+        assert doc.url == record["metadata"]["url"]
+
+
+def test_jsonl_text_key_and_dotted_id_key(tmp_path: Path) -> None:
+    """The Stack's `content` field as the text; an id nested in metadata; without metadata."""
+    texts = lines(3)
+    path = tmp_path / "stack.jsonl"
+    records = [
+        {"content": t, "metadata": {"id": f"repo/{i}", "lang": "py"}, "n": i} for i, t in enumerate(texts)
+    ]
+    records[2] = {"content": texts[2], "n": 2}  # no id: source_id is null
+    path.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in records))
+    items = list(read_file(str(path), "s", ReadOptions(text_key="content", id_key="metadata.id")))
+    assert [(d.text, d.source_id) for d in items] == [
+        (texts[0], "repo/0"),
+        (texts[1], "repo/1"),
+        (texts[2], None),
+    ]
+    assert json.loads(items[0].metadata) == {"metadata": {"lang": "py"}, "n": 0}
+    assert json.loads(items[2].metadata) == {"n": 2}
+    assert [
+        d.metadata for d in read_file(str(path), "s", ReadOptions(text_key="content", metadata=False))
+    ] == [None] * 3
+    docs, quarantined = read(path)  # the default text key is absent
+    assert docs == [] and [q.reason for q in quarantined] == ["missing_text"] * 3
+    assert "no 'text' key" in quarantined[0].detail
+
+
+def test_jsonl_numeric_own_ids(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(
+        jsonl_records([{"id": 7, "text": "a"}, {"id": None, "text": "b"}, {"id": [1], "text": "c"}])
+    )
+    assert [d.source_id for d in read(path)[0]] == ["7", None, "[1]"]
+
+
+def jsonl_records(records: list[dict[str, object]]) -> bytes:
+    return b"".join(json.dumps(r).encode() + b"\n" for r in records)
+
+
+def test_parquet_own_id_metadata_and_text_key(tmp_path: Path) -> None:
+    texts = lines(9)
+    path = tmp_path / "t.parquet"
+    table = pa.table(
+        {
+            "doc_id": [f"d{i}" for i in range(9)],
+            "content": texts,
+            "lang": ["en"] * 9,
+            "meta": [{"id": i, "date": "2024-01-0" + str(i + 1)} for i in range(9)],
+        }
+    )
+    write_parquet(path, table)
+    docs, quarantined = read_options(path, text_key="content", id_key="doc_id")
+    assert quarantined == [] and [d.text for d in docs] == texts
+    assert [d.source_id for d in docs] == [f"d{i}" for i in range(9)]
+    assert json.loads(docs[3].metadata) == {"lang": "en", "meta": {"id": 3, "date": "2024-01-04"}}
+    docs, _ = read_options(path, text_key="content", id_key="meta.id")
+    assert [d.source_id for d in docs] == [str(i) for i in range(9)]
+    assert json.loads(docs[3].metadata) == {"doc_id": "d3", "lang": "en", "meta": {"date": "2024-01-04"}}
+    docs, _ = read_options(path, text_key="content", metadata=False)
+    assert {d.metadata for d in docs} == {None} and {d.source_id for d in docs} == {None}
+
+
+def read_options(path: Path, **options: object) -> tuple[list[Document], list[Quarantined]]:
+    items = list(read_file(str(path), "src", ReadOptions(**options)))  # type: ignore[arg-type]
+    return [i for i in items if isinstance(i, Document)], [i for i in items if isinstance(i, Quarantined)]
+
+
+def test_warc_record_ids_and_headers() -> None:
+    docs, _ = read(WHIRLWIND_WARC)
+    assert docs[0].source_id == "<urn:uuid:" + docs[0].source_id.removeprefix("<urn:uuid:")
+    metadata = json.loads(docs[0].metadata)
+    assert metadata["WARC-Record-ID"] == docs[0].source_id and metadata["WARC-Type"] == "response"
+    assert metadata["WARC-Target-URI"] == ESCOPETE and metadata["WARC-Date"].startswith("20")
+    assert metadata["Content-Type"].startswith("text/html")
+    wet, _ = read(WHIRLWIND_WET)
+    metadata = json.loads(wet[0].metadata)
+    assert metadata["WARC-Type"] == "conversion" and metadata["WARC-Refers-To"].startswith("<urn:uuid:")
+    assert metadata["Content-Type"] == "text/plain"
+
+
+# ------------------------------------------------------------------------------------------- CSV / TSV
+
+
+@pytest.mark.parametrize(("name", "delimiter"), [("t.csv", ","), ("t.tsv.gz", "\t")])
+def test_csv_and_tsv_with_header(tmp_path: Path, name: str, delimiter: str) -> None:
+    texts = lines(4)
+    rows = [["id", "text", "label"]] + [[f"m{i}", t, "ham"] for i, t in enumerate(texts)]
+    rows[2][1] = f'{texts[1]}\nsecond line, with "quotes"'  # a quoted field over two lines
+    out = io.StringIO()
+    csv.writer(out, delimiter=delimiter, lineterminator="\r\n").writerows(rows)
+    path = tmp_path / name
+    path.write_bytes(compress(out.getvalue().encode(), ".gz" if name.endswith(".gz") else ""))
+    docs, quarantined = read(path)
+    assert quarantined == []
+    assert [(d.id, d.source_id) for d in docs] == [(f"src:{i}", f"m{i}") for i in range(4)]
+    assert docs[1].text == rows[2][1] and json.loads(docs[0].metadata) == {"label": "ham"}
+
+
+def test_csv_real_sms_collection(tmp_path: Path) -> None:
+    """The SMS spam collection (tab-separated, no header) with a header line put in front."""
+    raw = next((DATA / "sms-spam-collection").rglob("SMSSpamCollection*")).read_bytes()
+    path = tmp_path / "sms.tsv"
+    path.write_bytes(b"label\ttext\n" + raw)
+    docs, quarantined = read(path)
+    assert len(docs) + len(quarantined) >= 5000
+    assert {json.loads(d.metadata)["label"] for d in docs} == {"ham", "spam"}
+    assert all(q.reason == "malformed_row" for q in quarantined)
+
+
+def test_csv_bad_rows_and_missing_text_column(tmp_path: Path) -> None:
+    a, b, c = lines(3)
+    path = tmp_path / "t.csv"
+
+    def rows(*values: list[str]) -> bytes:
+        out = io.StringIO()
+        csv.writer(out).writerows(values)
+        return out.getvalue().encode()
+
+    path.write_bytes(
+        rows(["text", "url"], [a, "https://a"], ["only", "three", "fields"])
+        + b"caf\xe9,x\n"
+        + rows([b, ""], ["", ""], [c, "u"])
+    )
+    docs, quarantined = read(path)
+    assert [(q.reason, q.position) for q in quarantined] == [
+        ("malformed_row", "row 1"), ("invalid_utf8", "row 2"), ("empty_text", "row 4"),
+    ]  # fmt: skip
+    assert [(d.id, d.text, d.url) for d in docs] == [
+        ("src:0", a, "https://a"),
+        ("src:3", b, None),
+        ("src:5", c, "u"),
+    ]
+    path.write_bytes(b"content,url\nx,y\n")
+    docs, quarantined = read(path)
+    assert docs == [] and "content" in only(quarantined, "missing_text", "file").detail
+
+
+# ------------------------------------------------------------------------------------------- HTML
+
+
+def test_html_files_use_the_warc_extraction(tmp_path: Path) -> None:
+    """A real page as .html.gz and as .html: one document with trafilatura's main text."""
+    page = sorted(HTML_PAGES.glob("*.html.gz"))[0]
+    docs, quarantined = read(page, "pages/p.html.gz")
+    assert quarantined == [] and ids(docs) == ["pages/p.html.gz:0"]
+    assert len(docs[0].text) > 200 and "<div" not in docs[0].text
+    plain = tmp_path / "p.html"
+    plain.write_bytes(gzip.decompress(page.read_bytes()))
+    assert [d.text for d in read(plain)[0]] == [docs[0].text]
+    (tmp_path / "empty.htm").write_bytes(html(""))
+    only(read(tmp_path / "empty.htm")[1], "empty_after_extraction", "file")
+    (tmp_path / "image.html").write_bytes(PNG_HEADER + random_bytes(3000))
+    only(read(tmp_path / "image.html")[1], "not_text", "file")
