@@ -1,14 +1,25 @@
-"""Train, save and load byte-level BPE tokenizers with Hugging Face `tokenizers`."""
+"""Train, save and load byte-level BPE tokenizers with Hugging Face `tokenizers`; encode texts of any
+length in bounded memory.
+
+`tokenizers` needs about 150 bytes per character to encode one text (and 70 to train on one), so a long
+text is trained on and encoded in pieces of at most PIECE_CHARS characters, cut only where the byte-level
+pre-tokenizer splits anyway (after a word character or closing punctuation, before a space or newline):
+the pieces' ids joined are the whole text's ids, and training sees the same words. A run of more than
+PIECE_CHARS / 2 characters with no such place is cut where the piece must end (its count may then differ
+by a token or two from encoding it whole). Each `encode_batch` call gets at most CALL_CHARS characters.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 EOT = "<|endoftext|>"
@@ -16,6 +27,11 @@ PAD = "<|pad|>"
 SPECIAL_TOKENS = (EOT, PAD)
 # what transformers needs next to tokenizer.json for AutoTokenizer.from_pretrained(folder)
 TRANSFORMERS_FILES = ("tokenizer_config.json", "special_tokens_map.json")
+PIECE_CHARS = 1 << 16
+CALL_CHARS = 1 << 20
+# a place where GPT-2's pre-tokenizer regex always splits: after a character no regex class treats as
+# whitespace, before a space or a newline
+_CUT = re.compile(r"[\w.,;:!?'\")\]](?=[ \n])")
 
 
 def train_bpe(
@@ -41,8 +57,58 @@ def train_bpe(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(texts, trainer=trainer)
+    tokenizer.train_from_iterator((piece for text in texts for piece in pieces(text)), trainer=trainer)
     return tokenizer
+
+
+def pieces(text: str) -> list[str]:
+    """`text` cut into pieces of at most PIECE_CHARS characters where the pre-tokenizer splits anyway."""
+    if len(text) <= PIECE_CHARS:
+        return [text]
+    out, start = [], 0
+    while len(text) - start > PIECE_CHARS:
+        cut = _CUT.search(text, start + PIECE_CHARS // 2, start + PIECE_CHARS)
+        end = cut.end() if cut else start + PIECE_CHARS
+        out.append(text[start:end])
+        start = end
+    out.append(text[start:])
+    return out
+
+
+def _encoded(tokenizer: Tokenizer, texts: Sequence[str]) -> Iterator[tuple[int, object]]:
+    """(text index, encoding of one piece) for every piece of `texts`, in order, encoded in calls of at
+    most CALL_CHARS characters (without special tokens, without character offsets where this `tokenizers`
+    can)."""
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+    owners: list[int] = []
+    batch: list[str] = []
+    size = 0
+    for index, text in enumerate(texts):
+        for piece in pieces(text):
+            if batch and size + len(piece) > CALL_CHARS:
+                yield from zip(owners, encode(batch, add_special_tokens=False), strict=True)
+                owners, batch, size = [], [], 0
+            owners.append(index)
+            batch.append(piece)
+            size += len(piece)
+    if batch:
+        yield from zip(owners, encode(batch, add_special_tokens=False), strict=True)
+
+
+def encode_ids(tokenizer: Tokenizer, texts: Sequence[str], dtype: type = np.uint32) -> list[np.ndarray]:
+    """The token ids of each text (no special tokens added), as arrays of `dtype`."""
+    parts: list[list[np.ndarray]] = [[] for _ in texts]
+    for index, encoding in _encoded(tokenizer, texts):
+        parts[index].append(np.asarray(encoding.ids, dtype))  # type: ignore[attr-defined]
+    return [p[0] if len(p) == 1 else np.concatenate(p) if p else np.zeros(0, dtype) for p in parts]
+
+
+def count_tokens(tokenizer: Tokenizer, texts: Sequence[str]) -> list[int]:
+    """The number of tokens of each text (no special tokens added)."""
+    counts = [0] * len(texts)
+    for index, encoding in _encoded(tokenizer, texts):
+        counts[index] += len(encoding)  # type: ignore[arg-type]
+    return counts
 
 
 def load(path: str | Path, literal_special_tokens: bool = False) -> Tokenizer:
@@ -101,16 +167,10 @@ def bytes_per_token(tokenizer: Tokenizer, texts: list[str]) -> tuple[int, int]:
     literal = tokenizer.encode_special_tokens
     tokenizer.encode_special_tokens = True
     try:
-        tokens = sum(len(e.ids) for e in _encode_batch(tokenizer, texts))
+        tokens = sum(count_tokens(tokenizer, texts))
     finally:
         tokenizer.encode_special_tokens = literal
     return sum(len(t.encode("utf-8")) for t in texts), tokens
-
-
-def _encode_batch(tokenizer: Tokenizer, texts: list[str]) -> list:
-    """encode_batch without character offsets where this `tokenizers` has it (same ids, faster)."""
-    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
-    return encode(texts, add_special_tokens=False)
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -20,7 +20,7 @@ from pipelines.quality.policy import Policy, load_policy
 from pipelines.run import RunDir
 from pipelines.run.files import sha256_file, write_json, write_parquet
 from pipelines.run.layout import RunLayout
-from tokenizer import load
+from tokenizer import count_tokens, load
 
 NON_SIGNAL_COLUMNS = {"id", "keep", "reasons", "lang"}
 
@@ -43,8 +43,7 @@ class DocumentTokens(ShardStep):
         ids: list[str] = []
         source = text_path(self.run, self.shard(index))  # the text the tokenize stage would see
         for batch in pq.ParquetFile(source).iter_batches(1_000, columns=["id", "text"]):
-            texts = batch.column("text").to_pylist()
-            counts += [len(e.ids) for e in tokenizer.encode_batch(texts, add_special_tokens=False)]
+            counts += count_tokens(tokenizer, [t or "" for t in batch.column("text").to_pylist()])
             ids += batch.column("id").to_pylist()
         table = pa.table({"id": ids, "n_tokens": pa.array(counts, pa.int64())})
         write_parquet(table, self.output(index))

@@ -39,7 +39,7 @@ from pipelines.quality.policy import policy_sha256
 from pipelines.run import RunDir
 from pipelines.run.files import atomic_path, parquet_writer, sha256_file, write_json
 from pipelines.run.layout import RunLayout
-from tokenizer import EOT, load
+from tokenizer import EOT, encode_ids, load
 
 log = logging.getLogger("gristmill")
 
@@ -48,7 +48,7 @@ FORMAT_VERSION = 1
 SPLITS = ("train", "validation")
 PLAN_VERSION = 1
 DEFAULT_BYTES_PER_TOKEN = 4.0  # planning estimate when tokenizer.meta.json has no measurement
-ENCODE_ROWS = 512  # documents per encode_batch call
+ENCODE_ROWS = 512  # documents per encode task (encode_ids bounds each call by characters)
 
 
 def token_dtype(vocab_size: int) -> pa.DataType:
@@ -162,15 +162,16 @@ class TokenizeStep(ShardStep):
     def process(self, index: int) -> dict[str, int]:
         run, config, shard = self.run, self.config, self.plan()[index]
         tokenizer = _tokenizer(run.tokenizer_json)
-        encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+        schema = shard_schema(tokenizer.get_vocab_size())
+        dtype = schema.field("input_ids").type.value_type.to_pandas_dtype()
         selection = _Selection(run, config.validation_fraction)
         with atomic_path(self.output(index)) as tmp:
-            writer = _RowGroups(tmp, shard_schema(tokenizer.get_vocab_size()), config)
+            writer = _RowGroups(tmp, schema, config)
             with writer, ThreadPoolExecutor(1, thread_name_prefix="encode") as encoder:
                 # encode batch k+1 (tokenizers releases the GIL) while batch k is converted and written
                 inflight: tuple[list[str], Future[Any]] | None = None
                 for ids, texts in _documents(run, shard, selection):
-                    future = encoder.submit(encode, texts, add_special_tokens=False)
+                    future = encoder.submit(encode_ids, tokenizer, texts, dtype)
                     if inflight is not None:
                         writer.add(inflight[0], inflight[1].result())
                     inflight = (ids, future)
@@ -192,12 +193,11 @@ class _RowGroups:
         self.dtype = schema.field("input_ids").type.value_type
         self.writer = parquet_writer(path, schema)
         self.ids: list[str] = []
-        self.token_lists: list[list[int]] = []
+        self.token_lists: list[np.ndarray] = []
         self.group_tokens = self.documents = self.tokens = 0
 
-    def add(self, ids: list[str], encodings: list[Any]) -> None:
-        for doc_id, encoding in zip(ids, encodings, strict=True):
-            token_ids = encoding.ids
+    def add(self, ids: list[str], token_lists: list[np.ndarray]) -> None:
+        for doc_id, token_ids in zip(ids, token_lists, strict=True):
             self.ids.append(doc_id)
             self.token_lists.append(token_ids)
             self.group_tokens += len(token_ids)
@@ -252,13 +252,12 @@ def _documents(run: RunLayout, shard: dict[str, Any], selection: _Selection) -> 
         yield ids, texts
 
 
-def _table(ids: list[str], token_lists: list[list[int]], schema: pa.Schema, dtype: pa.DataType) -> pa.Table:
+def _table(ids: list[str], token_lists: list[np.ndarray], schema: pa.Schema, dtype: pa.DataType) -> pa.Table:
     lengths = np.fromiter(map(len, token_lists), np.int64, len(token_lists))
     offsets = np.zeros(len(token_lists) + 1, np.int32)
     np.cumsum(lengths, out=offsets[1:])
     np_dtype = dtype.to_pandas_dtype()  # numpy.uint16 or numpy.uint32
-    flat = [np.asarray(doc, np_dtype) for doc in token_lists]  # per document: far faster than per token
-    values = pa.array(np.concatenate(flat) if flat else np.empty(0, np_dtype), dtype)
+    values = pa.array(np.concatenate(token_lists) if token_lists else np.empty(0, np_dtype), dtype)
     return pa.Table.from_arrays(
         [
             pa.array(ids, pa.string()),
