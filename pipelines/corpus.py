@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipelines.run.files import parquet_file, read_table
 from pipelines.run.layout import RunLayout
 
 BATCH_ROWS = 1_000
@@ -35,7 +36,7 @@ def kept_mask(run: RunLayout, shard: str) -> np.ndarray:
     """The policy's keep column of a shard, or all True when the run has no signals."""
     path = run.signals / shard
     if path.exists():
-        return pq.read_table(path, columns=["keep"]).column("keep").to_numpy(zero_copy_only=False)
+        return read_table(path, columns=["keep"]).column("keep").to_numpy(zero_copy_only=False)
     return np.ones(pq.read_metadata(run.documents / shard).num_rows, bool)
 
 
@@ -43,7 +44,7 @@ def removed_ids(run: RunLayout) -> pa.Array:
     """Ids that dedup removed (empty when the run has not been deduplicated)."""
     if not run.removed.exists():
         return pa.array([], pa.string())
-    return pq.read_table(run.removed, columns=["id"]).column("id").combine_chunks()
+    return read_table(run.removed, columns=["id"]).column("id").combine_chunks()
 
 
 def is_removed(ids: pa.Array | pa.ChunkedArray, removed: pa.Array) -> np.ndarray:
@@ -72,7 +73,7 @@ class FinalCorpus:
         """Tables of (id, text), in input order, at most BATCH_ROWS rows each."""
         for shard in self.run.shards():
             row = 0
-            for batch in pq.ParquetFile(text_path(self.run, shard)).iter_batches(
+            for batch in parquet_file(text_path(self.run, shard)).iter_batches(
                 BATCH_ROWS, columns=["id", "text"]
             ):
                 mask = self.mask(shard, row, batch.column("id"))
@@ -101,7 +102,7 @@ def read_signals(run: RunLayout, columns: list[str] | None = None) -> pa.Table:
     files = signal_files(run)
     if not files:
         raise FileNotFoundError(f"{run.signals} has no signal shards; run the signals stage first")
-    return pa.concat_tables(pq.read_table(f, columns=columns) for f in files)
+    return pa.concat_tables(read_table(f, columns=columns) for f in files)
 
 
 def quarantine_counts(run: RunLayout) -> Counter[str]:

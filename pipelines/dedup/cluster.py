@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from pipelines.dedup import lsh
 from pipelines.dedup.index import DedupIndex, IndexChunk
-from pipelines.run.files import write_json, write_parquet
+from pipelines.run.files import read_table, write_json, write_parquet
 from pipelines.run.layout import RunLayout
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ class DocStore:
         if file_id in self._cache:
             self._cache.move_to_end(file_id)
             return self._cache[file_id]
-        column = pq.read_table(self.paths[file_id], columns=["minhash"]).column("minhash").combine_chunks()
+        column = read_table(self.paths[file_id], columns=["minhash"]).column("minhash").combine_chunks()
         values = column.flatten().to_numpy().reshape(len(column), -1)
         self._cache[file_id] = values
         while sum(v.nbytes for v in self._cache.values()) > self.cache_bytes and len(self._cache) > 1:
@@ -111,7 +111,7 @@ class DocStore:
         """Values of one column for `keys`, as Python objects."""
         out: list[Any] = [None] * len(keys)
         for file_id, positions, rows in self._groups(keys):
-            values = pq.read_table(self.paths[file_id], columns=[name]).column(name).take(rows).to_pylist()
+            values = read_table(self.paths[file_id], columns=[name]).column(name).take(rows).to_pylist()
             for position, value in zip(positions.tolist(), values, strict=True):
                 out[position] = value
         return out
@@ -120,7 +120,7 @@ class DocStore:
         """A numeric column for `keys` (NaN for floats where missing)."""
         out = np.zeros(len(keys), dtype)
         for file_id, positions, rows in self._groups(keys):
-            column = pq.read_table(self.paths[file_id], columns=[name]).column(name).take(rows)
+            column = read_table(self.paths[file_id], columns=[name]).column(name).take(rows)
             if pa.types.is_floating(column.type):
                 column = column.fill_null(np.nan)
             out[positions] = column.to_numpy()
@@ -149,7 +149,7 @@ def _exact_edges(files: list[tuple[Path, int]], max_rows: int) -> Iterator[tuple
     for lo, hi in lsh.key_ranges(total, max_rows):
         hashes, docs = [], []
         for path, base in files:
-            table = pq.read_table(path, columns=["text_hash", "n_words"])
+            table = read_table(path, columns=["text_hash", "n_words"])
             h = table.column("text_hash").to_numpy().view(np.int64)
             chosen = (table.column("n_words").to_numpy() > 0) & (h >= lo)
             if hi < (1 << 63):
@@ -266,7 +266,7 @@ def _summary(
 ) -> dict[str, Any]:
     documents = empty = 0
     for path in signature_files:
-        n_words = pq.read_table(path, columns=["n_words"]).column("n_words").to_numpy()
+        n_words = read_table(path, columns=["n_words"]).column("n_words").to_numpy()
         documents += len(n_words)
         empty += int((n_words == 0).sum())
     largest = clusters.sort_by([("size", "descending"), ("cluster", "ascending")]).slice(0, 5)
@@ -384,7 +384,7 @@ def _append_survivors(
     bands, rows = config.lsh()
     with index.appending(run_id) as part:
         for path in signature_files:
-            table = pq.read_table(path, columns=["id", "text_hash", "n_words", "minhash", "excerpt"])
+            table = read_table(path, columns=["id", "text_hash", "n_words", "minhash", "excerpt"])
             shard_removed = removed[(removed >> U64(32)) == U64(int(path.stem))] & ROW_MASK
             gone = np.zeros(table.num_rows, bool)
             gone[shard_removed.astype(np.int64)] = True

@@ -23,7 +23,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from pipelines.dedup.minhash import fmix64
-from pipelines.run.files import write_parquet
+from pipelines.run.files import parquet_file, write_parquet
 
 U64 = np.uint64
 KEY_SCHEMA = pa.schema([("key", pa.int64()), ("doc", pa.uint64())])
@@ -75,7 +75,7 @@ def read_key_range(files: list[tuple[Path, int]], lo: int, hi: int) -> tuple[np.
     """All (key, doc + base) rows with lo <= key < hi of sorted key files given as (path, base)."""
     keys, docs = [], []
     for path, base in files:
-        reader = pq.ParquetFile(path)
+        reader = parquet_file(path)
         groups = [g for g in range(reader.num_row_groups) if _overlaps(reader.metadata.row_group(g), lo, hi)]
         if not groups:
             continue

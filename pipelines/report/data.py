@@ -18,7 +18,7 @@ from pipelines.exec.runner import run_shards
 from pipelines.exec.step import ShardStep
 from pipelines.quality.policy import Policy, load_policy
 from pipelines.run import RunDir
-from pipelines.run.files import sha256_file, write_json, write_parquet
+from pipelines.run.files import parquet_file, read_table, sha256_file, write_json, write_parquet
 from pipelines.run.layout import RunLayout
 from tokenizer import count_tokens, load
 
@@ -42,7 +42,7 @@ class DocumentTokens(ShardStep):
         counts: list[int] = []
         ids: list[str] = []
         source = text_path(self.run, self.shard(index))  # the text the tokenize stage would see
-        for batch in pq.ParquetFile(source).iter_batches(1_000, columns=["id", "text"]):
+        for batch in parquet_file(source).iter_batches(1_000, columns=["id", "text"]):
             counts += count_tokens(tokenizer, [t or "" for t in batch.column("text").to_pylist()])
             ids += batch.column("id").to_pylist()
         table = pa.table({"id": ids, "n_tokens": pa.array(counts, pa.int64())})
@@ -94,7 +94,7 @@ def count_document_tokens(run: RunDir, workers: int = 0) -> np.ndarray | None:
     run_shards("report token counts", run.synced(task), len(shards), workers)
     counts = {}
     for i in range(len(shards)):
-        table = pq.read_table(task.output(i))
+        table = read_table(task.output(i))
         counts.update(zip(table.column("id").to_pylist(), table.column("n_tokens").to_pylist(), strict=True))
     ids = read_signals(run, ["id"]).column("id").to_pylist()
     return np.array([counts[i] for i in ids], np.int64)
@@ -110,7 +110,7 @@ def load_run(run: RunDir, workers: int = 0) -> RunData:
         signals=signals,
         policy=load_policy(run.policy) if run.policy.exists() else None,
         tokens=count_document_tokens(run, workers) if has_signals else None,
-        removed=pq.read_table(run.removed) if run.removed.exists() else None,
+        removed=read_table(run.removed) if run.removed.exists() else None,
         manifest=json.loads(run.manifest.read_text()) if run.manifest.exists() else None,
         quarantine=dict(quarantine_counts(run).most_common()),
         documents_in=sum(pq.read_metadata(run.documents / name).num_rows for name in run.shards()),
@@ -137,7 +137,7 @@ def texts_of(run: RunDir, ids: set[str], limit: int = 400) -> dict[str, dict[str
         return found
     wanted = pa.array(sorted(ids))
     for name in run.shards():
-        table = pq.read_table(run.documents / name, columns=["id", "source", "url", "text"])
+        table = read_table(run.documents / name, columns=["id", "source", "url", "text"])
         table = table.filter(pc.is_in(table.column("id"), value_set=wanted))
         for row in table.to_pylist():
             text = row["text"]

@@ -1,5 +1,6 @@
 """How gristmill writes files: atomically (readers see the old content or the whole new one), Parquet
-with one set of writer options, sha256 of a file, and an exclusive lock between processes."""
+with one set of writer options (page checksums stored) and read back with those checksums verified,
+sha256 of a file, and an exclusive lock between processes."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd"}
+PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "write_page_checksum": True}
 
 
 def _file_mode() -> int:
@@ -66,6 +67,17 @@ def write_parquet(table: pa.Table, path: Path, **options: Any) -> None:
     """Write one table as a Parquet file atomically (`options` override PARQUET_OPTIONS)."""
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, **(PARQUET_OPTIONS | options))
+
+
+def parquet_file(source: Any) -> pq.ParquetFile:
+    """A Parquet file opened so that every page read is checked against its stored CRC (a page whose
+    checksum does not match raises OSError; pages written without one are read unchecked)."""
+    return pq.ParquetFile(source, page_checksum_verification=True)
+
+
+def read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """A whole Parquet file (or some of its columns), page checksums verified."""
+    return pq.read_table(path, columns=columns, page_checksum_verification=True)
 
 
 def sha256_file(path: Path) -> str:

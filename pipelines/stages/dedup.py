@@ -34,7 +34,7 @@ from pipelines.dedup.cluster import cluster
 from pipelines.exec.runner import run_shards
 from pipelines.exec.step import ShardStep
 from pipelines.run import RunDir
-from pipelines.run.files import atomic_path, parquet_writer
+from pipelines.run.files import atomic_path, parquet_file, parquet_writer, read_table
 
 U64 = np.uint64
 EXCERPT_CHARS = 240
@@ -60,7 +60,7 @@ def quality_scores(run: RunDir | Any, shard: str, n_rows: int) -> np.ndarray:
     path = run.signals / shard
     if not path.exists() or "quality_score" not in pq.read_schema(path).names:
         return np.full(n_rows, np.nan, np.float32)
-    quality = pq.read_table(path, columns=["quality_score"]).column("quality_score")
+    quality = read_table(path, columns=["quality_score"]).column("quality_score")
     return quality.cast(pa.float32()).fill_null(np.nan).to_numpy(zero_copy_only=False)
 
 
@@ -99,7 +99,7 @@ class SignatureStep(ShardStep):
         seen: set[int] = set()
         band_rows, band_key_parts = [], []
         schema = signature_schema(cfg.num_perm)
-        reader = pq.ParquetFile(text_path(self.run, name))  # the cleaned text (signals stage)
+        reader = parquet_file(text_path(self.run, name))  # the cleaned text (signals stage)
         with atomic_path(self.output(index)) as out, parquet_writer(out, schema) as writer:
             for batch in reader.iter_batches(batch_size=READ_BATCH_ROWS, columns=["id", "text"]):
                 table = pa.Table.from_batches([batch])

@@ -15,7 +15,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipelines.config import RunConfig, SignalsConfig
 from pipelines.corpus import read_signals
@@ -24,7 +23,7 @@ from pipelines.exec.step import ShardStep
 from pipelines.quality.policy import default_policy_path, load_policy
 from pipelines.quality.signals import SIGNAL_SCHEMA, SIGNALS, SignalComputer
 from pipelines.run import RunDir
-from pipelines.run.files import atomic_path, parquet_writer, write_atomic
+from pipelines.run.files import atomic_path, parquet_file, parquet_writer, write_atomic
 
 log = logging.getLogger("gristmill")
 
@@ -69,7 +68,7 @@ class SignalsStep(ShardStep):
         computer = SignalComputer(settings.cleaning, settings.langid_model, settings.quality_model)
         documents = kept = chars = 0
         schema = policy.apply(SIGNAL_SCHEMA.empty_table()).schema
-        source = pq.ParquetFile(self.run.documents / name)
+        source = parquet_file(self.run.documents / name)
         with (
             atomic_path(self.output(index)) as signals_path,
             atomic_path(self.run.clean / name) as clean_path,

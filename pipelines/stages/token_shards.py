@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipelines.config import RunConfig, TokenShardsConfig, config_sha256, lineage_config
 from pipelines.corpus import FinalCorpus, split_of, text_path
@@ -37,7 +36,7 @@ from pipelines.exec.runner import run_shards
 from pipelines.exec.step import ShardStep
 from pipelines.quality.policy import policy_sha256
 from pipelines.run import RunDir
-from pipelines.run.files import atomic_path, parquet_writer, sha256_file, write_json
+from pipelines.run.files import atomic_path, parquet_file, parquet_writer, read_table, sha256_file, write_json
 from pipelines.run.layout import RunLayout
 from tokenizer import EOT, encode_ids, load
 
@@ -90,7 +89,7 @@ def plan_shards(run: RunLayout, config: TokenShardsConfig, bytes_per_token: floa
     open_: dict[str, dict[str, Any] | None] = {s: None for s in SPLITS}
     for name in run.shards():
         row = 0
-        pf = pq.ParquetFile(text_path(run, name))
+        pf = parquet_file(text_path(run, name))
         for batch in pf.iter_batches(batch_size=4096, columns=["id", "text"]):
             sizes = pc.binary_length(batch.column("text").cast(pa.large_binary())).to_pylist()
             for j, split in enumerate(selection.splits(name, row, batch.column("id"))):
@@ -228,7 +227,7 @@ def _documents(run: RunLayout, shard: dict[str, Any], selection: _Selection) -> 
     ids: list[str] = []
     texts: list[str] = []
     for name, first, stop in shard["segments"]:
-        pf = pq.ParquetFile(text_path(run, name))
+        pf = parquet_file(text_path(run, name))
         row = 0
         groups = []
         for g in range(pf.metadata.num_row_groups):
@@ -363,7 +362,7 @@ def build_manifest(
     splits: dict[str, dict[str, Any]] = {s: {"documents": 0, "tokens": 0, "shards": []} for s in SPLITS}
     for shard in shards:
         path = run.tokens / token_shard_file(shard)
-        n_tokens = pq.read_table(path, columns=["n_tokens"]).column("n_tokens")
+        n_tokens = read_table(path, columns=["n_tokens"]).column("n_tokens")
         entry = {
             "path": path.name,
             "documents": len(n_tokens),
