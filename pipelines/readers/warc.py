@@ -141,12 +141,16 @@ def splits(stream: BinaryIO, size: int, split_bytes: int) -> list[Split]:
     """Byte ranges starting at records, a new one at the first record starting past each multiple of
     `split_bytes`. The walk reads only record headers; where one cannot be parsed the last split runs to
     the end of the file, so the reader meets the problem as in a whole-file read."""
-    starts, offset, next_cut = [0], 0, split_bytes
-    while (end := _record_end(stream, offset, size)) is not None and end < size:
+    starts, next_cut = [0], split_bytes
+    end = _record_end(stream, 0, size)
+    while end is not None and end < size:
+        following = _record_end(stream, end, size)
+        if following is None:
+            break  # the record at `end` cannot be walked: it stays in the last split
         if end >= next_cut:
             starts.append(end)
             next_cut = (end // split_bytes + 1) * split_bytes
-        offset = end
+        end = following
     return [Split(a, b) for a, b in zip(starts, [*starts[1:], None], strict=True)]
 
 
