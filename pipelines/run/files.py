@@ -8,6 +8,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 PARQUET_OPTIONS: dict[str, Any] = {"compression": "zstd", "write_page_checksum": True}
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _file_mode() -> int:
@@ -53,9 +55,16 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         os.fsync(f.fileno())
 
 
+def json_text(obj: Any) -> str:
+    """Pretty, stable JSON in UTF-8 text. A lone surrogate (how Python holds a file name's bytes that are
+    not UTF-8) is written as its `\\u` escape, so the file stays UTF-8 and reads back to the same string."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False, default=str)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Write pretty, stable JSON atomically."""
-    write_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    write_atomic(path, json_text(obj))
 
 
 def parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:

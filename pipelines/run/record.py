@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.io.s3 import redact
-from pipelines.run.files import write_atomic
+from pipelines.run.files import json_text, write_atomic
 
 TRACKED_PACKAGES = (
     "gristmill",
@@ -76,8 +76,7 @@ class RunRecord:
 
     def save(self, record: dict[str, Any]) -> None:
         """Write run.json with credentials scrubbed."""
-        text = json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n"
-        write_atomic(self.path, redact(text))
+        write_atomic(self.path, redact(json_text(record)))
         if self.on_save is not None:
             self.on_save(self.path)
 
