@@ -13,6 +13,7 @@ import json
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -80,6 +81,49 @@ class FinalCorpus:
                 row += batch.num_rows
                 if mask.any():
                     yield pa.Table.from_batches([batch]).filter(pa.array(mask))
+
+
+class Selection(Protocol):
+    """Which documents of a run a set of token shards holds, in which split, and which text of them
+    (the seam of `pipelines.stages.token_shards`: the final corpus, or a corpus variant of an ablation).
+
+    Picklable: the tokenize step carries it to worker processes. `key` identifies the selection in the
+    shard plan, so shards written for another selection are never resumed."""
+
+    key: dict[str, Any]
+
+    def splits(self, shard: str, first_row: int, ids: pa.Array | pa.ChunkedArray) -> list[str | None]:
+        """The split of each of the rows `first_row`.. (ids `ids`) of `shard`; None: not selected."""
+        ...
+
+    def text_file(self, shard: str, split: str) -> Path:
+        """The Parquet file (`id`, `text`, rows as in documents/) the split's text of `shard` is read from."""
+        ...
+
+
+class FinalCorpusSplits:
+    """The final corpus in its train/validation split (`split_of`), text from `text_path`: what
+    `gristmill tokenize` writes. The corpus masks are read in the process that uses them."""
+
+    def __init__(self, run: RunLayout, validation_fraction: float) -> None:
+        self.run, self.validation_fraction = run, validation_fraction
+        self.key = {"corpus": "final", "validation_fraction": validation_fraction}
+        self._corpus: FinalCorpus | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_corpus": None}
+
+    def splits(self, shard: str, first_row: int, ids: pa.Array | pa.ChunkedArray) -> list[str | None]:
+        if self._corpus is None:
+            self._corpus = FinalCorpus(self.run)
+        keep = self._corpus.mask(shard, first_row, ids)
+        return [
+            split_of(doc_id, self.validation_fraction) if k else None
+            for doc_id, k in zip(ids.to_pylist(), keep, strict=True)
+        ]
+
+    def text_file(self, shard: str, split: str) -> Path:
+        return text_path(self.run, shard)
 
 
 def unit_hash(key: str, salt: str = "") -> float:

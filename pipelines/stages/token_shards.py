@@ -2,10 +2,11 @@
 
 The tokenize stage runs in three steps:
 
-1. plan (one process): walk the final corpus in input order and cut each split's documents into shards
-   of about `shard_target_tokens` tokens, estimated from UTF-8 text bytes and the tokenizer's measured
-   bytes per token (tokenizer.meta.json). A shard is a list of row ranges of clean/ (or documents/)
-   files; the plan is written to tokens/_plan.json.
+1. plan (one process): walk the selected documents (the final corpus, or another `corpus.Selection`)
+   in input order and cut each split's documents into shards of about `shard_target_tokens` tokens,
+   estimated from UTF-8 text bytes and the tokenizer's measured bytes per token (tokenizer.meta.json).
+   A shard is a list of row ranges of clean/ (or documents/) files; the plan is written to
+   tokens/_plan.json.
 2. tokenize (parallel, `pipelines.executor.run_shards`): one task per planned shard reads its rows,
    encodes them and writes `<split>-NNNNN.parquet` atomically; that file is the task's completion
    marker, so a resumed stage only tokenizes the shards that are missing.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -31,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.config import RunConfig, TokenShardsConfig, config_sha256, lineage_config
-from pipelines.corpus import FinalCorpus, split_of, text_path
+from pipelines.corpus import FinalCorpusSplits, Selection
 from pipelines.exec.runner import run_shards
 from pipelines.exec.step import ShardStep
 from pipelines.quality.policy import policy_sha256
@@ -46,6 +48,7 @@ FORMAT = "gristmill.tokens"
 FORMAT_VERSION = 1
 SPLITS = ("train", "validation")
 PLAN_VERSION = 1
+PLAN_NAME, MANIFEST_NAME = "_plan.json", "manifest.json"  # in the shards' folder
 DEFAULT_BYTES_PER_TOKEN = 4.0  # planning estimate when tokenizer.meta.json has no measurement
 ENCODE_ROWS = 512  # documents per encode task (encode_ids bounds each call by characters)
 
@@ -63,35 +66,39 @@ def shard_schema(vocab_size: int) -> pa.Schema:
 # ---------------------------------------------------------------------------------------------- plan
 
 
-class _Selection:
-    """Which split each row of a shard's text belongs to (None: not in the final corpus)."""
-
-    def __init__(self, run: RunLayout, validation_fraction: float) -> None:
-        self.corpus, self.validation_fraction = FinalCorpus(run), validation_fraction
-
-    def splits(self, shard: str, first_row: int, ids: pa.Array | pa.ChunkedArray) -> list[str | None]:
-        keep = self.corpus.mask(shard, first_row, ids)
-        return [
-            split_of(doc_id, self.validation_fraction) if k else None
-            for doc_id, k in zip(ids.to_pylist(), keep, strict=True)
-        ]
+def final_selection(run: RunLayout, config: TokenShardsConfig) -> Selection:
+    """What `gristmill tokenize` writes: the final corpus in its train/validation split."""
+    return FinalCorpusSplits(run, config.validation_fraction)
 
 
-def plan_shards(run: RunLayout, config: TokenShardsConfig, bytes_per_token: float) -> list[dict[str, Any]]:
-    """Cut each split's documents, in input order, into shards of about shard_target_tokens tokens.
+def _text_bytes(path: Path) -> np.ndarray:
+    """UTF-8 bytes of every row's text of a Parquet text file."""
+    sizes = [
+        pc.binary_length(batch.column("text").cast(pa.large_binary())).fill_null(0).to_numpy()
+        for batch in parquet_file(path).iter_batches(batch_size=4096, columns=["text"])
+    ]
+    return np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
+
+
+def plan_shards(
+    run: RunLayout, config: TokenShardsConfig, bytes_per_token: float, selection: Selection | None = None
+) -> list[dict[str, Any]]:
+    """Cut each split's selected documents (default: the final corpus), in input order, into shards of
+    about shard_target_tokens tokens.
 
     A shard: {"split", "index", "documents", "text_bytes", "segments": [[file, first_row, stop_row]]},
     where a segment's rows of the file are scanned and the rows of the shard's split kept.
     """
     target_bytes = config.shard_target_tokens * bytes_per_token
-    selection = _Selection(run, config.validation_fraction)
+    selection = selection or final_selection(run, config)
     shards: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     open_: dict[str, dict[str, Any] | None] = {s: None for s in SPLITS}
     for name in run.shards():
+        files = {split: selection.text_file(name, split) for split in SPLITS}
+        sizes = {path: _text_bytes(path) for path in set(files.values())}
         row = 0
-        pf = parquet_file(text_path(run, name))
-        for batch in pf.iter_batches(batch_size=4096, columns=["id", "text"]):
-            sizes = pc.binary_length(batch.column("text").cast(pa.large_binary())).to_pylist()
+        pf = parquet_file(files[SPLITS[0]])
+        for batch in pf.iter_batches(batch_size=4096, columns=["id"]):
             for j, split in enumerate(selection.splits(name, row, batch.column("id"))):
                 if split is None:
                     continue
@@ -112,7 +119,7 @@ def plan_shards(run: RunLayout, config: TokenShardsConfig, bytes_per_token: floa
                 else:
                     segments.append([name, row + j, row + j + 1])
                 shard["documents"] += 1
-                shard["text_bytes"] += sizes[j] or 0
+                shard["text_bytes"] += int(sizes[files[split]][row + j])
                 if shard["text_bytes"] >= target_bytes:
                     open_[split] = None
             row += batch.num_rows
@@ -138,32 +145,42 @@ def _tokenizer(path: Path) -> Any:
 
 
 class TokenizeStep(ShardStep):
-    """Tokenize planned shard `i` into tokens/<split>-NNNNN.parquet."""
+    """Tokenize planned shard `i` into <folder>/<split>-NNNNN.parquet (folder: tokens/ by default)."""
 
     label = "tokenize"
 
-    def __init__(self, run_root: str, config: TokenShardsConfig) -> None:
+    def __init__(
+        self,
+        run_root: str,
+        config: TokenShardsConfig,
+        folder: str | None = None,
+        selection: Selection | None = None,
+    ) -> None:
         super().__init__(run_root)
-        self.config = config
+        self.config, self.folder, self.selection = config, folder, selection
         self._plan: list[dict[str, Any]] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {**super().__getstate__(), "_plan": None}
 
+    @property
+    def out(self) -> Path:
+        return Path(self.folder) if self.folder else self.run.tokens
+
     def plan(self) -> list[dict[str, Any]]:
         if self._plan is None:
-            self._plan = json.loads(self.run.token_plan.read_text())["shards"]
+            self._plan = json.loads((self.out / PLAN_NAME).read_text())["shards"]
         return self._plan
 
     def output(self, index: int) -> Path:
-        return self.run.tokens / token_shard_file(self.plan()[index])
+        return self.out / token_shard_file(self.plan()[index])
 
     def process(self, index: int) -> dict[str, int]:
         run, config, shard = self.run, self.config, self.plan()[index]
         tokenizer = _tokenizer(run.tokenizer_json)
         schema = shard_schema(tokenizer.get_vocab_size())
         dtype = schema.field("input_ids").type.value_type.to_pandas_dtype()
-        selection = _Selection(run, config.validation_fraction)
+        selection = self.selection or final_selection(run, config)
         with atomic_path(self.output(index)) as tmp:
             writer = _RowGroups(tmp, schema, config)
             with writer, ThreadPoolExecutor(1, thread_name_prefix="encode") as encoder:
@@ -222,12 +239,12 @@ class _RowGroups:
         self.writer.close()
 
 
-def _documents(run: RunLayout, shard: dict[str, Any], selection: _Selection) -> Any:
+def _documents(run: RunLayout, shard: dict[str, Any], selection: Selection) -> Any:
     """(ids, texts) batches of the shard's documents, at most ENCODE_ROWS each, in input order."""
     ids: list[str] = []
     texts: list[str] = []
     for name, first, stop in shard["segments"]:
-        pf = parquet_file(text_path(run, name))
+        pf = parquet_file(selection.text_file(name, shard["split"]))
         row = 0
         groups = []
         for g in range(pf.metadata.num_row_groups):
@@ -302,38 +319,48 @@ def lineage(run: RunDir, config: RunConfig) -> dict[str, Any]:
 
 
 def write_token_shards(
-    run: RunDir, config: TokenShardsConfig, lineage: dict[str, Any], workers: int = 0, resume: bool = False
+    run: RunDir,
+    config: TokenShardsConfig,
+    lineage: dict[str, Any],
+    workers: int = 0,
+    resume: bool = False,
+    selection: Selection | None = None,
+    folder: Path | None = None,
 ) -> dict[str, Any]:
-    """Tokenize the final corpus of a run into tokens/ and write tokens/manifest.json last.
+    """Tokenize the selected documents of a run (default: the final corpus) into `folder` (default:
+    tokens/) and write its manifest.json last.
 
-    With `resume`, shards already written under the same plan (same corpus, tokenizer and settings) are
-    kept and only the missing ones are tokenized; otherwise tokens/ is emptied first.
+    With `resume`, shards already written under the same plan (same selection, tokenizer and settings)
+    are kept and only the missing ones are tokenized; otherwise the folder's shards are deleted first.
     """
     if not run.tokenizer_json.exists():
         raise FileNotFoundError(
             f"{run.tokenizer_json}: train the tokenizer first (`gristmill tokenizer train`)"
         )
-    run.tokens.mkdir(parents=True, exist_ok=True)
-    run.manifest.unlink(missing_ok=True)  # first: readers trust only the manifest
+    selection = selection or final_selection(run, config)
+    out = folder or run.tokens
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)  # first: readers trust only the manifest
     bpt = _planned_bytes_per_token(run)
     plan = {
         "plan_version": PLAN_VERSION,
         "tokenizer_sha256": sha256_file(run.tokenizer_json),
         "config": config.model_dump(),
+        "selection": selection.key,
         "bytes_per_token": bpt,
-        "shards": plan_shards(run, config, bpt),
+        "shards": plan_shards(run, config, bpt, selection),
     }
-    same_plan = run.token_plan.exists() and json.loads(run.token_plan.read_text()) == plan
+    plan_path = out / PLAN_NAME
+    same_plan = plan_path.exists() and json.loads(plan_path.read_text()) == plan
     if not (resume and same_plan):
-        for stale in run.tokens.glob("*.parquet"):
+        for stale in out.glob("*.parquet"):
             stale.unlink()
-        write_json(run.token_plan, plan)
+        write_json(plan_path, plan)
     start = time.perf_counter()
-    ran = run_shards(
-        "tokenize", run.synced(TokenizeStep(str(run.root), config)), len(plan["shards"]), workers
-    )
-    manifest = build_manifest(run, config, lineage, plan["shards"])
-    write_json(run.manifest, manifest)  # last
+    step = TokenizeStep(str(run.root), config, str(out), selection)
+    ran = run_shards("tokenize", run.synced(step), len(plan["shards"]), workers)
+    manifest = build_manifest(run, config, lineage, plan["shards"], out)
+    write_json(out / MANIFEST_NAME, manifest)  # last
     log.info(
         "tokenize: %d documents, %d tokens in %d shards (%d tokenized now) in %.1fs",
         manifest["totals"]["documents"],
@@ -354,14 +381,20 @@ def _planned_bytes_per_token(run: RunLayout) -> float:
 
 
 def build_manifest(
-    run: RunLayout, config: TokenShardsConfig, lineage: dict[str, Any], shards: list[dict[str, Any]]
+    run: RunLayout,
+    config: TokenShardsConfig,
+    lineage: dict[str, Any],
+    shards: list[dict[str, Any]],
+    folder: Path | None = None,
 ) -> dict[str, Any]:
-    """manifest.json from the plan and the shard files (counts from the files, not the plan)."""
+    """manifest.json of the shards in `folder` (default: tokens/) from the plan and the shard files
+    (counts from the files, not the plan)."""
+    out = folder or run.tokens
     tokenizer = load(run.tokenizer_json)
     vocab_size = tokenizer.get_vocab_size()
     splits: dict[str, dict[str, Any]] = {s: {"documents": 0, "tokens": 0, "shards": []} for s in SPLITS}
     for shard in shards:
-        path = run.tokens / token_shard_file(shard)
+        path = out / token_shard_file(shard)
         n_tokens = read_table(path, columns=["n_tokens"]).column("n_tokens")
         entry = {
             "path": path.name,
@@ -382,7 +415,7 @@ def build_manifest(
         "format_version": FORMAT_VERSION,
         "dtype": str(token_dtype(vocab_size)),
         "tokenizer": {
-            "path": "../tokenizer/tokenizer.json",
+            "path": Path(os.path.relpath(run.tokenizer_json, out)).as_posix(),
             "sha256": sha256_file(run.tokenizer_json),
             "vocab_size": vocab_size,
             "special_tokens": special,
