@@ -81,11 +81,35 @@ class TrainConfig:
     peak_flops: float | None = _field(
         None, "peak FLOP/s per device for MFU (default: GRISTMILL_PEAK_FLOPS, else the table by device)", gt=0
     )
-    loader_workers: int = _field(0, "DataLoader processes per rank (0: a background thread)", ge=0)
-    prefetch_steps: int = _field(2, "batches built and row groups fetched ahead", ge=0)
-    data_cache_mb: int = _field(512, "decoded row groups kept in memory per split and rank", ge=0)
-    verify_shards: bool = _field(False, "hash every shard against the manifest first (a full read)")
+    data_lanes: int | None = _field(
+        None,
+        "lanes of the data order: each global batch takes batch_size/lanes windows from every lane, and a "
+        "rank reads only its own lanes when the world size divides them (default: gcd(batch_size, 8))",
+        ge=1,
+    )
+    shuffle_chunk_tokens: int = _field(
+        8 << 20, "tokens of consecutive stream per chunk of the data order (a rank reads each chunk once)", ge=1
+    )
+    shuffle_buffer_chunks: int = _field(
+        4, "chunks of a lane whose windows are shuffled together (the shuffle buffer)", ge=1
+    )
+    loader_workers: int = _field(4, "threads per rank that fetch and decode row groups", ge=1)
+    prefetch_steps: int = _field(2, "batches built ahead of the training step", ge=0)
+    data_cache_mb: int = _field(
+        1024,
+        "decoded row groups kept in memory per split and rank: the shuffle buffers of the rank's lanes "
+        "and the read-ahead",
+        ge=0,
+    )
+    verify_shards: bool = _field(
+        False, "hash every shard against the manifest first (a full read, spread over the ranks)"
+    )
+    dist_timeout_s: int = _field(1800, "seconds a collective may wait, setup included", ge=1)
     trace: bool = _field(True, "write the per-step data trace (shards and documents read)")
+    profile_start: int | None = _field(
+        None, "record a torch.profiler window from this step on (OUTPUT/profile/; default: off)", ge=0
+    )
+    profile_steps: int = _field(3, "steps the profiler window records", ge=1)
     staging_dir: str | None = _field(
         None, "local staging folder for S3 checkpoints and logs (default: under $TMPDIR)"
     )
@@ -100,6 +124,8 @@ class TrainConfig:
             for bound, (check, word) in _BOUNDS.items():
                 if bound in f.metadata and value is not None and not check(value, f.metadata[bound]):
                     raise ValueError(f"{f.name}: must be {word} {f.metadata[bound]}, got {value}")
+        if self.data_lanes is not None and self.batch_size % self.data_lanes:
+            raise ValueError(f"data_lanes: {self.data_lanes} does not divide batch_size {self.batch_size}")
         if self.data_weights is not None:
             if len(self.data_weights) != len(self.data):
                 raise ValueError(f"{len(self.data)} data manifests but {len(self.data_weights)} data_weights")

@@ -1,23 +1,25 @@
-"""Training windows over streamed token shards, their global order, and this rank's batches.
+"""Training windows over streamed token shards, and this rank's batches in step order.
 
 A :class:`WindowSource` is one split of one manifest cut into non-overlapping windows of
-``seq_len + 1`` tokens (docs/shard-format.md). A schedule maps a global step to the global batch of
-(source, window) pairs: :class:`EpochSchedule` is the contract for a single manifest, and
-:class:`training.mixing.MixedSchedule` mixes several by weight. Neither depends on the number of
-ranks or loader workers: rank ``r`` of ``W`` takes the ``r``-th contiguous slice of the global batch,
-so a run resumes exactly from a step on any world size that divides the batch. :class:`BatchStream`
-yields this rank's batches in step order, building them on a background thread (or on DataLoader
-worker processes, worker ``i`` taking every ``n``-th step) while row groups of the next steps are
-fetched ahead; each batch says which shard, row group and rows every window came from.
+``seq_len + 1`` tokens (docs/shard-format.md), read through one :class:`RowGroupCache` per split
+and rank. A schedule maps a global step to the global batch of (source, window) pairs:
+:class:`training.order.EpochSchedule` for a single manifest, :class:`training.mixing.MixedSchedule`
+for several. Neither depends on the number of ranks or loader threads: rank ``r`` of ``W`` takes
+the ``r``-th contiguous slice of the global batch, so a run resumes exactly from a step on any world
+size that divides the batch. :class:`BatchStream` builds this rank's batches on a background thread;
+it pins the row groups of the steps it plans ahead (as many as fit in the cache) so that they are
+fetched while earlier steps train and never evicted before their step is built. Each batch says
+which shard, row group and rows every window came from.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from fractions import Fraction
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,7 +28,8 @@ from torch import Tensor
 
 from training.manifest import DataError, IntegrityError, Manifest, check_tokenizer, load_manifest, sha256_hex
 from training.mixing import MixedSchedule
-from training.shards import RowGroupReader, Segment, SplitIndex
+from training.order import EpochSchedule, OrderError, Shuffle
+from training.shards import RowGroupCache, Segment, SplitIndex
 
 __all__ = [
     "Batch",
@@ -36,16 +39,19 @@ __all__ = [
     "IntegrityError",
     "Manifest",
     "MixedSchedule",
+    "OrderError",
     "Schedule",
+    "Shuffle",
     "WindowSource",
     "check_tokenizer",
-    "epoch_order",
     "load_manifest",
     "make_schedule",
-    "rank_slice",
+    "rank_slots",
     "sha256_hex",
     "validation_windows",
 ]
+
+LOOKAHEAD_STEPS = 1024  # most steps planned (and their row groups pinned) ahead of the one built
 
 
 class WindowSource:
@@ -56,7 +62,7 @@ class WindowSource:
     ) -> None:
         self.manifest, self.split, self.seq_len = manifest, split, seq_len
         self.index = SplitIndex(manifest, split)
-        self.reader = RowGroupReader(self.index, cache_bytes, threads)
+        self.cache = RowGroupCache(self.index, cache_bytes, threads)
         self.n_windows = self.index.n_tokens // (seq_len + 1)
 
     def __len__(self) -> int:
@@ -68,16 +74,18 @@ class WindowSource:
         start = window * (self.seq_len + 1)
         return start, start + self.seq_len + 1
 
-    def row_groups(self, window: int) -> range:
-        """Index positions of the row groups this window reads."""
-        return self.index.locate(*self._span(window))
+    def row_groups(self, windows: Any) -> np.ndarray:
+        """Sorted index positions of the row groups these windows read."""
+        starts = np.asarray(windows, dtype=np.int64) * (self.seq_len + 1)
+        first = np.searchsorted(self.index.start, starts, side="right") - 1
+        last = np.searchsorted(self.index.start, starts + self.seq_len, side="right") - 1
+        if len(first) and int((last - first).max()) > 1:  # row groups shorter than a window
+            return np.unique(np.concatenate([np.arange(a, b + 1) for a, b in zip(first, last, strict=True)]))
+        return np.unique(np.concatenate([first, last]))
 
     def window(self, window: int) -> tuple[np.ndarray, list[Segment]]:
         """The window's ``seq_len + 1`` tokens and the rows they came from."""
-        return self.reader.read(*self._span(window))
-
-    def prefetch(self, windows: Sequence[int]) -> None:
-        self.reader.prefetch(sorted({pos for w in windows for pos in self.row_groups(int(w))}))
+        return self.cache.read(*self._span(window))
 
     def gather(self, windows: Sequence[int]) -> tuple[Tensor, Tensor]:
         """(inputs, targets) LongTensors of shape [len(windows), seq_len]."""
@@ -85,74 +93,43 @@ class WindowSource:
         tensor = torch.from_numpy(rows)
         return tensor[:, :-1].contiguous(), tensor[:, 1:].contiguous()
 
+    def close(self) -> None:
+        self.cache.close()
 
-# ---------------------------------------------------------------- global order
 
-
-@lru_cache(maxsize=4)
-def epoch_order(n_windows: int, seed: int, epoch: int) -> np.ndarray:
-    """The permutation of window indices for an epoch, seeded by (seed, epoch)."""
-    order = np.random.default_rng([seed, epoch]).permutation(n_windows)
-    order.flags.writeable = False
-    return order
+# ---------------------------------------------------------------- schedules and slices
 
 
 class Schedule(Protocol):
     global_batch: int
+    shuffle: Shuffle
+
+    def slots_at(self, step: int, start: int, stop: int) -> np.ndarray: ...
 
     def global_batch_at(self, step: int) -> np.ndarray: ...
 
     def position(self, step: int) -> dict[str, Any]: ...
 
 
-class EpochSchedule:
-    """The single-manifest contract: step ``s`` of an epoch takes ``order[s*B:(s+1)*B]``.
-
-    When fewer than ``B`` windows remain the rest of the epoch is skipped and the next epoch's
-    permutation starts.
-    """
-
-    kind = "epoch"
-
-    def __init__(self, n_windows: int, global_batch: int, seed: int) -> None:
-        if global_batch < 1:
-            raise ValueError("global batch must be positive")
-        if n_windows < global_batch:
-            raise DataError(
-                f"only {n_windows} windows, fewer than one batch of {global_batch}: "
-                "use a smaller --batch-size/--seq-len or more data"
-            )
-        self.n_windows, self.global_batch, self.seed = n_windows, global_batch, seed
-        self.steps_per_epoch = n_windows // global_batch
-
-    def position(self, step: int) -> dict[str, Any]:
-        """Position before global step ``step`` (after ``step`` completed steps)."""
-        epoch, in_epoch = divmod(step, self.steps_per_epoch)
-        return {"schedule": self.kind, "epoch": epoch, "windows_consumed": in_epoch * self.global_batch}
-
-    def global_batch_at(self, step: int) -> np.ndarray:
-        """[global_batch, 2] array of (source 0, window) for global step ``step``."""
-        epoch, in_epoch = divmod(step, self.steps_per_epoch)
-        start = in_epoch * self.global_batch
-        windows = epoch_order(self.n_windows, self.seed, epoch)[start : start + self.global_batch]
-        return np.stack([np.zeros_like(windows), windows], axis=1)
-
-
 def make_schedule(
-    n_windows: Sequence[int], weights: Sequence[Any] | None, global_batch: int, seed: int
+    n_windows: Sequence[int],
+    weights: Sequence[float | int | str | Fraction] | None,
+    global_batch: int,
+    seed: int,
+    shuffle: Shuffle,
 ) -> Schedule:
     """The contract's :class:`EpochSchedule` for one source, a :class:`MixedSchedule` for several."""
     if len(n_windows) == 1:
-        return EpochSchedule(n_windows[0], global_batch, seed)
-    return MixedSchedule(n_windows, weights or list(n_windows), global_batch, seed)
+        return EpochSchedule(n_windows[0], global_batch, seed, shuffle)
+    return MixedSchedule(n_windows, weights or list(n_windows), global_batch, seed, shuffle)
 
 
-def rank_slice(global_batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
-    """Rank ``r``'s contiguous share of a global batch."""
-    if len(global_batch) % world_size:
-        raise ValueError(f"world size {world_size} does not divide the global batch {len(global_batch)}")
-    per_rank = len(global_batch) // world_size
-    return global_batch[rank * per_rank : (rank + 1) * per_rank]
+def rank_slots(schedule: Schedule, step: int, rank: int, world_size: int) -> np.ndarray:
+    """Rank ``r``'s contiguous share of the global batch of ``step``: [B/W, 2] (source, window)."""
+    if schedule.global_batch % world_size:
+        raise ValueError(f"world size {world_size} does not divide the global batch {schedule.global_batch}")
+    per_rank = schedule.global_batch // world_size
+    return schedule.slots_at(step, rank * per_rank, (rank + 1) * per_rank)
 
 
 def validation_windows(
@@ -173,62 +150,37 @@ def validation_windows(
 
 @dataclass
 class Batch:
-    """This rank's share of one global step, with where every window came from."""
+    """This rank's share of one global step, with where every window came from. ``tokens`` holds
+    each window's ``seq_len + 1`` tokens: inputs are the first ``seq_len``, targets the last."""
 
     step: int
-    inputs: Tensor
-    targets: Tensor
+    tokens: Tensor
     windows: list[list[int]] = field(default_factory=list)  # [source, window] per row
     sources: list[list[list[Any]]] = field(default_factory=list)  # per row: [shard, row_group, first, last]
 
-    def pin_memory(self) -> Batch:
-        """Page-locked inputs/targets for asynchronous host-to-GPU copies (DataLoader calls this)."""
-        self.inputs, self.targets = self.inputs.pin_memory(), self.targets.pin_memory()
-        return self
+    @property
+    def inputs(self) -> Tensor:
+        return self.tokens[:, :-1]
+
+    @property
+    def targets(self) -> Tensor:
+        return self.tokens[:, 1:]
 
 
-def build_batch(
-    sources: Sequence[WindowSource], schedule: Schedule, step: int, rank: int, world_size: int
-) -> Batch:
-    pairs = rank_slice(schedule.global_batch_at(step), rank, world_size)
-    rows, windows, traces = [], [], []
-    for k, w in pairs:
-        tokens, segments = sources[int(k)].window(int(w))
-        rows.append(tokens)
-        windows.append([int(k), int(w)])
-        traces.append([s.to_json() for s in segments])
-    tensor = torch.from_numpy(np.stack(rows).astype(np.int64))
-    return Batch(step, tensor[:, :-1].contiguous(), tensor[:, 1:].contiguous(), windows, traces)
-
-
-def _prefetch(
-    sources: Sequence[WindowSource], schedule: Schedule, step: int, rank: int, world_size: int
-) -> None:
-    pairs = rank_slice(schedule.global_batch_at(step), rank, world_size)
-    for k in np.unique(pairs[:, 0]):
-        sources[int(k)].prefetch(pairs[pairs[:, 0] == k, 1].tolist())
-
-
-class _StepDataset(torch.utils.data.IterableDataset):
-    """DataLoader view: worker ``i`` of ``n`` builds steps ``start+i, start+i+n, ...``."""
-
-    def __init__(self, stream: BatchStream) -> None:
-        self.stream = stream
-
-    def __iter__(self) -> Iterator[Batch]:
-        info = torch.utils.data.get_worker_info()
-        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
-        return self.stream.iter_steps(
-            range(self.stream.start + worker, self.stream.stop, n_workers), lookahead_stride=n_workers
-        )
+@dataclass
+class _Plan:
+    step: int
+    pairs: np.ndarray  # [n, 2] (source, window)
+    row_groups: dict[int, np.ndarray]  # source -> pinned index positions
 
 
 class BatchStream:
-    """This rank's batches for global steps ``start .. stop-1``, in order.
+    """This rank's batches for global steps ``start .. stop-1``, in order, built on one background
+    thread up to ``prefetch_steps`` batches ahead (pinned host memory with ``pin_memory``).
 
-    With ``workers == 0`` a background thread builds up to ``prefetch_steps`` batches ahead;
-    otherwise a DataLoader with that many worker processes does. Row groups of the next
-    ``prefetch_steps`` steps are requested ahead of time either way.
+    Steps are planned ahead of the one being built, each plan pinning its row groups in the
+    sources' caches (which start fetching them): always the next step, and further steps while
+    every cache's pinned row groups fit in its budget (at most ``LOOKAHEAD_STEPS``).
     """
 
     def __init__(
@@ -240,49 +192,64 @@ class BatchStream:
         start: int,
         stop: int,
         prefetch_steps: int = 2,
-        workers: int = 0,
         pin_memory: bool = False,
     ) -> None:
         self.sources, self.schedule = list(sources), schedule
         self.rank, self.world_size = rank, world_size
         self.start, self.stop = start, stop
-        self.prefetch_steps, self.workers, self.pin_memory = max(1, prefetch_steps), workers, pin_memory
-        rank_slice(np.zeros((schedule.global_batch, 2)), rank, world_size)  # fail early on a bad world size
+        self.prefetch_steps, self.pin_memory = max(1, prefetch_steps), pin_memory
+        rank_slots(schedule, start, rank, world_size)  # fail early on a bad world size
 
-    def iter_steps(self, steps: range, lookahead_stride: int = 1) -> Iterator[Batch]:
-        """Build the batches of ``steps`` in this process, prefetching row groups ahead."""
-        requested = set()
-        for step in steps:
-            for ahead in range(
-                step, min(step + self.prefetch_steps * lookahead_stride + 1, self.stop), lookahead_stride
-            ):
-                if ahead not in requested:
-                    requested.add(ahead)
-                    _prefetch(self.sources, self.schedule, ahead, self.rank, self.world_size)
-            requested.discard(step)
-            yield build_batch(self.sources, self.schedule, step, self.rank, self.world_size)
+    def _plan(self, step: int) -> _Plan:
+        pairs = rank_slots(self.schedule, step, self.rank, self.world_size)
+        row_groups = {}
+        for k in np.unique(pairs[:, 0]):
+            row_groups[int(k)] = self.sources[int(k)].row_groups(pairs[pairs[:, 0] == k, 1])
+            self.sources[int(k)].cache.pin(row_groups[int(k)])
+        return _Plan(step, pairs, row_groups)
+
+    def _release(self, plan: _Plan) -> None:
+        for k, positions in plan.row_groups.items():
+            self.sources[k].cache.unpin(positions)
+
+    def _room(self) -> bool:
+        return all(s.cache.pinned_bytes < s.cache.cache_bytes for s in self.sources)
+
+    def _build(self, plan: _Plan) -> Batch:
+        seq = self.sources[0].seq_len + 1
+        tokens = torch.empty((len(plan.pairs), seq), dtype=torch.int64, pin_memory=self.pin_memory)
+        rows = tokens.numpy()
+        windows, traces = [], []
+        for i, (k, w) in enumerate(plan.pairs.tolist()):
+            window, segments = self.sources[k].window(w)
+            rows[i] = window
+            windows.append([k, w])
+            traces.append([s.to_json() for s in segments])
+        return Batch(plan.step, tokens, windows, traces)
+
+    def iter_steps(self) -> Iterator[Batch]:
+        """Build the batches in this thread, planning and pinning ahead."""
+        planned: deque[_Plan] = deque()
+        next_step = self.start
+        try:
+            for step in range(self.start, self.stop):
+                while next_step < self.stop and (
+                    next_step <= step + 1 or (next_step - step <= LOOKAHEAD_STEPS and self._room())
+                ):
+                    planned.append(self._plan(next_step))
+                    next_step += 1
+                plan = planned.popleft()
+                batch = self._build(plan)
+                self._release(plan)
+                yield batch
+        finally:
+            for plan in planned:
+                self._release(plan)
 
     def __iter__(self) -> Iterator[Batch]:
         if self.start >= self.stop:
             return iter(())
-        if self.workers > 0:
-            loader = torch.utils.data.DataLoader(
-                _StepDataset(self),
-                batch_size=None,
-                num_workers=self.workers,
-                prefetch_factor=self.prefetch_steps,
-                pin_memory=self.pin_memory,
-                collate_fn=lambda batch: batch,
-                multiprocessing_context="fork",
-            )
-            return self._checked(iter(loader))
-        return self._checked(self._threaded())
-
-    def _checked(self, batches: Iterator[Batch]) -> Iterator[Batch]:
-        for expected, batch in zip(range(self.start, self.stop), batches, strict=True):
-            if batch.step != expected:
-                raise DataError(f"data loader produced step {batch.step}, expected {expected}")
-            yield batch
+        return self._threaded()
 
     def _threaded(self) -> Iterator[Batch]:
         out: queue.Queue[Batch | BaseException | None] = queue.Queue(maxsize=self.prefetch_steps)
@@ -300,8 +267,10 @@ class BatchStream:
 
         def produce() -> None:
             try:
-                for batch in self.iter_steps(range(self.start, self.stop)):
-                    if not put(batch.pin_memory() if self.pin_memory else batch):
+                batches = self.iter_steps()
+                for batch in batches:
+                    if not put(batch):
+                        batches.close()
                         return
                 put(None)
             except BaseException as exc:  # surfaced in the training thread
@@ -309,6 +278,7 @@ class BatchStream:
 
         thread = threading.Thread(target=produce, name=f"batches-rank{self.rank}", daemon=True)
         thread.start()
+        expected = self.start
         try:
             while True:
                 item = out.get()
@@ -316,6 +286,9 @@ class BatchStream:
                     return
                 if isinstance(item, BaseException):
                     raise item
+                if item.step != expected:
+                    raise DataError(f"data loader produced step {item.step}, expected {expected}")
+                expected += 1
                 yield item
         finally:
             stop.set()

@@ -8,7 +8,9 @@ head dimension pair up, ``cos``/``sin`` repeated), so q/k projections need no pe
 LM head becomes ``tie_word_embeddings``. safetensors and transformers are imported only here.
 
 Documents were preceded by the end-of-text token in training, so it is also the BOS token of the
-export; generation stops at it.
+export: the exported tokenizer prepends it (``add_special_tokens=True``, the default), giving a
+document the ids training saw, and generation stops at it. Embedding and head rows past the
+vocabulary (padding, training/model.py) are left out.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, processors
 
 from training.config import add_export_arguments
 from training.model import Transformer
@@ -38,10 +40,12 @@ _LAYER_MAP = {
 
 
 def hf_state_dict(model: Transformer, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """Our parameters under HF Llama names (no ``lm_head.weight`` when the embedding is tied)."""
-    out = {"model.embed_tokens.weight": model.tok_emb.weight, "model.norm.weight": model.norm.weight}
+    """Our parameters under HF Llama names (no ``lm_head.weight`` when the embedding is tied), the
+    embedding and head cut to the vocabulary."""
+    vocab = model.config.vocab_size
+    out = {"model.embed_tokens.weight": model.tok_emb.weight[:vocab], "model.norm.weight": model.norm.weight}
     if not model.config.tie_embeddings:
-        out["lm_head.weight"] = model.lm_head.weight
+        out["lm_head.weight"] = model.lm_head.weight[:vocab]
     for i, block in enumerate(model.blocks):
         for ours, theirs in _LAYER_MAP.items():
             module = block.get_submodule(ours)
@@ -93,6 +97,7 @@ def export_model(
     pad_token = "<|pad|>" if tokenizer.token_to_id("<|pad|>") is not None else None
     pad_id = tokenizer.token_to_id(pad_token) if pad_token else None
     save_file(hf_state_dict(model, dtype), str(out / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer = eot_first(tokenizer, eot_id)
     hf_config(model, eot_id, pad_id, dtype).save_pretrained(out)
     GenerationConfig(bos_token_id=eot_id, eos_token_id=eot_id, pad_token_id=pad_id).save_pretrained(out)
     fast = PreTrainedTokenizerFast(
@@ -104,6 +109,17 @@ def export_model(
     )
     fast.save_pretrained(out)
     return out
+
+
+def eot_first(tokenizer: Tokenizer, eot_id: int) -> Tokenizer:
+    """A copy of ``tokenizer`` that puts end-of-text before every encoded text (and pair), as the
+    training stream has it before every document."""
+    copy = Tokenizer.from_str(tokenizer.to_str())
+    eot = tokenizer.id_to_token(eot_id)
+    copy.post_processor = processors.TemplateProcessing(
+        single=f"{eot} $A", pair=f"{eot} $A {eot} $B:1", special_tokens=[(eot, eot_id)]
+    )
+    return copy
 
 
 def export_checkpoint(checkpoint: str, output: str | Path, dtype: torch.dtype = torch.float32) -> Path:

@@ -123,22 +123,27 @@ def check_tokenizer(manifest: Manifest) -> bytes:
     return data
 
 
-def verify_shards(manifest: Manifest, split: str) -> None:
-    """Hash every shard of a split (chunked ranged reads) against the manifest's sha256 and size.
+def verify_shard(manifest: Manifest, shard: dict[str, Any]) -> None:
+    """Hash one shard (chunked ranged reads) against the manifest's sha256 and size."""
+    uri = manifest.shard_uri(shard)
+    total = storage.size(uri)
+    if total != shard["bytes"]:
+        raise IntegrityError(f"shard {uri} has {total} bytes, the manifest records {shard['bytes']}")
+    digest = hashlib.sha256()
+    for start in range(0, total, HASH_CHUNK):
+        digest.update(storage.read_range(uri, start, min(HASH_CHUNK, total - start)))
+    if digest.hexdigest() != shard["sha256"]:
+        raise IntegrityError(
+            f"shard {uri} has sha256 {digest.hexdigest()}, but the manifest records {shard['sha256']}: "
+            "the file is corrupt or was changed after the manifest was written"
+        )
 
-    A full read of the split: training runs it only with ``--verify-shards``; the streaming reader
-    always checks sizes, row and token counts.
+
+def verify_shards(manifest: Manifest, split: str) -> None:
+    """Hash every shard of a split against the manifest's sha256 and size.
+
+    A full read of the split: training runs it (shards spread over the ranks) only with
+    ``--verify-shards``; the streaming reader always checks sizes, row and token counts.
     """
     for shard in manifest.split(split)["shards"]:
-        uri = manifest.shard_uri(shard)
-        total = storage.size(uri)
-        if total != shard["bytes"]:
-            raise IntegrityError(f"shard {uri} has {total} bytes, the manifest records {shard['bytes']}")
-        digest = hashlib.sha256()
-        for start in range(0, total, HASH_CHUNK):
-            digest.update(storage.read_range(uri, start, min(HASH_CHUNK, total - start)))
-        if digest.hexdigest() != shard["sha256"]:
-            raise IntegrityError(
-                f"shard {uri} has sha256 {digest.hexdigest()}, but the manifest records {shard['sha256']}: "
-                "the file is corrupt or was changed after the manifest was written"
-            )
+        verify_shard(manifest, shard)

@@ -17,27 +17,51 @@ import torch
 
 from training.model import ModelConfig
 
-# (substring of torch.cuda.get_device_name(), peak dense FLOP/s for bf16, for fp32 via TF32).
-# Checked in order: the first match wins.
-GPU_PEAKS: list[tuple[str, float, float]] = [
-    ("H100 PCIe", 756e12, 378e12),
-    ("H100", 989.4e12, 494.7e12),  # SXM5 (HBM3)
-    ("H200", 989.4e12, 494.7e12),
-    ("GH200", 989.4e12, 494.7e12),
-    ("A100", 312e12, 156e12),
-    ("L40S", 362e12, 183e12),
-    ("L4", 121e12, 60e12),
-    ("A10", 125e12, 62.5e12),
-]
+# Dense peak FLOP/s (bf16, fp32 through TF32 matmuls) by the exact name torch.cuda.get_device_name
+# reports, vendor prefix ("NVIDIA ", "AMD ") left out. Sources: the vendors' data sheets (dense,
+# i.e. half the "with sparsity" figures).
+_SXM_HOPPER = (989.4e12, 494.7e12)
+_NVL_HOPPER = (835.5e12, 417.5e12)
+_PCIE_HOPPER = (756e12, 378e12)
+GPU_PEAKS: dict[str, tuple[float, float]] = {
+    "H100 80GB HBM3": _SXM_HOPPER,  # H100 SXM5
+    "H100 PCIe": _PCIE_HOPPER,
+    "H100 NVL": _NVL_HOPPER,
+    "H200": _SXM_HOPPER,
+    "H200 NVL": _NVL_HOPPER,
+    "GH200 480GB": _SXM_HOPPER,
+    "H800": _SXM_HOPPER,
+    "H800 PCIe": _PCIE_HOPPER,
+    "B200": (2250e12, 1125e12),
+    "A100-SXM4-40GB": (312e12, 156e12),
+    "A100-SXM4-80GB": (312e12, 156e12),
+    "A100-PCIE-40GB": (312e12, 156e12),
+    "A100 80GB PCIe": (312e12, 156e12),
+    "L40S": (362.05e12, 183e12),
+    "L40": (181.05e12, 90.5e12),
+    "L4": (121e12, 60e12),
+    "A10": (125e12, 62.5e12),
+    "Instinct MI300X": (1307.4e12, 653.7e12),
+    "Instinct MI300X VF": (1307.4e12, 653.7e12),  # the virtual function of cloud VMs
+}
+
+
+def gpu_peak(name: str, dtype: str) -> float | None:
+    """Peak FLOP/s of the GPU called ``name`` for ``dtype``; None for a name not in the table."""
+    key = " ".join(name.split())
+    for vendor in ("NVIDIA ", "AMD "):
+        key = key.removeprefix(vendor)
+    peaks = GPU_PEAKS.get(key)
+    return None if peaks is None else peaks[0] if dtype == "bf16" else peaks[1]
 
 
 def matmul_params(config: ModelConfig) -> int:
-    """Parameters that take part in matmuls: every linear layer, LM head included."""
+    """Parameters that take part in matmuls: every linear layer, LM head (padded rows) included."""
     d, hd = config.d_model, config.head_dim
     assert config.n_kv_heads is not None and config.ffn_hidden is not None
     attn = 2 * d * config.n_heads * hd + 2 * d * config.n_kv_heads * hd
     mlp = 3 * d * config.ffn_hidden
-    return config.n_layers * (attn + mlp) + d * config.vocab_size
+    return config.n_layers * (attn + mlp) + d * config.padded_vocab_size
 
 
 def flops_per_token(config: ModelConfig, seq_len: int) -> float:
@@ -93,9 +117,9 @@ def peak_flops(device: torch.device, dtype: str, override: float | None = None) 
         return override, "override"
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
-        for key, bf16, fp32 in GPU_PEAKS:
-            if key in name:
-                return (bf16 if dtype == "bf16" else fp32), f"table: {key}"
+        peak = gpu_peak(name, dtype)
+        if peak is not None:
+            return peak, f"table: {name}"
         return None, f"unknown GPU {name!r}: pass --peak-flops"
     if device.type == "cpu":
         return cpu_peak_flops(torch.get_num_threads(), dtype), "cpu estimate"

@@ -2,9 +2,16 @@
 
 Pre-norm blocks of RMSNorm -> causal self-attention (rotary positions, optional grouped-query
 attention) and RMSNorm -> SwiGLU MLP, a final RMSNorm and an LM head tied to the token embedding by
-default. Attention runs through ``scaled_dot_product_attention``. A preallocated :class:`KVCache`
-serves incremental decoding: ``forward(idx, kv_cache=cache, start_pos=p)`` treats ``idx`` as the
-tokens at positions ``p .. p+T-1`` and rotates queries and keys with exactly those positions.
+default. Attention runs through ``scaled_dot_product_attention`` (grouped-query heads with
+``enable_gqa``, no copies of keys and values). A preallocated :class:`KVCache` serves incremental
+decoding: ``forward(idx, kv_cache=cache, start_pos=p)`` treats ``idx`` as the tokens at positions
+``p .. p+T-1`` and rotates queries and keys with exactly those positions.
+
+The embedding and LM head have ``padded_vocab_size`` rows (the vocabulary rounded up to
+``vocab_multiple``, for matmul shapes GPUs like); logits beyond the vocabulary are never returned
+and never take part in the loss. With targets, the loss is computed by
+:func:`linear_cross_entropy` a chunk of rows at a time, so [B, T, V] logits are never materialised.
+:func:`build_model` builds a model on the meta device and initializes it where it will run.
 
 Every projection is a plain ``nn.Linear`` and rotary frequencies come from one function
 (:func:`rope_inv_freq`), so quantized linears or rotary scaling can be swapped in at one place.
@@ -37,6 +44,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
+    vocab_multiple: int = 64  # embedding/head rows: vocab_size rounded up to a multiple of this
 
     def __post_init__(self) -> None:
         if self.n_kv_heads is None:
@@ -49,12 +57,16 @@ class ModelConfig:
             raise ValueError(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim {self.head_dim} must be even for rotary embeddings")
-        if min(self.vocab_size, self.n_layers, self.max_seq_len) < 1:
-            raise ValueError("vocab_size, n_layers and max_seq_len must be positive")
+        if min(self.vocab_size, self.n_layers, self.max_seq_len, self.vocab_multiple) < 1:
+            raise ValueError("vocab_size, n_layers, max_seq_len and vocab_multiple must be positive")
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return self.vocab_multiple * math.ceil(self.vocab_size / self.vocab_multiple)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,7 +77,7 @@ class ModelConfig:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"unknown ModelConfig keys: {sorted(unknown)}")
-        return cls(**data)
+        return cls(**{"vocab_multiple": 1, **data})  # configs without the key have unpadded tables
 
     def with_overrides(self, **changes: Any) -> ModelConfig:
         """A copy with some fields changed. Resolved fields (n_kv_heads, ffn_hidden) keep their
@@ -187,15 +199,12 @@ class Attention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, start_pos, k, v)
-        if self.n_kv_heads != self.n_heads:
-            repeat = self.n_heads // self.n_kv_heads
-            k = k.repeat_interleave(repeat, dim=1)
-            v = v.repeat_interleave(repeat, dim=1)
+        gqa = self.n_kv_heads != self.n_heads
         if k.shape[2] == t:  # no earlier positions: the plain causal fast path
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
             mask = _causal_mask(t, k.shape[2], start_pos, x.device)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         return self.wo(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
 
@@ -240,26 +249,37 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.activation_checkpointing = False
-        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
+        self.tok_emb = nn.Embedding(config.padded_vocab_size, config.d_model)
         self.rotary = RotaryEmbedding(config)
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
         self.reset_parameters()
         if config.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
 
-    def reset_parameters(self) -> None:
-        """Normal(0, 0.02) weights; residual output projections scaled by 1/sqrt(2 * n_layers)."""
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Normal(0, 0.02) weights; residual output projections scaled by 1/sqrt(2 * n_layers).
+        A tied LM head is the embedding and is drawn once, as the embedding."""
         out_std = 0.02 / math.sqrt(2 * self.config.n_layers)
         for module in self.modules():
+            if module is self.lm_head and self.config.tie_embeddings:
+                continue
             if isinstance(module, nn.Linear | nn.Embedding):
-                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                nn.init.normal_(module.weight, mean=0.0, std=0.02, generator=generator)
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
         for block in self.blocks:
-            nn.init.normal_(block.attn.wo.weight, mean=0.0, std=out_std)
-            nn.init.normal_(block.mlp.w2.weight, mean=0.0, std=out_std)
+            nn.init.normal_(block.attn.wo.weight, mean=0.0, std=out_std, generator=generator)
+            nn.init.normal_(block.mlp.w2.weight, mean=0.0, std=out_std, generator=generator)
+
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """Initialize every parameter and buffer in place where they are (after ``to_empty``):
+        the weights, the rotary tables and the tied head."""
+        self.rotary = RotaryEmbedding(self.config).to(self.tok_emb.weight.device)
+        self.reset_parameters(generator)
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
 
     def num_parameters(self) -> int:
         """Distinct parameters (a tied embedding counts once)."""
@@ -275,9 +295,10 @@ class Transformer(nn.Module):
         targets: Tensor | None = None,
         kv_cache: KVCache | None = None,
         start_pos: int = 0,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Logits [B, T, vocab] for tokens at positions ``start_pos ..``, and the mean
-        cross-entropy against ``targets`` when given."""
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Without ``targets``: (logits [B, T, vocab_size] for tokens at positions ``start_pos ..``,
+        None). With them: (None, mean cross-entropy over the targets that are not -100), computed
+        without materialising the logits."""
         _, t = idx.shape
         cos, sin = self.rotary(start_pos, t)
         x = self.tok_emb(idx)
@@ -287,8 +308,110 @@ class Transformer(nn.Module):
                 x = checkpoint(block, x, cos, sin, use_reentrant=False)
             else:
                 x = block(x, cos, sin, kv_cache, start_pos)
-        logits = self.lm_head(self.norm(x))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
-        return logits, loss
+        hidden = self.norm(x)
+        if targets is None:
+            return self.lm_head(hidden)[..., : self.config.vocab_size], None
+        flat, weight = hidden.reshape(-1, hidden.shape[-1]), self.lm_head.weight
+        return None, linear_cross_entropy(flat, weight, targets.reshape(-1), self.config.vocab_size)
+
+
+def build_model(
+    config: ModelConfig, device: torch.device | str, generator: torch.Generator | None = None
+) -> Transformer:
+    """A model allocated and initialized directly on ``device``: built on the meta device first, so
+    no full copy is ever made on the host; the same generator state gives the same weights as
+    ``Transformer(config).init_weights(generator)`` on that device."""
+    with torch.device("meta"):
+        model = Transformer(config)
+    model.to_empty(device=device)
+    model.init_weights(generator)
+    return model
+
+
+# ---------------------------------------------------------------- loss
+
+IGNORE_INDEX = -100
+CE_CHUNK_ELEMENTS = 1 << 26  # logits per chunk of linear_cross_entropy: 256 MB in float32
+
+
+def _compute_dtype(tensor: Tensor) -> torch.dtype:
+    device = tensor.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else tensor.dtype
+
+
+def _chunk_logits(hidden: Tensor, weight: Tensor, vocab_size: int) -> Tensor:
+    """float32 logits of one chunk, the padded columns at -inf (so they get no probability)."""
+    logits = (hidden @ weight.t()).float()
+    if logits.shape[1] > vocab_size:
+        logits[:, vocab_size:] = float("-inf")
+    return logits
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of ``hidden @ weight.T``. The forward pass also computes the gradients of
+    ``hidden`` and ``weight`` chunk by chunk (the loss is a graph output, so only a scalar can flow
+    back); backward scales them by the incoming gradient. Three matmuls per chunk, as autograd
+    would do, and no tensor of the size of the logits outlives a chunk."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, hidden: Tensor, weight: Tensor, targets: Tensor, vocab_size: int, chunk_rows: int
+    ) -> Tensor:
+        dtype = _compute_dtype(hidden)
+        with torch.autocast(hidden.device.type, enabled=False):
+            h_all, w = hidden.to(dtype), weight.to(dtype)
+            valid_all = targets != IGNORE_INDEX
+            scale = 1.0 / valid_all.sum().clamp(min=1).float()
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_hidden = torch.empty_like(hidden)
+            grad_weight = torch.zeros_like(weight, dtype=torch.float32)
+            for start in range(0, hidden.shape[0], chunk_rows):
+                h = h_all[start : start + chunk_rows]
+                valid = valid_all[start : start + chunk_rows]
+                target = torch.where(valid, targets[start : start + chunk_rows], 0).unsqueeze(1)
+                logits = _chunk_logits(h, w, vocab_size)
+                lse = torch.logsumexp(logits, dim=1, keepdim=True)
+                total += ((lse - logits.gather(1, target)).squeeze(1) * valid).sum()
+                grad = logits.sub_(lse).exp_()  # softmax, in place of the logits
+                grad.scatter_add_(1, target, torch.full_like(target, -1, dtype=grad.dtype))
+                grad.mul_((valid * scale).unsqueeze(1))
+                grad = grad.to(dtype)
+                grad_hidden[start : start + chunk_rows] = grad @ w
+                grad_weight += (grad.t() @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return total * scale
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return (
+            grad_hidden * grad_loss.to(grad_hidden.dtype),
+            (grad_weight * grad_loss).to(ctx.weight_dtype),
+            None,
+            None,
+            None,
+        )
+
+
+def linear_cross_entropy(
+    hidden: Tensor, weight: Tensor, targets: Tensor, vocab_size: int, chunk_rows: int | None = None
+) -> Tensor:
+    """Mean cross-entropy of the logits ``hidden @ weight.T`` (columns from ``vocab_size`` on left
+    out) against ``targets`` (-100: ignored), ``chunk_rows`` rows at a time (default: chunks of
+    about ``CE_CHUNK_ELEMENTS`` logits). ``hidden`` is [N, D], ``weight`` [V, D], ``targets`` [N]."""
+    rows = chunk_rows or max(1, CE_CHUNK_ELEMENTS // weight.shape[0])
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(hidden, weight, targets, vocab_size, rows)
+    dtype = _compute_dtype(hidden)
+    with torch.autocast(hidden.device.type, enabled=False):
+        h_all, w = hidden.to(dtype), weight.to(dtype)
+        valid_all = targets != IGNORE_INDEX
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], rows):
+            valid = valid_all[start : start + rows]
+            target = torch.where(valid, targets[start : start + rows], 0)
+            logits = _chunk_logits(h_all[start : start + rows], w, vocab_size)
+            losses = F.cross_entropy(logits, target, reduction="none")
+            total += (losses * valid).sum()
+        return total / valid_all.sum().clamp(min=1).float()

@@ -4,15 +4,15 @@ The split's stream is every document in manifest order (shard by shard, row by r
 by ``eot_id`` (docs/shard-format.md). :class:`SplitIndex` locates every Parquet row group in that
 stream from the shard footers alone: the token count of a row group is the ``input_ids`` leaf count
 minus its null count (empty lists), or, when a writer left out statistics, the sum of the small
-``n_tokens`` column. Totals are checked against the manifest. :class:`RowGroupReader` fetches a row
-group's ``input_ids`` column chunk with one ranged read, keeps decoded row groups in an LRU bounded
-by bytes and fetches ahead on a thread pool.
+``n_tokens`` column. Totals are checked against the manifest. :class:`RowGroupCache` fetches a row
+group's ``input_ids`` column chunk with one ranged read (local files and S3 alike) on a thread pool,
+keeps row groups that upcoming steps need pinned in memory, and the others in an LRU bounded by
+bytes; one cache per split serves every thread of a rank.
 """
 
 from __future__ import annotations
 
 import io
-import os
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -130,8 +130,8 @@ class SplitIndex:
     """Where every row group of a split sits in the split's token stream.
 
     Arrays over the split's row groups, in stream order: ``shard`` (index into ``shards``),
-    ``row_group``, ``first_row`` (in its shard) and ``start`` (stream offset; ``start[-1]`` is the
-    stream length, eot tokens included).
+    ``row_group``, ``first_row`` (in its shard), ``rows`` and ``start`` (stream offset;
+    ``start[-1]`` is the stream length, eot tokens included).
     """
 
     def __init__(self, manifest: Manifest, split: str, threads: int = 8) -> None:
@@ -142,18 +142,20 @@ class SplitIndex:
             metas = list(pool.map(self._open_shard, entries))
             counts = list(pool.map(self._row_group_lengths, metas, entries))
         self.shards = metas
-        shard, row_group, first_row, lengths = [], [], [], []
+        shard, row_group, first_row, rows, lengths = [], [], [], [], []
         for s, (meta, per_rg) in enumerate(zip(metas, counts, strict=True)):
             row = 0
             for r, length in enumerate(per_rg):
                 shard.append(s)
                 row_group.append(r)
                 first_row.append(row)
+                rows.append(meta.metadata.row_group(r).num_rows)
                 lengths.append(length)
-                row += meta.metadata.row_group(r).num_rows
+                row += rows[-1]
         self.shard = np.array(shard, dtype=np.int64)
         self.row_group = np.array(row_group, dtype=np.int64)
         self.first_row = np.array(first_row, dtype=np.int64)
+        self.rows = np.array(rows, dtype=np.int64)
         self.start = np.concatenate([[0], np.cumsum(np.array(lengths, dtype=np.int64))]).astype(np.int64)
 
     @property
@@ -216,54 +218,64 @@ class SplitIndex:
         return range(first, last + 1)
 
 
-class RowGroupReader:
-    """Decoded row groups of one split: an LRU bounded by ``cache_bytes`` plus background fetches."""
+@dataclass
+class ReadStats:
+    """What a cache read: row groups decoded, storage requests, bytes fetched, tokens decoded."""
+
+    row_groups: int = 0
+    requests: int = 0
+    bytes: int = 0
+    tokens: int = 0
+
+
+class RowGroupCache:
+    """Decoded row groups of one split on this rank, shared by every thread that reads it.
+
+    Row groups are fetched and decoded on a pool of ``threads``. A row group :meth:`pin` ned for a
+    step that has not been built yet stays in memory until :meth:`unpin`; unpinned row groups are
+    kept in least-recently-used order while the cache holds more than ``cache_bytes`` (pinned ones
+    are never evicted, so read-ahead never throws away what it fetched). Sizes are known from the
+    index before a row group is read.
+    """
 
     def __init__(self, index: SplitIndex, cache_bytes: int = 512 << 20, threads: int = 4) -> None:
         self.index = index
         self.cache_bytes = cache_bytes
-        self.threads = threads
+        self.threads = max(1, threads)
         self.eot = index.dtype.type(index.manifest.eot_id)
         self.vocab_size = index.manifest.vocab_size
+        self.stats = ReadStats()
         self._lock = threading.Lock()
-        self._cache: OrderedDict[int, Future[RowGroupData]] = OrderedDict()
-        self._sizes: dict[int, int] = {}  # bytes of the finished entries of _cache
-        self._bytes = 0
+        self._entries: OrderedDict[int, Future[RowGroupData]] = OrderedDict()  # LRU order
+        self._pins: dict[int, int] = {}
+        self._bytes = 0  # decoded bytes of every entry, in flight included
+        self._pinned_bytes = 0
         self._pool: ThreadPoolExecutor | None = None
-        self._pid = os.getpid()
-        self.fetches = 0  # row groups read so far (for tests and logs)
 
-    def __getstate__(self) -> dict[str, Any]:  # picklable for DataLoader workers: no lock, pool or cache
-        return {"index": self.index, "cache_bytes": self.cache_bytes, "threads": self.threads}
+    def decoded_bytes(self, pos: int) -> int:
+        """Memory a decoded row group takes: its stream tokens and one end offset per document."""
+        tokens = int(self.index.start[pos + 1] - self.index.start[pos])
+        return tokens * self.index.dtype.itemsize + int(self.index.rows[pos]) * 8
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["index"], state["cache_bytes"], state["threads"])  # type: ignore[misc]
+    @property
+    def pinned_bytes(self) -> int:
+        return self._pinned_bytes
+
+    @property
+    def resident_bytes(self) -> int:
+        return self._bytes
 
     def _fetch(self, pos: int) -> RowGroupData:
         meta = self.index.shards[int(self.index.shard[pos])]
         r = int(self.index.row_group[pos])
         expected = int(self.index.start[pos + 1] - self.index.start[pos])
-        if storage.is_s3(meta.uri):
-            start, length = _chunk_range(_column(meta.metadata, r, "input_ids"))
-            source: Any = _RangedFile(
-                meta.uri, meta.size, {start: storage.read_range(meta.uri, start, length)}
-            )
-        else:
-            source = meta.uri
+        start, length = _chunk_range(_column(meta.metadata, r, "input_ids"))
+        source = _RangedFile(meta.uri, meta.size, {start: storage.read_range(meta.uri, start, length)})
         table = pq.ParquetFile(source, metadata=meta.metadata).read_row_group(r, columns=["input_ids"])
         column = table.column(0)
         if column.null_count:
             raise DataError(f"{meta.uri} row group {r}: input_ids has null rows")
-        pieces, ends = [], []
-        offset = 0
-        for chunk in column.chunks:
-            values = chunk.flatten().to_numpy(zero_copy_only=False).astype(self.index.dtype, copy=False)
-            lengths = pc.list_value_length(chunk).to_numpy(zero_copy_only=False).astype(np.int64)
-            doc_ends = np.cumsum(lengths + 1)
-            pieces.append(np.insert(values, np.cumsum(lengths), self.eot))
-            ends.append(doc_ends + offset)
-            offset += int(doc_ends[-1]) if len(doc_ends) else 0
-        tokens = np.concatenate(pieces) if pieces else np.empty(0, dtype=self.index.dtype)
+        tokens, doc_ends = _stream(column, self.index.dtype, self.eot)
         if len(tokens) != expected:
             raise DataError(
                 f"{meta.uri} row group {r}: {len(tokens)} stream tokens, index expects {expected}"
@@ -273,59 +285,80 @@ class RowGroupReader:
                 f"{meta.uri} row group {r}: token id {int(tokens.max())} >= vocab {self.vocab_size}"
             )
         with self._lock:
-            self.fetches += 1
-        return RowGroupData(tokens, np.concatenate(ends) if ends else np.empty(0, dtype=np.int64))
+            self.stats.row_groups += 1
+            self.stats.requests += 1
+            self.stats.bytes += length
+            self.stats.tokens += len(tokens)
+        return RowGroupData(tokens, doc_ends)
 
-    def _future(self, pos: int, background: bool) -> Future[RowGroupData]:
-        if self._pid != os.getpid():  # forked into a loader worker: start with a fresh cache and pool
-            self.__init__(self.index, self.cache_bytes, self.threads)  # type: ignore[misc]
-        with self._lock:
-            future = self._cache.get(pos)
-            if future is not None:
-                self._cache.move_to_end(pos)
-                return future
-            if background:
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="rowgroups")
-                future = self._pool.submit(self._fetch, pos)
-            else:
-                future = Future()
-            self._cache[pos] = future
+    def _entry(self, pos: int, background: bool) -> tuple[Future[RowGroupData], bool]:
+        """(entry of ``pos``, whether it is new); the caller holds the lock. A new entry is fetched
+        on the pool or, when ``background`` is False, left for the caller to fill."""
+        future = self._entries.get(pos)
+        if future is not None:
+            self._entries.move_to_end(pos)
+            return future, False
+        if background:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="rowgroups")
+            future = self._pool.submit(self._fetch, pos)
+        else:
+            future = Future()
+        self._entries[pos] = future
+        self._bytes += self.decoded_bytes(pos)
         future.add_done_callback(lambda done, pos=pos: self._settled(pos, done))
-        if not background:
+        return future, True
+
+    def _settled(self, pos: int, future: Future[RowGroupData]) -> None:
+        """Forget a failed fetch (a later read retries it); evict beyond the budget."""
+        with self._lock:
+            if self._entries.get(pos) is future and (future.cancelled() or future.exception() is not None):
+                self._drop(pos)
+            self._evict()
+
+    def _drop(self, pos: int) -> None:
+        del self._entries[pos]
+        self._bytes -= self.decoded_bytes(pos)
+
+    def _evict(self) -> None:
+        """Drop finished, unpinned row groups, least recently used first, while over the budget."""
+        if self._bytes <= self.cache_bytes:
+            return
+        for pos in [p for p, f in self._entries.items() if p not in self._pins and f.done()]:
+            if self._bytes <= self.cache_bytes:
+                break
+            self._drop(pos)
+
+    def pin(self, positions: Any) -> None:
+        """Keep these row groups until as many :meth:`unpin` calls; fetch the missing ones now."""
+        with self._lock:
+            for pos in map(int, positions):
+                self._entry(pos, background=True)
+                count = self._pins.get(pos, 0)
+                if count == 0:
+                    self._pinned_bytes += self.decoded_bytes(pos)
+                self._pins[pos] = count + 1
+
+    def unpin(self, positions: Any) -> None:
+        with self._lock:
+            for pos in map(int, positions):
+                count = self._pins.pop(pos) - 1
+                if count:
+                    self._pins[pos] = count
+                else:
+                    self._pinned_bytes -= self.decoded_bytes(pos)
+            self._evict()
+
+    def get(self, pos: int) -> RowGroupData:
+        """A decoded row group: cached, in flight, or read now in this thread."""
+        with self._lock:
+            future, new = self._entry(pos, background=False)
+        if new:
             try:
                 future.set_result(self._fetch(pos))
             except BaseException as exc:
                 future.set_exception(exc)
-        return future
-
-    def _settled(self, pos: int, future: Future[RowGroupData]) -> None:
-        """Account a finished fetch: drop it if it failed (a later get retries), else evict the
-        least recently used finished row groups beyond ``cache_bytes`` (never this one)."""
-        with self._lock:
-            if self._cache.get(pos) is not future:
-                return
-            if future.cancelled() or future.exception() is not None:
-                del self._cache[pos]
-                return
-            size = future.result().nbytes
-            self._sizes[pos] = size
-            self._bytes += size
-            while self._bytes > self.cache_bytes:
-                victim = next((k for k in self._cache if k in self._sizes and k != pos), None)
-                if victim is None:
-                    break
-                del self._cache[victim]
-                self._bytes -= self._sizes.pop(victim)
-
-    def prefetch(self, positions: list[int]) -> None:
-        """Start fetching these row groups in the background (no-op for cached ones)."""
-        for pos in positions:
-            self._future(pos, background=True)
-
-    def get(self, pos: int) -> RowGroupData:
-        """A decoded row group, from the cache, an in-flight prefetch, or read now."""
-        return self._future(pos, background=False).result()
+        return future.result()
 
     def read(self, start: int, stop: int) -> tuple[np.ndarray, list[Segment]]:
         """stream[start:stop] and the (shard, row group, rows) segments it came from."""
@@ -340,9 +373,31 @@ class RowGroupReader:
             row0 = int(self.index.first_row[pos])
             shard = self.index.shards[int(self.index.shard[pos])].path
             segments.append(Segment(shard, int(self.index.row_group[pos]), row0 + first, row0 + last))
-        return np.concatenate(pieces), segments
+        return (pieces[0] if len(pieces) == 1 else np.concatenate(pieces)), segments
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+
+def _stream(column: pa.ChunkedArray, dtype: np.dtype, eot: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A row group's documents as one stream with ``eot`` after each, and each document's end."""
+    pieces, ends, offset = [], [], 0
+    for chunk in column.chunks:
+        offsets = chunk.offsets.to_numpy().astype(np.int64)
+        values = chunk.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
+        doc_ends = offsets[1:] - offsets[0] + np.arange(1, len(offsets))
+        tokens = np.empty(len(values) + len(doc_ends), dtype=dtype)
+        keep = np.ones(len(tokens), dtype=bool)
+        keep[doc_ends - 1] = False
+        tokens[keep] = values
+        tokens[doc_ends - 1] = eot
+        pieces.append(tokens)
+        ends.append(doc_ends + offset)
+        offset += len(tokens)
+    if len(pieces) == 1:
+        return pieces[0], ends[0]
+    if not pieces:
+        return np.empty(0, dtype=dtype), np.empty(0, dtype=np.int64)
+    return np.concatenate(pieces), np.concatenate(ends)

@@ -12,6 +12,8 @@ Each rank appends one JSON line per step to ``<output>/trace/from-NNNNNN/rank-RR
 the manifest in ``--data``), and ``sources`` per sequence the [shard path relative to its manifest,
 row group, first row, last row] pieces it was cut from (rows of the shard, inclusive). A resumed
 run writes a new ``from-N`` directory, whose records supersede older directories from step N+1 on.
+For an S3 output a rank's file may be followed by parts uploaded at checkpoints
+(``rank-RRRRR.jsonl.parts/``, training/logs.py); every record is read once.
 
 ``python -m training.trace OUTPUT --step N`` prints the documents (ids included) of a step.
 """
@@ -77,18 +79,18 @@ def load_trace(output: str) -> dict[int, list[dict[str, Any]]]:
         run, _, file = name.partition("/")
         if run.startswith("from-") and file.endswith(".jsonl"):
             by_run.setdefault(int(run.removeprefix("from-")), []).append(name)
-    steps: dict[int, list[dict[str, Any]]] = {}
+    steps: dict[int, dict[int, dict[str, Any]]] = {}
     for start in sorted(by_run):
-        fresh: dict[int, list[dict[str, Any]]] = {}
-        for name in by_run[start]:
+        fresh: dict[int, dict[int, dict[str, Any]]] = {}
+        for name in by_run[start]:  # a rank's whole file and the parts uploaded after it
             for line in storage.read_bytes(f"{root}/{name}").decode().splitlines():
                 if line.strip():
                     record = json.loads(line)
-                    fresh.setdefault(record["step"], []).append(record)
+                    fresh.setdefault(record["step"], {})[record["rank"]] = record
         for step in [s for s in steps if s > start]:
             del steps[step]
         steps.update(fresh)
-    return {s: sorted(records, key=lambda r: r["rank"]) for s, records in sorted(steps.items())}
+    return {s: [records[r] for r in sorted(records)] for s, records in sorted(steps.items())}
 
 
 def _document_ids(manifest_uri: str, shard: str, row_group: int, first: int, last: int) -> list[str]:

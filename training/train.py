@@ -12,8 +12,9 @@ Output (a local directory or an ``s3://`` prefix)::
     trace/               per-step data trace of every rank (training/trace.py)
     latest, step-N/      checkpoints (training/checkpoint.py)
 
-For an S3 output, metrics.jsonl and the trace are written to a local staging directory and
-uploaded with every checkpoint and at exit.
+For an S3 output, metrics.jsonl and the trace are written to a local staging directory; the
+lines added since the last checkpoint are uploaded with every checkpoint, the whole files at exit
+(training/logs.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -52,15 +54,24 @@ from training.data import (
     Batch,
     BatchStream,
     Schedule,
+    Shuffle,
     WindowSource,
     make_schedule,
     validation_windows,
 )
-from training.manifest import DataError, Manifest, check_tokenizer, load_manifest, sha256_hex, verify_shards
+from training.logs import ProfilerWindow, RunLogs, cuda_memory
+from training.manifest import (
+    DataError,
+    IntegrityError,
+    Manifest,
+    check_tokenizer,
+    load_manifest,
+    sha256_hex,
+    verify_shard,
+)
 from training.mfu import flops_per_token, peak_flops
-from training.model import PRESETS, ModelConfig, Transformer
+from training.model import PRESETS, ModelConfig, Transformer, build_model
 from training.schedule import build_scheduler, scheduler_state
-from training.trace import TRACE_DIR, TraceWriter
 
 __all__ = ["TrainingError", "main", "train"]
 
@@ -115,8 +126,9 @@ def available_cpus() -> int:
     return max(1, cpus)
 
 
-def setup_distributed() -> DistInfo:
-    """Join the torchrun process group when launched by torchrun; pick the device and thread count."""
+def setup_distributed(timeout_s: float = 1800) -> DistInfo:
+    """Join the torchrun process group when launched by torchrun (collectives wait at most
+    ``timeout_s``); pick the device and thread count."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -129,10 +141,11 @@ def setup_distributed() -> DistInfo:
         device = torch.device("cpu")
     torch.set_num_threads(max(1, available_cpus() // local_world_size))
     if "WORLD_SIZE" in os.environ and not dist.is_initialized():
+        timeout = timedelta(seconds=timeout_s)
         if device.type == "cuda":
-            dist.init_process_group(backend="nccl", device_id=device)
+            dist.init_process_group(backend="nccl", device_id=device, timeout=timeout)
         else:
-            dist.init_process_group(backend="gloo")
+            dist.init_process_group(backend="gloo", timeout=timeout)
     return DistInfo(rank, world_size, local_rank, local_world_size, device)
 
 
@@ -202,8 +215,10 @@ def parallelize(model: Transformer, cfg: TrainConfig, info: DistInfo) -> Paralle
 
         return Parallel(model, model, fsdp_sync, autocast=False)
     if dist.is_initialized() and info.world_size > 1:
-        ddp = DistributedDataParallel(
-            model, device_ids=[info.local_rank] if info.device.type == "cuda" else None
+        ddp = DistributedDataParallel(  # buffers (rotary tables) are the same on every rank
+            model,
+            device_ids=[info.local_rank] if info.device.type == "cuda" else None,
+            broadcast_buffers=False,
         )
         forward = torch.compile(ddp) if cfg.compile else ddp
         return Parallel(
@@ -232,8 +247,8 @@ def train_step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step over this rank's batch in ``--grad-accum`` micro-batches (gradients reduced
     on the last), clipped. Returns (this rank's mean loss, global grad norm) without syncing."""
-    inputs = batch.inputs.to(device, non_blocking=True)
-    targets = batch.targets.to(device, non_blocking=True)
+    tokens = batch.tokens.to(device, non_blocking=True)  # one copy; inputs and targets are views
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
     micro = inputs.shape[0] // cfg.grad_accum
     loss_sum = torch.zeros((), device=device)
     for m in range(cfg.grad_accum):
@@ -271,71 +286,6 @@ def evaluate(
     _all_reduce(totals)
     par.model.train()
     return (totals[:, 0] / totals[:, 1].clamp(min=1)).tolist()
-
-
-# ---------------------------------------------------------------- logs
-
-
-class RunLogs:
-    """metrics.jsonl (rank 0) and this rank's trace, kept in the output directory or, for an S3
-    output, in a local mirror uploaded by :meth:`sync`. Records after ``start_step`` left by an
-    abandoned run are dropped."""
-
-    def __init__(self, store: CheckpointStore, info: DistInfo, start_step: int, trace: bool) -> None:
-        self.store, self.info = store, info
-        self.root = store.staging / "logs" if store.remote else Path(store.output)
-        self.metrics_path = self.root / "metrics.jsonl"
-        if info.is_main:
-            self.root.mkdir(parents=True, exist_ok=True)
-            self._restart_metrics(start_step)
-            self._drop_abandoned_traces(start_step)
-        _barrier()
-        self.trace = TraceWriter(self.root if trace else None, start_step, info.rank, info.world_size)
-
-    def _restart_metrics(self, start_step: int) -> None:
-        if self.store.remote:
-            try:
-                data = storage.read_bytes(self.store.uri("metrics.jsonl"))
-            except storage.NotFound:
-                data = b""
-        else:
-            data = self.metrics_path.read_bytes() if self.metrics_path.is_file() else b""
-        kept = [
-            line for line in data.decode().splitlines() if line and json.loads(line)["step"] <= start_step
-        ]
-        self.metrics_path.write_text("".join(line + "\n" for line in kept))
-
-    def _drop_abandoned_traces(self, start_step: int) -> None:
-        trace_root = f"{self.store.output}/{TRACE_DIR}"
-        for name in storage.list_dirs(trace_root):
-            if name.startswith("from-") and int(name.removeprefix("from-")) >= start_step:
-                storage.delete_tree(f"{trace_root}/{name}")
-                if self.store.remote:
-                    storage.delete_tree(self.root / TRACE_DIR / name)
-
-    def metric(self, record: dict[str, Any]) -> None:
-        if not self.info.is_main:
-            return
-        parts = [f"{record['type']} step {record['step']}"]
-        for key, value in record.items():
-            if key not in ("type", "step") and not isinstance(value, dict | list):
-                parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
-        print(" | ".join(parts), flush=True)
-        with self.metrics_path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
-
-    def sync(self) -> None:
-        """Flush; for an S3 output upload metrics.jsonl (rank 0) and this rank's trace file."""
-        self.trace.flush()
-        if not self.store.remote:
-            return
-        if self.info.is_main and self.metrics_path.is_file():
-            storage.upload_file(self.metrics_path, self.store.uri("metrics.jsonl"))
-        if self.trace.path is not None and self.trace.path.is_file():
-            storage.upload_file(self.trace.path, self.store.uri(self.trace.relative_path or ""))
-
-    def close(self) -> None:
-        self.trace.close()
 
 
 # ---------------------------------------------------------------- run identity and resume checks
@@ -395,10 +345,26 @@ def _check_resume(
     schedule: Schedule,
 ) -> None:
     """Refuse to resume when the data position would not mean the same thing any more."""
-    now = {"seq_len": cfg.seq_len, "global_batch_size": cfg.batch_size, "seed": cfg.seed}
-    flags = {"seq_len": "--seq-len", "global_batch_size": "--batch-size", "seed": "--seed"}
+    if saved_config.get("format_version") != CHECKPOINT_FORMAT_VERSION:
+        raise TrainingError(
+            f"cannot resume: the checkpoint has format version {saved_config.get('format_version')}, this "
+            f"version resumes {CHECKPOINT_FORMAT_VERSION} (another data order); generate and export still "
+            "load it"
+        )
+    now = {
+        "seq_len": cfg.seq_len,
+        "global_batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "order": schedule.shuffle.to_json(),
+    }
+    flags = {
+        "seq_len": "--seq-len",
+        "global_batch_size": "--batch-size",
+        "seed": "--seed",
+        "order": "--data-lanes/--shuffle-chunk-tokens/--shuffle-buffer-chunks giving",
+    }
     for key, value in now.items():
-        if saved_state[key] != value:
+        if saved_state.get(key) != value:
             raise TrainingError(
                 f"cannot resume: checkpoint used {flags[key]} {saved_state[key]}, this run {value}"
             )
@@ -413,6 +379,48 @@ def _check_resume(
     if saved_state["position"] != expected:
         raise TrainingError(
             f"cannot resume: checkpoint data position {saved_state['position']} != {expected}"
+        )
+
+
+def _verify_shards(manifests: list[Manifest], info: DistInfo) -> None:
+    """Hash every shard of every split against its manifest, shard ``i`` on rank ``i % W``; every
+    rank raises if any rank found a mismatch."""
+    shards = [(m, shard) for m in manifests for part in m.data["splits"].values() for shard in part["shards"]]
+    errors = []
+    for manifest, shard in shards[info.rank :: info.world_size]:
+        try:
+            verify_shard(manifest, shard)
+        except IntegrityError as exc:
+            errors.append(str(exc))
+    if dist.is_initialized():
+        gathered: list[list[str] | None] = [None] * info.world_size
+        dist.all_gather_object(gathered, errors)
+        errors = [e for rank_errors in gathered for e in rank_errors or []]
+    if errors:
+        raise IntegrityError("; ".join(errors))
+
+
+def _warn_about_reads(
+    shuffle: Shuffle, sources: list[WindowSource], cfg: TrainConfig, world_size: int
+) -> None:
+    """Say when this run will read row groups more than once: ranks sharing lanes, or shuffle
+    buffers larger than the cache."""
+    if shuffle.lanes % world_size:
+        lanes = math.lcm(shuffle.lanes, world_size)
+        print(
+            f"note: world size {world_size} does not divide the {shuffle.lanes} data lanes, so ranks share "
+            f"lanes and read their row groups more than once; --data-lanes {lanes} avoids it (another "
+            "data order)",
+            flush=True,
+        )
+    lanes_per_rank = max(1, shuffle.lanes // world_size)
+    itemsize = sources[0].index.dtype.itemsize
+    buffers = lanes_per_rank * shuffle.group_windows * (cfg.seq_len + 1) * itemsize * len(sources)
+    if buffers > cfg.data_cache_mb << 20:
+        print(
+            f"note: the shuffle buffers of a rank take about {buffers / 2**20:,.0f} MB, more than "
+            f"--data-cache-mb {cfg.data_cache_mb}: row groups will be read more than once per epoch",
+            flush=True,
         )
 
 
@@ -443,22 +451,25 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> None:
         check_tokenizer(other)
         if other.tokenizer["sha256"] != manifests[0].tokenizer["sha256"]:
             raise DataError(f"{other.uri} was tokenized with another tokenizer than {manifests[0].uri}")
-    if cfg.verify_shards and info.is_main:
-        for m in manifests:
-            for split in ("train", "validation"):
-                if m.has_split(split):
-                    verify_shards(m, split)
-    _barrier()
+    if cfg.verify_shards:
+        _verify_shards(manifests, info)
     cache = cfg.data_cache_mb << 20
-    sources = [WindowSource(m, "train", cfg.seq_len, cache) for m in manifests]
+    sources = [WindowSource(m, "train", cfg.seq_len, cache, cfg.loader_workers) for m in manifests]
     weights = (
         [as_fraction(w) for w in cfg.data_weights]
         if cfg.data_weights
         else [Fraction(int(m.split("train")["tokens"])) for m in manifests]
     )
-    schedule = make_schedule([len(s) for s in sources], weights, cfg.batch_size, cfg.seed)
+    shuffle = Shuffle.for_tokens(
+        cfg.data_lanes, cfg.shuffle_chunk_tokens, cfg.shuffle_buffer_chunks, cfg.seq_len, cfg.batch_size
+    )
+    schedule = make_schedule([len(s) for s in sources], weights, cfg.batch_size, cfg.seed, shuffle)
+    if info.is_main:
+        _warn_about_reads(shuffle, sources, cfg, info.world_size)
     val_sources = [
-        WindowSource(m, "validation", cfg.seq_len, cache) if m.has_split("validation") else None
+        WindowSource(m, "validation", cfg.seq_len, cache, cfg.loader_workers)
+        if m.has_split("validation")
+        else None
         for m in manifests
     ]
     val_counts = [len(v) if v is not None else 0 for v in val_sources]
@@ -489,7 +500,7 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> None:
     config = checkpoint_config(cfg, model_config, manifests, tokenizer_json, sources, weights, val_counts)
 
     _seed_everything(cfg.seed)
-    model = Transformer(model_config).to(info.device)
+    model = build_model(model_config, info.device, torch.Generator(info.device).manual_seed(cfg.seed))
     n_params = model.num_parameters()
     par = parallelize(model, cfg, info)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, info.device)
@@ -508,7 +519,8 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> None:
         if rng is not None:
             set_rng_state(rng, info.device)
 
-    logs = RunLogs(store, info, start_step, cfg.trace)
+    logs = RunLogs(store, info.rank, info.world_size, start_step, cfg.trace)
+    profiler = ProfilerWindow(cfg.profile_start, cfg.profile_steps, info.device, logs.root, info.rank)
     micro_batch = cfg.batch_size // info.world_size // cfg.grad_accum
     tokens_per_step = cfg.batch_size * cfg.seq_len
     flops_token = flops_per_token(model_config, cfg.seq_len)
@@ -531,6 +543,7 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> None:
             "seed": cfg.seed,
             "world_size": info.world_size,
             "parallel": cfg.parallel,
+            "order": schedule.shuffle.to_json(),
             "position": schedule.position(step),
             "scheduler": scheduler_state(scheduler),
         }
@@ -572,7 +585,6 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> None:
         start_step,
         cfg.stop_at,
         cfg.prefetch_steps,
-        cfg.loader_workers,
         pin_memory=info.device.type == "cuda",
     )
     model.train()
@@ -586,8 +598,14 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> None:
             batch = next(batches)
             data_wait += time.perf_counter() - wait_start
             lr = optimizer.param_groups[0]["lr"]
+            profiler.before_step(step)
             loss, grad_norm = train_step(par, batch, optimizer, scheduler, cfg, info.device)
             done = step + 1
+            profiled = time.perf_counter()
+            profile = profiler.after_step(done)
+            if profile is not None:  # writing the profile does not count towards tokens/s
+                logs.upload(profile)
+                window_start += time.perf_counter() - profiled
             logs.trace.write(done, batch.windows, batch.sources)
             pending_loss.append(loss)
             pending_norm.append(grad_norm)
@@ -616,6 +634,7 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> None:
                         "data_wait_s": data_wait,
                         "tokens_seen": done * tokens_per_step,
                         "position": schedule.position(done),
+                        **cuda_memory(info.device),
                     }
                 )
                 window_losses, data_wait, window_start = [], 0.0, time.perf_counter()
@@ -640,10 +659,12 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> None:
     finally:
         if hasattr(batches, "close"):
             batches.close()
-        logs.sync()
+        profile = profiler.close(cfg.stop_at)
+        if profile is not None:
+            logs.upload(profile)
         logs.close()
         for source in sources + [v for v in val_sources if v is not None]:
-            source.reader.close()
+            source.close()
     if last_saved == start_step and info.is_main:
         print(f"nothing to do: checkpoint is already at step {start_step} (--stop-at {cfg.stop_at})")
 
@@ -653,7 +674,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> None:
     ``cfg.output``. Process-wide torch settings (threads, deterministic algorithms) are restored
     afterwards, for callers that train in-process."""
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    info = setup_distributed()
+    info = setup_distributed(cfg.dist_timeout_s)
     try:
         _run(cfg, resume, info)
     finally:

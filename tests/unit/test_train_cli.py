@@ -48,11 +48,17 @@ NON_DEFAULTS = {
     "save_every": 50,
     "keep_last": 2,
     "peak_flops": 989e12,
+    "data_lanes": 16,
+    "shuffle_chunk_tokens": 1 << 20,
+    "shuffle_buffer_chunks": 8,
     "loader_workers": 2,
     "prefetch_steps": 4,
     "data_cache_mb": 128,
     "verify_shards": True,
+    "dist_timeout_s": 600,
     "trace": False,
+    "profile_start": 100,
+    "profile_steps": 5,
     "staging_dir": "/scratch/stage",
 }
 
