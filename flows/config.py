@@ -112,7 +112,9 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         )
 
 
-def _resolve(value: str, base: Path) -> str:
+def _resolve(value: Any, base: Path) -> Any:
+    if isinstance(value, dict) and "uri" in value:  # an input with its own settings
+        return {**value, "uri": _resolve(value["uri"], base)}
     return value if re.match(r"^[a-z0-9]+://", str(value)) or Path(value).is_absolute() else str(base / value)
 
 

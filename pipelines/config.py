@@ -41,6 +41,45 @@ class ExecutorConfig(Section):
     )
 
 
+class InputSpec(Section):
+    """One input with its own reading settings (null: those of the `ingest:` section)."""
+
+    uri: str = Field(description="input file or folder, local or s3://")
+    text_key: str | None = Field(None, description="the text's field or column; null: ingest.text_key")
+    id_key: str | None = Field(None, description="the record's own id field or column; null: ingest.id_key")
+
+
+class IngestConfig(Section):
+    """Reading the inputs: where text and ids are, metadata, and how input files split across cores."""
+
+    text_key: str = Field(
+        "text",
+        description="JSON field / CSV or Parquet column of the text (dotted paths reach nested fields)",
+    )
+    id_key: str | None = Field(
+        "id",
+        description="field / column of the record's own id, kept as documents' source_id when present "
+        "(dotted paths allowed; WARC: always WARC-Record-ID); null: none",
+    )
+    metadata: bool = Field(
+        True, description="keep every other field of a record as a JSON `metadata` column (false: faster)"
+    )
+    split_mb: float = Field(
+        256,
+        gt=0,
+        description="target size of an input split, the unit of parallel reading: byte ranges of "
+        "uncompressed JSONL and WARC/WET, runs of Parquet row groups; other files are one split each "
+        "(lowered so that every worker gets splits; results never depend on it)",
+    )
+    shard_mb: float = Field(
+        32,
+        gt=0,
+        description="documents/ shard size: the records of one input file whose byte offset (in the "
+        "decompressed file) falls in one shard_mb block are one shard, the unit of every later stage",
+    )
+    max_line_bytes: int = Field(1 << 30, ge=1, description="longest JSONL line read (longer: line_too_long)")
+
+
 class CleaningConfig(Section):
     """C4 line cleaning (datatrove C4QualityFilter settings as FineWeb used them)."""
 
@@ -173,12 +212,15 @@ class TokenShardsConfig(Section):
 class RunConfig(Section):
     """A corpus build: inputs, output location and the settings of every stage."""
 
-    inputs: list[str] = Field(
-        [], description="input files or folders, local or s3:// (JSONL[.gz|.zst], Parquet, WARC, WET, txt)"
+    inputs: list[str | InputSpec] = Field(
+        [],
+        description="input files or folders, local or s3:// (JSONL, Parquet, WARC, WET, CSV/TSV, HTML, txt; "
+        "all but Parquet optionally .gz/.zst); an entry is a URI or {uri, text_key, id_key}",
     )
     output: str = Field("runs", description="folder or s3:// prefix that holds run directories")
     run_id: str | None = Field(None, description="run directory name; null makes one from the time")
     executor: ExecutorConfig = ExecutorConfig()
+    ingest: IngestConfig = IngestConfig()
     signals: SignalsConfig = SignalsConfig()
     dedup: DedupConfig = DedupConfig()
     tokenizer: TokenizerTrainingConfig = TokenizerTrainingConfig()
@@ -187,16 +229,31 @@ class RunConfig(Section):
     def resolved_run_id(self) -> str:
         return self.run_id or datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S")
 
+    def input_specs(self) -> list[InputSpec]:
+        """Every input as an InputSpec with its reading settings filled in from `ingest:`."""
+        specs = [InputSpec(uri=i) if isinstance(i, str) else i for i in self.inputs]
+        return [
+            s.model_copy(update={"text_key": s.text_key or self.ingest.text_key,
+                                 "id_key": s.id_key or self.ingest.id_key})
+            for s in specs
+        ]  # fmt: skip
+
 
 # The sections that shape what a corpus build writes. The manifest's config_sha256 hashes only these, so
 # the same corpus built locally or on Ray, by hand or on a schedule, into a folder or a bucket, has the
-# same manifest; `executor`, `stages`, `deployment`, `train` and the locations are left out.
-CORPUS_SECTIONS = ("signals", "dedup", "tokenizer", "tokenize")
+# same manifest; `executor`, `stages`, `deployment`, `train` and the locations are left out, and so are
+# the ingest settings that only lay out the work (LAYOUT_FIELDS).
+CORPUS_SECTIONS = ("ingest", "signals", "dedup", "tokenizer", "tokenize")
+LAYOUT_FIELDS = {"ingest": ("split_mb", "shard_mb")}
 
 
 def lineage_config(config: dict[str, Any]) -> dict[str, Any]:
     """The part of a config dictionary that shapes the corpus (what the manifest's config_sha256 hashes)."""
-    return {k: config.get(k) for k in CORPUS_SECTIONS}
+    out = {k: config.get(k) for k in CORPUS_SECTIONS}
+    for section, fields in LAYOUT_FIELDS.items():
+        if isinstance(out.get(section), dict):
+            out[section] = {k: v for k, v in out[section].items() if k not in fields}
+    return out
 
 
 def config_sha256(config: dict[str, Any]) -> str:

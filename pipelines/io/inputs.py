@@ -1,18 +1,20 @@
 """Input files: what a list of local paths or `s3://` URIs expands to, named the same way for both.
 
-A file given directly is named by its basename. A folder (or an S3 prefix) is walked recursively: keys
-sorted; hidden parts, `*.md` and `LICENSE*` skipped; each file named `<folder name>/<relative path>`.
-That name is the `source` of its documents' ids, so a local copy and an S3 copy of the same files give
-the same ids.
+A folder (or an S3 prefix) is walked recursively: keys sorted; hidden parts, `*.md` and `LICENSE*`
+skipped. Each file is named by its path relative to the deepest folder that holds every listed file of
+its storage (the local disk, or one bucket), prefixed by that folder's name: `web/pages-00.jsonl.gz`
+whether the input was `web/`, `web/pages-00.jsonl.gz` or `./web`, and the same for a local copy and an
+S3 copy of the same files. That name is the `source` of its documents' ids.
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 from pathlib import Path
 
 from pipelines.io import s3
-from pipelines.run.files import write_atomic
+from pipelines.run.files import locked, write_atomic
 
 
 def _skipped(name: str) -> bool:
@@ -25,23 +27,50 @@ def list_inputs(uris: list[str]) -> list[tuple[str, str]]:
 
     Raises ValueError on a missing path or prefix, an unlistable folder, or two inputs with one source.
     """
-    pairs: list[tuple[str, str]] = []
-    for uri in uris:
-        pairs += _list_s3(uri) if s3.is_s3(uri) else _list_local(uri)
+    return [(path, source) for path, source, _ in expand_inputs(uris)]
+
+
+def expand_inputs(uris: list[str]) -> list[tuple[str, str, int]]:
+    """`(path, source, i)` for every file of the inputs: `i` is the index in `uris` of the input it
+    came from (see `list_inputs`)."""
+    found: list[tuple[str, int]] = []
+    for i, uri in enumerate(uris):
+        found += [(path, i) for path in (_list_s3(uri) if s3.is_s3(uri) else _list_local(uri))]
+    names = _names([path for path, _ in found])
     seen: dict[str, str] = {}
-    for path, source in pairs:
-        if source in seen:
+    for path, _ in found:
+        if (source := names[path]) in seen:
             raise ValueError(f"inputs {seen[source]!r} and {path!r} have the same source name {source!r}")
         seen[source] = path
-    return pairs
+    return [(path, names[path], i) for path, i in found]
 
 
-def _list_local(uri: str) -> list[tuple[str, str]]:
+def _names(paths: list[str]) -> dict[str, str]:
+    """Each path's source: relative to the deepest folder holding every path of its storage, prefixed by
+    that folder's name (a bucket's root is named by the bucket)."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for path in paths:
+        if s3.is_s3(path):
+            location = s3.S3Uri.parse(path)
+            key = f"/{location.bucket}/{location.key}"
+            groups.setdefault(f"s3://{location.bucket}", []).append((path, key))
+        else:
+            groups.setdefault("", []).append((path, Path(path).as_posix()))
+    names = {}
+    for members in groups.values():
+        folders = [posixpath.dirname(key) for _, key in members]
+        root = posixpath.commonpath(folders) if len(folders) > 1 else folders[0]
+        prefix = posixpath.basename(root)
+        for path, key in members:
+            names[path] = posixpath.join(prefix, posixpath.relpath(key, root))
+    return names
+
+
+def _list_local(uri: str) -> list[str]:
     if os.path.isdir(uri):
-        root = os.path.basename(os.path.abspath(uri))
-        return [(str(Path(uri, rel).resolve()), f"{root}/{rel}") for rel in _walk(uri)]
+        return [str(Path(uri, rel).resolve()) for rel in _walk(uri)]
     if os.path.lexists(uri):
-        return [(str(Path(uri).resolve()), os.path.basename(uri))]
+        return [str(Path(uri).resolve())]
     raise ValueError(f"input path does not exist: {uri!r}")
 
 
@@ -58,22 +87,21 @@ def _walk(top: str) -> list[str]:
     return sorted(found)
 
 
-def _list_s3(uri: str) -> list[tuple[str, str]]:
-    """An existing object is one file named by its basename; otherwise (or with a trailing `/`) the URI
-    is a folder, listed with the local folder rules."""
+def _list_s3(uri: str) -> list[str]:
+    """An existing object is one file; otherwise (or with a trailing `/`) the URI is a folder, listed with
+    the local folder rules."""
     location = s3.S3Uri.parse(uri)
     if location.key and not location.key.endswith("/") and s3.exists(location):
-        return [(str(location), location.key.rsplit("/", 1)[-1])]
-    root = location.key.rstrip("/").rsplit("/", 1)[-1] or location.bucket
+        return [str(location)]
     found = []
     for obj in s3.list_objects(location):
         rel = obj.key[len(location.prefix) :]
         parts = rel.split("/")
         if parts[-1] and not any(p.startswith(".") for p in parts) and not _skipped(parts[-1]):
-            found.append((str(location.join(rel)), f"{root}/{rel}"))
+            found.append((rel, str(location.join(rel))))
     if not found:
         raise ValueError(f"input path does not exist: {uri!r} (no object or objects under it)")
-    return sorted(found, key=lambda pair: pair[1])
+    return [path for _, path in sorted(found)]
 
 
 def local_input(path: str) -> str:
@@ -84,13 +112,14 @@ def local_input(path: str) -> str:
     location = s3.S3Uri.parse(path)
     local = s3.cache_path(location)
     state = local.with_name(f".{local.name}.sha256")
-    info = s3.head(location)
-    if info is None:
-        raise FileNotFoundError(f"input object {path} does not exist")
-    want = (info.get("Metadata") or {}).get(s3.SHA256_METADATA) or str(info.get("ETag", "")).strip('"')
-    size_matches = local.exists() and local.stat().st_size == int(info["ContentLength"])
-    if size_matches and state.exists() and state.read_text().strip() == want:
-        return str(local)
-    s3.download(location, local)
-    write_atomic(state, want)
+    with locked(local.with_name(f".{local.name}.lock")):  # the splits of one object download it once
+        info = s3.head(location)
+        if info is None:
+            raise FileNotFoundError(f"input object {path} does not exist")
+        want = (info.get("Metadata") or {}).get(s3.SHA256_METADATA) or str(info.get("ETag", "")).strip('"')
+        size_matches = local.exists() and local.stat().st_size == int(info["ContentLength"])
+        if size_matches and state.exists() and state.read_text().strip() == want:
+            return str(local)
+        s3.download(location, local)
+        write_atomic(state, want)
     return str(local)

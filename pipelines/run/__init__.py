@@ -7,6 +7,7 @@ stage pushes back (per shard, then per stage).
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,14 +58,19 @@ class RunDir(RunLayout):
             return str(path)
         return str(self.remote.uri.join(path.relative_to(self.root).as_posix()))
 
-    def start(self, run_id: str, config: dict[str, Any], inputs: list[str]) -> None:
-        """Record the run in run.json (an S3 run also records its URI and endpoint)."""
+    def start(self, run_id: str, config: dict[str, Any], inputs: list[Any]) -> None:
+        """Record the run in run.json with the URIs of its inputs (an S3 run also records its URI and
+        endpoint)."""
         extra = {} if self.remote is None else {"storage": {"uri": self.uri, "endpoint": s3.endpoint()}}
-        self.record.start(run_id, config, inputs, **extra)
+        uris = [i if isinstance(i, str) else getattr(i, "uri", None) or i["uri"] for i in inputs]
+        self.record.start(run_id, config, uris, **extra)
 
     @contextmanager
     def stage(self, name: str) -> Iterator[dict[str, Any]]:
-        """Time a stage and record running/done/failed with its summary counts in run.json.
+        """Time a stage and record running/done/failed/interrupted with its summary counts in run.json.
+
+        An error is `failed`; Ctrl-C, SIGTERM and other exits that are not errors (Prefect's termination
+        signal) are `interrupted`. Both resume from the finished shards on the next start.
 
         On an S3 run the stage starts by pushing what changed locally since the last sync (the deletions
         of a stage that starts afresh) and deleting its remote commit files (no manifest ever lists
@@ -82,13 +88,22 @@ class RunDir(RunLayout):
             self.sync()
         except BaseException as exc:
             seconds = round(time.perf_counter() - start, 3)
-            error = f"{type(exc).__name__}: {exc}"
-            self.record.set_stage(name, {"status": "failed", "error": error, "seconds": seconds})
+            if isinstance(exc, Exception):
+                error = f"{type(exc).__name__}: {exc}"
+                self.record.set_stage(name, {"status": "failed", "error": error, "seconds": seconds})
+            else:
+                self.record.set_stage(name, {"status": "interrupted", "seconds": seconds, "interrupted_at": now()})
             raise
         seconds = round(time.perf_counter() - start, 3)
         self.record.set_stage(
             name, {"status": "done", "finished_at": now(), "seconds": seconds, "summary": summary}
         )
+
+    def delete_folder(self, folder: Path) -> None:
+        """Delete a folder of the run, and on S3 every object under it (also those other machines wrote)."""
+        shutil.rmtree(folder, ignore_errors=True)
+        if self.remote is not None:
+            self.remote.delete_prefix(self.remote.rel(folder))
 
     def sync(self) -> None:
         """Push everything new or changed to S3 (nothing to do for a local run)."""

@@ -2,7 +2,8 @@
 
 ```
 <run>/run.json                      pipelines.run.record
-      documents/ NNNNN.parquet      stages.ingest     (+ _inputs.json: shard -> input file)
+      documents/ NNNNN.parquet      stages.ingest     (+ _inputs.json, _splits.json, _shards.json: shard ->
+                                                     input file and block; _parts/ while it runs)
       quarantine/ NNNNN.jsonl       stages.ingest
       clean/ NNNNN.parquet          stages.signals    (C4 line cleaning: the text later stages read)
       signals/ NNNNN.parquet        stages.signals    (+ _policy.yaml)
@@ -12,8 +13,8 @@
       tokens/ <split>-NNNNN.parquet stages.token_shards (+ _plan.json, manifest.json written last)
       report/                       stages.report     (+ _doc_tokens/: token counts per shard)
 ```
-Shard `i` of every per-shard stage is input file `i`; its files are named `shard_name(i)`. Files that are
-not data start with `_` so that each data folder reads as one Parquet dataset.
+Shard `i` of every per-shard stage is documents shard `i` (records of one input file, `ingest.shard_mb` of
+it at most); its files are named `shard_name(i)`. Files that are with `_` so that each data folder reads as one Parquet dataset.
 """
 
 from __future__ import annotations
@@ -40,7 +41,12 @@ STAGE_OUTPUTS = {
     "report": ("report/report.html", "report/report.md", "report/report.json"),
 }
 # Files a shard writes next to its completion marker (same stem), by the marker's folder.
-SHARD_COMPANIONS = {"documents": ("quarantine",), "signals": ("clean",), "dedup/signatures": ("dedup/bands",)}
+SHARD_COMPANIONS = {
+    "documents": ("quarantine",),
+    "documents/_parts": ("documents/_parts",),  # NNNNN.parquet, NNNNN.quarantine.jsonl beside NNNNN.json
+    "signals": ("clean",),
+    "dedup/signatures": ("dedup/bands",),
+}
 # Files that say "this stage's outputs are complete": written (and uploaded) after every data file.
 COMMIT_NAMES = ("manifest.json", "summary.json")
 STAGE_COMMIT_FILES = {"tokenize": ("tokens/manifest.json",)}
@@ -67,6 +73,9 @@ class RunLayout:
         self.run_json = root / "run.json"
         self.documents = root / "documents"
         self.inputs = self.documents / "_inputs.json"
+        self.splits = self.documents / "_splits.json"
+        self.parts = self.documents / "_parts"
+        self.shards_plan = self.documents / "_shards.json"
         self.quarantine = root / "quarantine"
         self.clean = root / "clean"
         self.signals = root / "signals"

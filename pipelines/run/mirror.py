@@ -218,6 +218,11 @@ class RemoteRun:
                         f"not publishing tokens/manifest.json: {uri} is missing or differs from the manifest"
                     )
 
+    def delete_prefix(self, rel: str) -> None:
+        """Delete every object under a folder of the run (and the mirror's state of them)."""
+        for obj in s3.list_objects(self.uri.join(rel.strip("/") + "/")):
+            self.delete_remote(obj.key[len(self.uri.prefix) :])
+
     def delete_remote(self, rel: str) -> None:
         s3.delete(self.uri.join(rel))
         self._state_path(rel).unlink(missing_ok=True)
@@ -246,7 +251,7 @@ class RemoteRun:
             path
             for companion in SHARD_COMPANIONS.get(folder, ())
             for path in sorted((self.root / companion).glob(f"{marker.stem}.*"))
-            if not path.name.startswith(".")
+            if not path.name.startswith(".") and path != marker
         ]
         self.push_files([*companions, marker])
 

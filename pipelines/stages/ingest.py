@@ -1,64 +1,106 @@
-"""Ingest: read input files into Parquet documents, sending bad records to quarantine.
+"""Ingest: read the inputs into Parquet documents, sending bad records to quarantine.
 
-Shard `i` of a run is input file `i` of `documents/_inputs.json`; it becomes `documents/NNNNN.parquet`
-(id, source, url, text) and `quarantine/NNNNN.jsonl` (one JSON object per quarantined record).
+Two passes of parallel tasks:
+
+1. **Splits** (`SplitStep`). The input files (documents/_inputs.json) are cut into splits
+   (`readers.plan_splits`: byte ranges of uncompressed JSONL and WARC/WET, runs of Parquet row groups,
+   other files whole; pinned in documents/_splits.json). Split k is read into documents/_parts/:
+   NNNNN.parquet (its documents, positions counted from the split's start), NNNNN.quarantine.jsonl, and
+   last NNNNN.json (positions read, rows per shard block, counts: the completion marker).
+2. **Shards** (`ShardStep`). The records of input file f whose byte offset (in the decompressed file;
+   a Parquet row group's offset) falls in block b = offset // shard_mb form documents shard (f, b),
+   numbered in input order (documents/_shards.json). Each shard is written from the parts that hold its
+   records, positions made absolute (those of the file's earlier splits added), as
+   documents/NNNNN.parquet (id, source, source_id, url, metadata, text) and quarantine/NNNNN.jsonl.
+   The parts are deleted at the end.
+
+So documents/ and quarantine/ depend on the inputs and `ingest.shard_mb` only, never on the split size
+or the number of workers; a split that had to skip the rest of its file (a broken record) ends the file
+there, as a whole-file read would.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.config import RunConfig
-from pipelines.corpus import quarantine_counts
-from pipelines.exec.progress import Progress
-from pipelines.exec.runner import run_shards
+from pipelines.exec.runner import default_workers, run_shards
 from pipelines.exec.step import ShardStep
-from pipelines.io.inputs import list_inputs, local_input
-from pipelines.readers import Document, Quarantined, read_file
+from pipelines.io.inputs import expand_inputs, local_input
+from pipelines.readers import Document, Quarantined, ReadOptions, Split, format_of, plan_splits, read_file
 from pipelines.run import RunDir
-from pipelines.run.files import atomic_path, parquet_writer, write_json
+from pipelines.run.files import atomic_path, parquet_file, parquet_writer, write_json
 from pipelines.run.layout import shard_name
 
 log = logging.getLogger("gristmill")
 
 DOCUMENT_SCHEMA = pa.schema(
-    [("id", pa.string()), ("source", pa.string()), ("url", pa.string()), ("text", pa.large_string())]
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("source_id", pa.string()),
+        ("url", pa.string()),
+        ("metadata", pa.string()),
+        ("text", pa.large_string()),
+    ]
+)
+PART_SCHEMA = pa.schema(
+    [
+        ("position", pa.int64()),
+        ("source_id", pa.string()),
+        ("url", pa.string()),
+        ("metadata", pa.string()),
+        ("text", pa.large_string()),
+    ]
 )
 BATCH_DOCUMENTS = 1_000
+MB = 1 << 20
+MIN_SPLIT_BYTES = 4 * MB  # splits are not made smaller than this to give every worker some
 
 
 def run(run: RunDir, config: RunConfig, resume: bool) -> dict[str, Any]:
-    """Read every input file into documents/ and quarantine/."""
-    files = plan_inputs(run, config.inputs)
-    run_shards("ingest", run.synced(IngestStep(str(run.root))), len(files), config.executor.workers)
-    quarantine = quarantine_counts(run)
-    documents = sum(pq.read_metadata(run.documents / name).num_rows for name in run.shards())
-    log.info("ingest: %d files -> %d documents, %d quarantined", len(files), documents, quarantine.total())
-    return {
-        "files": len(files),
-        "documents": documents,
-        "quarantined": quarantine.total(),
-        "quarantine_reasons": dict(quarantine),
-    }
+    """Read every input into documents/ and quarantine/ (splits in parallel, then shards in parallel)."""
+    inputs = plan_inputs(run, config)
+    workers = config.executor.workers
+    plan = plan_splits_of(run, config, inputs)
+    run_shards("ingest splits", run.synced(SplitStep(str(run.root), config)), len(plan["splits"]), workers)
+    shards = plan_shards(run)
+    step = ShardWriter(str(run.root))
+    run_shards("ingest shards", run.synced(step), len(shards), workers)
+    summary = _summary(run, inputs, plan, shards)
+    run.delete_folder(run.parts)
+    log.info(
+        "ingest: %d files in %d splits -> %d documents in %d shards, %d quarantined",
+        summary["files"], summary["splits"], summary["documents"], summary["shards"], summary["quarantined"],
+    )  # fmt: skip
+    return summary
 
 
-def plan_inputs(run: RunDir, uris: list[str]) -> list[dict[str, str]]:
-    """List the input files of a run and pin them in documents/_inputs.json (shard i = file i).
+def plan_inputs(run: RunDir, config: RunConfig) -> list[dict[str, Any]]:
+    """List the input files of a run with their reading settings and pin them in documents/_inputs.json.
 
     A local file is pinned by its absolute path, an S3 object by its `s3://` URI (downloaded to the
-    cache by the shard that reads it, so any machine can run or resume the shard).
+    cache by the tasks that read it, so any machine can run or resume them).
     """
-    inputs = [{"path": path, "source": source} for path, source in list_inputs(uris)]
+    specs = config.input_specs()
+    found = expand_inputs([spec.uri for spec in specs])
+    inputs = [
+        {"path": path, "source": source, "text_key": specs[i].text_key, "id_key": specs[i].id_key}
+        for path, source, i in found
+    ]
     if not inputs:
-        raise ValueError(f"no input files found in {uris}")
+        raise ValueError(f"no input files found in {[spec.uri for spec in specs]}")
     if run.inputs.exists():
         if json.loads(run.inputs.read_text()) != inputs:
             raise ValueError(f"{run.root} was started on other input files; use a new run id or output")
@@ -67,52 +109,284 @@ def plan_inputs(run: RunDir, uris: list[str]) -> list[dict[str, str]]:
     return inputs
 
 
-class IngestStep(ShardStep):
-    """Read input file `i` into documents/ and quarantine/."""
+def split_bytes(config: RunConfig, sizes: list[int]) -> int:
+    """The split size: `ingest.split_mb`, lowered (not below MIN_SPLIT_BYTES) so that the splittable
+    bytes make at least two splits per worker."""
+    workers = config.executor.workers or default_workers()
+    enough = math.ceil(sum(sizes) / (2 * workers)) if sizes else MIN_SPLIT_BYTES
+    return max(1, min(int(config.ingest.split_mb * MB), max(MIN_SPLIT_BYTES, enough)))
 
-    label = "ingest"
+
+def plan_splits_of(run: RunDir, config: RunConfig, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The splits of every input file, pinned in documents/_splits.json (kept on a resume)."""
+    settings = {"read": _read_settings(config), "shard_bytes": _shard_bytes(config)}
+    if run.splits.exists():
+        plan = json.loads(run.splits.read_text())
+        if {k: plan[k] for k in settings} != settings:
+            raise ValueError(f"{run.root} was started with other ingest settings; use a new run id or output")
+        return plan
+    splittable = [i for i, entry in enumerate(inputs) if _may_split(entry["path"])]
+    sizes = [os.path.getsize(local_input(inputs[i]["path"])) for i in splittable]
+    size = split_bytes(config, sizes)
+    splits = []
+    for i, entry in enumerate(inputs):
+        options = _options(config, entry)
+        parts = plan_splits(local_input(entry["path"]), size, options) if i in splittable else [Split()]
+        splits += [{"input": i, "start": s.start, "stop": s.stop} for s in parts]
+    plan = {**settings, "split_bytes": size, "splits": splits}
+    write_json(run.splits, plan)
+    return plan
+
+
+def _may_split(path: str) -> bool:
+    """Whether a file's name allows a split (an uncompressed file of a splittable format)."""
+    fmt = format_of(path)
+    return fmt is not None and fmt.split is not None and not path.lower().endswith((".gz", ".zst", ".zstd"))
+
+
+def _read_settings(config: RunConfig) -> dict[str, Any]:
+    return {"metadata": config.ingest.metadata, "max_line_bytes": config.ingest.max_line_bytes}
+
+
+def _shard_bytes(config: RunConfig) -> int:
+    return max(1, int(config.ingest.shard_mb * MB))
+
+
+def _options(config: RunConfig, entry: dict[str, Any]) -> ReadOptions:
+    return ReadOptions(
+        text_key=entry["text_key"],
+        id_key=entry["id_key"],
+        metadata=config.ingest.metadata,
+        max_line_bytes=config.ingest.max_line_bytes,
+    )
+
+
+class SplitStep(ShardStep):
+    """Read split `k` of documents/_splits.json into documents/_parts/."""
+
+    label = "ingest split"
+
+    def __init__(self, run_root: str, config: RunConfig) -> None:
+        super().__init__(run_root)
+        self.config = config
+
+    def output(self, index: int) -> Path:
+        return self.run.parts / f"{shard_name(index)}.json"
+
+    def process(self, index: int) -> dict[str, int]:
+        """Stream the split's documents and quarantine records to the part files, noting where each shard
+        block's rows are; the summary (the completion marker) is written last."""
+        plan = json.loads(self.run.splits.read_text())
+        split = plan["splits"][index]
+        entry = json.loads(self.run.inputs.read_text())[split["input"]]
+        shard_bytes = plan["shard_bytes"]
+        path = local_input(entry["path"])
+        options = _options(self.config, entry)
+        items = read_file(path, entry["source"], options, Split(split["start"], split["stop"]))
+        blocks: dict[int, list[int]] = {}  # block -> [first row, stop row, first quarantine line, stop line]
+        reasons: Counter[str] = Counter()
+        documents, block, batch = 0, 0, []
+        stem = self.run.parts / shard_name(index)
+        with (
+            atomic_path(self.output(index)) as marker,
+            atomic_path(stem.with_suffix(".parquet")) as out,
+            atomic_path(stem.with_suffix(".quarantine.jsonl")) as bad_path,
+            parquet_writer(out, PART_SCHEMA) as writer,
+            bad_path.open("w") as bad,
+        ):
+            while True:
+                try:
+                    item = next(items)
+                except StopIteration as stop:
+                    positions = stop.value
+                    break
+                if item.offset is not None:
+                    block = item.offset // shard_bytes
+                rows = blocks.setdefault(block, [documents, documents, reasons.total(), reasons.total()])
+                if isinstance(item, Quarantined):
+                    bad.write(json.dumps(_quarantine_line(item), ensure_ascii=False) + "\n")
+                    reasons[item.reason] += 1
+                    rows[3] = reasons.total()
+                    continue
+                batch.append(item)
+                documents += 1
+                rows[1] = documents
+                if len(batch) >= BATCH_DOCUMENTS:
+                    writer.write_table(_part_table(batch))
+                    batch = []
+            writer.write_table(_part_table(batch))
+            summary = {
+                "positions": positions,
+                "blocks": [[b, *rows] for b, rows in blocks.items()],
+                "documents": documents,
+                "reasons": dict(reasons),
+            }
+            write_json(marker, summary)
+        if reasons:
+            log.info("ingest %s: quarantined %s", entry["source"], dict(reasons))
+        stop = split["stop"] if split["stop"] is not None else os.path.getsize(path)
+        return {"documents": documents, "bytes": stop - split["start"], "quarantined": reasons.total()}
+
+
+def _quarantine_line(item: Quarantined) -> dict[str, Any]:
+    return {"unit": item.unit, "number": item.number, "reason": item.reason, "detail": item.detail,
+            "excerpt": item.excerpt, "offset": item.offset}  # fmt: skip
+
+
+def _part_table(batch: list[Document]) -> pa.Table:
+    return pa.table(
+        {
+            "position": [d.position for d in batch],
+            "source_id": [d.source_id for d in batch],
+            "url": [d.url for d in batch],
+            "metadata": [d.metadata for d in batch],
+            "text": [d.text for d in batch],
+        },
+        schema=PART_SCHEMA,
+    )
+
+
+def plan_shards(run: RunDir) -> list[dict[str, Any]]:
+    """The documents shards: per input file, in block order, the part rows of each block and the
+    position offset of their split; pinned in documents/_shards.json. Splits after one that stopped early
+    are left out; a file without any record still gets one (empty) shard."""
+    plan = json.loads(run.splits.read_text())
+    by_input: dict[int, list[int]] = {}
+    for k, split in enumerate(plan["splits"]):
+        by_input.setdefault(split["input"], []).append(k)
+    shards = []
+    for i in sorted(by_input):
+        blocks: dict[int, list[list[int]]] = {}
+        base = 0
+        for k in by_input[i]:
+            summary = json.loads((run.parts / f"{shard_name(k)}.json").read_text())
+            for block, *rows in summary["blocks"]:
+                blocks.setdefault(block, []).append([k, *rows, base])
+            if summary["positions"] is None:
+                break
+            base += summary["positions"]
+        shards += [{"input": i, "block": b, "parts": blocks[b]} for b in sorted(blocks)] or [
+            {"input": i, "block": 0, "parts": []}
+        ]
+    if not run.shards_plan.exists() or json.loads(run.shards_plan.read_text()) != shards:
+        write_json(run.shards_plan, shards)
+    return shards
+
+
+class ShardWriter(ShardStep):
+    """Write documents shard `i` (documents/_shards.json) from the parts that hold its records."""
+
+    label = "ingest shard"
 
     def output(self, index: int) -> Path:
         return self.run.documents / f"{shard_name(index)}.parquet"
 
     def process(self, index: int) -> dict[str, int]:
-        """Stream the documents and quarantine records to temporary files, renamed at the end, quarantine
-        first, so an existing documents/ shard always has its quarantine file."""
-        entry = json.loads(self.run.inputs.read_text())[index]
-        reasons: Counter[str] = Counter()
-        path = local_input(entry["path"])
-        progress = Progress(f"ingest {entry['source']}")
-        batch: list[Document] = []
+        """Documents in batches of BATCH_DOCUMENTS rows from the shard's start (so the file does not
+        depend on how the parts were cut), quarantine first, so a documents/ shard always has its
+        quarantine file."""
+        shard = json.loads(self.run.shards_plan.read_text())[index]
+        source = json.loads(self.run.inputs.read_text())[shard["input"]]["source"]
         quarantine = self.run.quarantine / f"{shard_name(index)}.jsonl"
+        documents = quarantined = text_bytes = 0
         with (
             atomic_path(self.output(index)) as out,
             atomic_path(quarantine) as bad_path,
             parquet_writer(out, DOCUMENT_SCHEMA) as writer,
             bad_path.open("w") as bad,
         ):
-            for item in read_file(path, entry["source"]):
-                if isinstance(item, Quarantined):
-                    bad.write(json.dumps(item.record(), ensure_ascii=False) + "\n")
-                    reasons[item.reason] += 1
-                    continue
-                batch.append(item)
-                progress.add()
-                if len(batch) >= BATCH_DOCUMENTS:
-                    writer.write_table(_documents_table(batch))
-                    batch = []
-            writer.write_table(_documents_table(batch))
-        if reasons:
-            log.info("ingest %s: quarantined %s", entry["source"], dict(reasons))
-        return {"documents": progress.count, "bytes": os.path.getsize(path), "quarantined": reasons.total()}
+            pending: list[pa.Table] = []
+            for k, first, stop, q_first, q_stop, base in shard["parts"]:
+                stem = self.run.parts / shard_name(k)
+                for table in _part_rows(stem.with_suffix(".parquet"), first, stop):
+                    pending.append(_documents_table(table, source, base))
+                    documents += table.num_rows
+                    text_bytes += int(pc.sum(pc.binary_length(table.column("text"))).as_py() or 0)
+                    pending = _write_full_batches(writer, pending)
+                for line in _lines(stem.with_suffix(".quarantine.jsonl"), q_first, q_stop):
+                    bad.write(json.dumps(_absolute(line, source, base), ensure_ascii=False) + "\n")
+                    quarantined += 1
+            writer.write_table(pa.concat_tables([DOCUMENT_SCHEMA.empty_table(), *pending]).combine_chunks())
+        return {"documents": documents, "bytes": text_bytes, "quarantined": quarantined}
 
 
-def _documents_table(batch: list[Document]) -> pa.Table:
+def _part_rows(path: Path, first: int, stop: int) -> Iterator[pa.Table]:
+    """Rows [first, stop) of a part file, by row group."""
+    if stop <= first:
+        return
+    part = parquet_file(path)
+    row = 0
+    for group in range(part.metadata.num_row_groups):
+        n = part.metadata.row_group(group).num_rows
+        if row < stop and row + n > first:
+            lo, hi = max(first - row, 0), min(stop - row, n)
+            yield part.read_row_group(group).slice(lo, hi - lo)
+        row += n
+
+
+def _documents_table(part: pa.Table, source: str, base: int) -> pa.Table:
+    positions = pc.cast(pc.add(part.column("position"), base), pa.string())
+    ids = pc.binary_join_element_wise(source, positions, ":")
     return pa.table(
         {
-            "id": [d.id for d in batch],
-            "source": [d.source for d in batch],
-            "url": [d.url for d in batch],
-            "text": [d.text for d in batch],
+            "id": ids,
+            "source": pa.array([source] * part.num_rows, pa.string()),
+            "source_id": part.column("source_id"),
+            "url": part.column("url"),
+            "metadata": part.column("metadata"),
+            "text": part.column("text"),
         },
         schema=DOCUMENT_SCHEMA,
     )
+
+
+def _write_full_batches(writer: pq.ParquetWriter, pending: list[pa.Table]) -> list[pa.Table]:
+    """Write BATCH_DOCUMENTS-row row groups while enough rows are pending; return the rest."""
+    if sum(t.num_rows for t in pending) < BATCH_DOCUMENTS:
+        return pending
+    table = pa.concat_tables(pending)
+    start = 0
+    while table.num_rows - start >= BATCH_DOCUMENTS:
+        writer.write_table(table.slice(start, BATCH_DOCUMENTS).combine_chunks())
+        start += BATCH_DOCUMENTS
+    return [table.slice(start)] if start < table.num_rows else []
+
+
+def _lines(path: Path, first: int, stop: int) -> Iterator[dict[str, Any]]:
+    if stop <= first:
+        return
+    with path.open() as f:
+        for n, line in enumerate(f):
+            if n >= stop:
+                return
+            if n >= first:
+                yield json.loads(line)
+
+
+def _absolute(line: dict[str, Any], source: str, base: int) -> dict[str, str]:
+    """A part's quarantine line as the quarantine/ line of the shard: the position made absolute."""
+    number = None if line["number"] is None else line["number"] + base
+    item = Quarantined(source, line["unit"], number, line["reason"], line["detail"], line["excerpt"],
+                       line["offset"])  # fmt: skip
+    return item.record()
+
+
+def _summary(
+    run: RunDir, inputs: list[dict[str, Any]], plan: dict[str, Any], shards: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Counts over the splits that made the shards."""
+    used = sorted({part[0] for shard in shards for part in shard["parts"]})
+    documents, reasons = 0, Counter[str]()
+    for k in used:
+        summary = json.loads((run.parts / f"{shard_name(k)}.json").read_text())
+        documents += summary["documents"]
+        reasons.update(summary["reasons"])
+    return {
+        "files": len(inputs),
+        "splits": len(plan["splits"]),
+        "split_bytes": plan["split_bytes"],
+        "shards": len(shards),
+        "documents": documents,
+        "quarantined": reasons.total(),
+        "quarantine_reasons": dict(reasons.most_common()),
+    }

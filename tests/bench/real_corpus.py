@@ -91,7 +91,9 @@ def documents_table(docs: list[tuple[str, str]]) -> pa.Table:
         {
             "id": [d for d, _ in docs],
             "source": ["bench"] * len(docs),
+            "source_id": [d for d, _ in docs],
             "url": [None] * len(docs),
+            "metadata": [None] * len(docs),
             "text": [t for _, t in docs],
         },
         schema=DOCUMENT_SCHEMA,

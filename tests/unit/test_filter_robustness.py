@@ -115,7 +115,9 @@ def test_stage_on_bad_documents(tmp_path: Path) -> None:
         {
             "id": [f"bad:{name}" for name in texts],
             "source": ["bad"] * len(texts),
+            "source_id": [None] * len(texts),
             "url": [None] * len(texts),
+            "metadata": [None] * len(texts),
             "text": list(texts.values()),
         },
         schema=DOCUMENT_SCHEMA,

@@ -98,13 +98,20 @@ def test_list_inputs_names_sorted_and_skips(tmp_path: Path, monkeypatch: pytest.
         (str(root / "b.jsonl"), "sample/b.jsonl"),
         (str(root / "sub/d.parquet"), "sample/sub/d.parquet"),
         (str(root / "sub/deep/e.warc.gz"), "sample/sub/deep/e.warc.gz"),
-        (str(single), "single.jsonl"),
     ]
-    assert list_inputs([str(root), str(single)]) == expected
-    # A trailing slash or a relative path names the same sources.
-    assert [s for _, s in list_inputs([str(root) + "/"])] == [s for _, s in expected[:4]]
+    assert list_inputs([str(root)]) == expected
+    # A trailing slash, a relative path or naming the files one by one gives the same sources.
+    assert list_inputs([str(root) + "/"]) == expected
+    assert list_inputs([str(root / rel) for rel in inputs]) == sorted(expected, key=lambda p: inputs.index(p[1][7:]))
+    assert list_inputs([str(root / "b.jsonl")]) == [expected[1]]
     monkeypatch.chdir(tmp_path)
-    assert [s for _, s in list_inputs(["sample", "other/single.jsonl"])] == [s for _, s in expected]
+    assert list_inputs(["sample"]) == list_inputs(["./sample/"]) == expected
+    # Inputs in two folders: named from the folder holding both.
+    top = tmp_path.name
+    assert [s for _, s in list_inputs(["sample", "other/single.jsonl"])] == [
+        *(f"{top}/{s}" for _, s in expected), f"{top}/other/single.jsonl"
+    ]
+    assert list_inputs([str(single)]) == [(str(single), "other/single.jsonl")]
     assert list_inputs([]) == []
 
 
@@ -113,15 +120,17 @@ def test_list_inputs_missing_path(tmp_path: Path) -> None:
         list_inputs([str(tmp_path / "nope")])
 
 
-def test_list_inputs_duplicate_source_names(tmp_path: Path) -> None:
+def test_list_inputs_same_file_twice(tmp_path: Path) -> None:
     for parent in ("one", "two"):
         (tmp_path / parent / "data").mkdir(parents=True)
         (tmp_path / parent / "data" / "web.jsonl").write_text("x")
     one, two = tmp_path / "one" / "data", tmp_path / "two" / "data"
+    top = tmp_path.name
+    assert [s for _, s in list_inputs([str(one), str(two)])] == [
+        f"{top}/one/data/web.jsonl", f"{top}/two/data/web.jsonl"
+    ]
     with pytest.raises(ValueError, match=r"same source name 'data/web\.jsonl'"):
-        list_inputs([str(one), str(two)])
-    with pytest.raises(ValueError, match=r"same source name 'web\.jsonl'"):
-        list_inputs([str(one / "web.jsonl"), str(two / "web.jsonl")])
+        list_inputs([str(one), str(one / "web.jsonl")])
     with pytest.raises(ValueError, match="same source name"):
         list_inputs([str(one), str(one)])
 
