@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from flows.config import Config, TrainConfig, describe, load_config, parse_override
-from training.config import HelpFormatter, add_export_arguments, add_generate_arguments, to_argv
+from training.config import (
+    HelpFormatter,
+    add_eval_arguments,
+    add_export_arguments,
+    add_generate_arguments,
+    to_argv,
+)
 from training.config import add_arguments as add_train_arguments
 
 log = logging.getLogger("gristmill")
@@ -187,6 +193,55 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def eval_texts(uris: list[str], text_key: str, max_documents: int | None) -> tuple[list[str], dict[str, int]]:
+    """The texts of every document in `uris` (any input format the pipeline reads), in input order,
+    and the count of quarantined records per reason."""
+    from collections import Counter
+
+    from pipelines.io.inputs import list_inputs, local_input
+    from pipelines.readers import Quarantined, ReadOptions, read_file
+
+    texts: list[str] = []
+    quarantined: Counter[str] = Counter()
+    options = ReadOptions(text_key=text_key, metadata=False)
+    for path, source in list_inputs(uris):
+        for item in read_file(local_input(path), source, options):
+            if isinstance(item, Quarantined):
+                quarantined[item.reason] += 1
+            else:
+                texts.append(item.text)
+            if max_documents and len(texts) >= max_documents:
+                return texts, dict(quarantined)
+    return texts, dict(quarantined)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
+    from training.evaluate import evaluate_checkpoint, format_result
+
+    texts, quarantined = eval_texts(args.data, args.text_key, args.max_documents)
+    if quarantined:
+        log.warning("eval: records set aside (not evaluated): %s", quarantined)
+    if not texts:
+        raise ValueError(f"no documents to evaluate in {args.data}")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    result = evaluate_checkpoint(
+        args.checkpoint,
+        texts,
+        args.seq_len,
+        device,
+        args.batch_size,
+        torch.bfloat16 if args.dtype == "bf16" else None,
+        rope_scaling=args.rope_scaling,
+        rope_factor=args.rope_factor,
+        quantize=args.quantize,
+    )
+    result["quarantined"] = quarantined
+    print(json.dumps(result) if args.json else format_result(result))
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     print(describe())
     return 0
@@ -311,6 +366,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_arguments(p).set_defaults(func=cmd_export)
     p = sub.add_parser("generate", help="sample text from a checkpoint", formatter_class=HelpFormatter)
     add_generate_arguments(p).set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "eval",
+        help="held-out loss, perplexity and bits per byte of a checkpoint on raw documents",
+        description="Reads --data like `gristmill run` reads inputs (JSONL, Parquet, CSV, text, HTML, "
+        "WARC/WET, compressed or not, local or s3://), tokenizes each document as the token shards do "
+        "and scores every token in windows of --seq-len (training/evaluate.py).",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("--data", nargs="+", required=True, metavar="URI", help="input files or folders")
+    p.add_argument("--text-key", default="text", help="JSON key / column of the text")
+    p.add_argument("--max-documents", type=int, default=None, help="evaluate the first N documents only")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    add_eval_arguments(p).set_defaults(func=cmd_eval)
 
     p = sub.add_parser("config", help="print every config field with its default and meaning")
     p.set_defaults(func=cmd_config)

@@ -20,6 +20,7 @@ from fractions import Fraction
 from typing import Any, ClassVar, Literal
 
 _BOUNDS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.le, "<=")}
+ROPE_SCALING_CHOICES = ("linear", "ntk", "yarn")
 
 
 def _field(default: Any, help: str, **meta: Any) -> Any:
@@ -223,6 +224,37 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1.0: off)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: nondeterministic)")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N")
+    add_context_arguments(p)
+    p.add_argument("--chat", action="store_true",
+                   help="format the prompt as a user message with the chat template (an sft checkpoint)")
+    p.add_argument("--system", default=None, help="with --chat: a system message before the prompt")
+    return p
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``gristmill eval`` that concern the model (the data options are the CLI's)."""
+    p.add_argument("--checkpoint", required=True, help="checkpoint dir or training output (local or s3://)")
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        default=None,
+        help="tokens per evaluation window (default: the checkpoint's training --seq-len)",
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="compute precision (autocast)")
+    add_context_arguments(p)
+    return p
+
+
+def add_context_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Rotary scaling and quantization at inference (generate, eval, export)."""
+    p.add_argument("--rope-scaling", choices=ROPE_SCALING_CHOICES, default=None,
+                   help="stretch rotary positions beyond the trained context (default: the checkpoint's)")
+    p.add_argument("--rope-factor", type=float, default=None,
+                   help="with --rope-scaling: the new context as a multiple of the trained one")
+    p.add_argument("--quantize", choices=("int8", "int4"), default=None,
+                   help="weight-only quantization: int8 per channel, int4 in groups of 64 (torchao)")
     return p
 
 
@@ -231,6 +263,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="checkpoint dir or training output (local or s3://)")
     p.add_argument("--output", required=True, help="directory for the Hugging Face model")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add_context_arguments(p)
     return p
 
 

@@ -20,13 +20,23 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
 
-__all__ = ["EOT", "evaluate_checkpoint", "evaluate_texts", "evaluation_windows", "token_stream"]
+__all__ = [
+    "EOT",
+    "add_eval_arguments",
+    "evaluate_checkpoint",
+    "evaluate_texts",
+    "evaluation_windows",
+    "format_result",
+    "token_stream",
+]
 
 EOT = "<|endoftext|>"
 IGNORE_INDEX = -100  # targets the loss skips (F.cross_entropy's default ignore_index)
+LOGITS_PER_CHUNK = 1 << 26  # logits materialised at once (256 MB in float32)
 
 
 def encode_documents(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
@@ -74,6 +84,24 @@ def _batches(
         yield x.to(device, non_blocking=True), y.to(device, non_blocking=True), valid
 
 
+def _summed_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, autocast: Any) -> torch.Tensor:
+    """Total cross-entropy (float64) of the targets that are not -100, from the model's logits, a
+    few rows at a time (any model whose ``model(x)`` returns ``(logits, _)``, quantized ones too)."""
+    rows = max(1, LOGITS_PER_CHUNK // (x.shape[1] * _vocab_size(model)))
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for start in range(0, x.shape[0], rows):
+        with autocast:
+            logits, _ = model(x[start : start + rows])
+        flat = logits.float().reshape(-1, logits.shape[-1])
+        total += F.cross_entropy(flat, y[start : start + rows].reshape(-1), reduction="sum").double()
+    return total
+
+
+def _vocab_size(model: nn.Module) -> int:
+    config = getattr(model, "config", None)
+    return int(getattr(config, "vocab_size", 0)) or 65536
+
+
 @torch.no_grad()
 def evaluate_texts(
     model: nn.Module,
@@ -89,10 +117,10 @@ def evaluate_texts(
 
     Returns ``loss`` (mean nats per scored token), ``perplexity``, ``bits_per_byte`` (total nats /
     ln 2 / UTF-8 bytes of the texts), ``tokens`` (scored tokens: every document's tokens and one
-    end-of-text per document), ``bytes`` and ``documents``. ``model(inputs, targets)`` must return
-    ``(_, mean loss over the targets that are not -100)``, as :class:`training.model.Transformer`
-    does. ``eot_id`` defaults to the tokenizer's ``<|endoftext|>``; ``autocast_dtype`` (e.g.
-    ``torch.bfloat16``) runs the forward passes under autocast.
+    end-of-text per document), ``bytes`` and ``documents``. ``model(inputs)`` must return
+    ``(logits, _)`` as :class:`training.model.Transformer` does. ``eot_id`` defaults to the
+    tokenizer's ``<|endoftext|>``; ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the forward
+    passes under autocast.
     """
     if seq_len < 1:
         raise ValueError(f"seq_len must be positive, got {seq_len}")
@@ -114,9 +142,7 @@ def evaluate_texts(
     n_tokens = 0
     try:
         for x, y, valid in _batches(inputs, targets, batch_size, device):
-            with autocast:
-                _, loss = model(x, y)
-            total += loss.double() * valid  # stays on the device: one sync at the end
+            total += _summed_loss(model, x, y, autocast)  # stays on the device: one sync at the end
             n_tokens += valid
     finally:
         model.train(was_training)
@@ -138,14 +164,29 @@ def evaluate_checkpoint(
     seq_len: int | None = None,
     device: str | torch.device = "cpu",
     batch_size: int = 8,
+    autocast_dtype: torch.dtype | None = None,
     **load_options: Any,
 ) -> dict[str, Any]:
     """:func:`evaluate_texts` for a checkpoint (a ``step-N`` directory or a training output's
     latest); ``seq_len`` defaults to the checkpoint's training sequence length. ``load_options`` go
-    to :func:`training.generate.load_checkpoint` (rotary scaling, quantization)."""
+    to :func:`training.generate.load_checkpoint` (rotary scaling, quantization); the model's
+    context grows to ``seq_len`` when that is longer (rotary positions extrapolated unless scaled)."""
     from training.generate import load_checkpoint
 
-    loaded = load_checkpoint(checkpoint, device, **load_options)
+    with_context = {"max_seq_len": seq_len, **load_options}
+    loaded = load_checkpoint(checkpoint, device, **with_context)
     seq_len = seq_len or int(loaded.config["data"]["seq_len"])
-    result = evaluate_texts(loaded.model, loaded.tokenizer, texts, seq_len, device, batch_size, loaded.eot_id)
+    result = evaluate_texts(
+        loaded.model, loaded.tokenizer, texts, seq_len, device, batch_size, loaded.eot_id, autocast_dtype
+    )
     return {"checkpoint": loaded.path, "seq_len": seq_len, **result}
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """The lines `gristmill eval` prints."""
+    return (
+        f"checkpoint {result['checkpoint']} | seq_len {result['seq_len']}\n"
+        f"  documents {result['documents']:,} | tokens {result['tokens']:,} | bytes {result['bytes']:,}\n"
+        f"  loss {result['loss']:.4f} | perplexity {result['perplexity']:.3f} | "
+        f"bits per byte {result['bits_per_byte']:.4f}"
+    )

@@ -24,7 +24,7 @@ import torch
 from tokenizers import Tokenizer, processors
 
 from training.config import add_export_arguments
-from training.model import Transformer
+from training.model import Transformer, ntk_theta
 
 _LAYER_MAP = {
     "attn.wq": "self_attn.q_proj",
@@ -53,10 +53,30 @@ def hf_state_dict(model: Transformer, dtype: torch.dtype = torch.float32) -> dic
     return {k: v.detach().to(dtype).contiguous().clone() for k, v in out.items()}
 
 
+def hf_rope(model: Transformer) -> tuple[float, dict[str, Any] | None]:
+    """(rope_theta, rope_scaling) of the HF config giving our rotary angles: linear and YaRN map to
+    HF's ``linear`` and ``yarn`` types; NTK-aware scaling is a larger base (``rope_theta``)."""
+    c = model.config
+    scaling = c.rope_scaling
+    if scaling is None or scaling["type"] == "ntk":
+        return ntk_theta(c), None
+    if scaling["type"] == "linear":
+        return c.rope_theta, {"rope_type": "linear", "factor": scaling["factor"]}
+    return c.rope_theta, {
+        "rope_type": "yarn",
+        "factor": scaling["factor"],
+        "original_max_position_embeddings": scaling["original_max_seq_len"],
+        "beta_fast": 32.0,
+        "beta_slow": 1.0,
+        "truncate": True,
+    }
+
+
 def hf_config(model: Transformer, eot_id: int, pad_id: int | None, dtype: torch.dtype) -> Any:
     from transformers import LlamaConfig
 
     c = model.config
+    rope_theta, rope_scaling = hf_rope(model)
     return LlamaConfig(
         architectures=["LlamaForCausalLM"],
         vocab_size=c.vocab_size,
@@ -69,7 +89,8 @@ def hf_config(model: Transformer, eot_id: int, pad_id: int | None, dtype: torch.
         hidden_act="silu",
         max_position_embeddings=c.max_seq_len,
         rms_norm_eps=c.norm_eps,
-        rope_theta=c.rope_theta,
+        rope_theta=rope_theta,
+        rope_scaling=rope_scaling,
         tie_word_embeddings=c.tie_embeddings,
         attention_bias=False,
         mlp_bias=False,

@@ -5,6 +5,12 @@
 config.json, the DCP model state (``model/``) and tokenizer.json. Tokens are sampled with a KV
 cache (temperature, top-k, top-p), generation stops at the end-of-text id, and text is streamed as
 soon as it decodes to whole UTF-8 characters.
+
+``--chat`` formats the prompt as a user message with the chat template of an instruction-tuned
+checkpoint (training/chat.py) and prints the assistant's reply, which ends at ``<|end|>``.
+``--rope-scaling linear|ntk|yarn --rope-factor F`` stretches the rotary positions to ``F`` times
+the context the model was trained on; ``--quantize int8|int4`` runs with weight-only quantized
+weights (training/quantize.py).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import argparse
 import json
 import shutil
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,10 +28,11 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
+from training.chat import END, ROLES, encode_chat, has_chat_tokens
 from training.checkpoint import CheckpointError, load_model_weights, resolve
 from training.config import HelpFormatter, add_generate_arguments
 from training.manifest import sha256_hex
-from training.model import ModelConfig, Transformer
+from training.model import ModelConfig, RotaryEmbedding, Transformer, with_rope_scaling
 from training.storage import StorageError
 from training.train import TrainingError
 
@@ -40,12 +47,55 @@ class LoadedModel:
     config: dict[str, Any]
     path: str
 
+    @property
+    def chat(self) -> bool:
+        """Whether the tokenizer has the chat template's tokens (an instruction-tuned checkpoint)."""
+        return has_chat_tokens(self.tokenizer)
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    @property
+    def trained_seq_len(self) -> int:
+        """The context the weights were trained on (the pretraining one before any RoPE scaling)."""
+        scaling = self.model.config.rope_scaling
+        if scaling and scaling.get("original_max_seq_len"):
+            return int(scaling["original_max_seq_len"])
+        return int(self.config.get("data", {}).get("seq_len") or self.model.config.max_seq_len)
+
+
+def set_context(
+    model: Transformer,
+    rope_scaling: str | None,
+    rope_factor: float | None,
+    original_max_seq_len: int,
+    max_seq_len: int | None = None,
+) -> None:
+    """Rebuild ``model``'s rotary tables for ``rope_scaling`` by ``rope_factor`` over a model
+    trained on ``original_max_seq_len`` positions, and/or for up to ``max_seq_len`` positions."""
+    config = model.config
+    if rope_scaling is not None:
+        if rope_factor is None:
+            raise ValueError("--rope-scaling needs --rope-factor")
+        config = with_rope_scaling(config, rope_scaling, rope_factor, original_max_seq_len)
+    if max_seq_len is not None and max_seq_len > config.max_seq_len:
+        config = config.with_overrides(max_seq_len=max_seq_len)
+    if config != model.config:
+        model.config = config
+        model.rotary = RotaryEmbedding(config).to(model.tok_emb.weight.device)
+
+
+def load_checkpoint(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    rope_scaling: str | None = None,
+    rope_factor: float | None = None,
+    max_seq_len: int | None = None,
+    quantize: str | None = None,
+) -> LoadedModel:
     """Load config.json, the DCP model state and tokenizer.json of a checkpoint into one process.
 
     ``path`` is a checkpoint directory or a training output (its ``latest``), local or ``s3://``;
-    from S3 only ``model/``, config.json and tokenizer.json are downloaded.
+    from S3 only ``model/``, config.json and tokenizer.json are downloaded. ``rope_scaling`` (with
+    ``rope_factor``) and ``max_seq_len`` set the context (:func:`set_context`); ``quantize``
+    (int8, int4) quantizes the weights on ``device``.
     """
     store, name = resolve(str(path))
     local = store.local_copy(name, parts=("model", "config.json", "tokenizer.json"))
@@ -61,7 +111,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
             shutil.rmtree(local, ignore_errors=True)
     model.to(device).eval()
     tokenizer = Tokenizer.from_str(tokenizer_bytes.decode("utf-8"))
-    return LoadedModel(model, tokenizer, int(config["tokenizer"]["eot_id"]), config, store.uri(name))
+    loaded = LoadedModel(model, tokenizer, int(config["tokenizer"]["eot_id"]), config, store.uri(name))
+    set_context(model, rope_scaling, rope_factor, loaded.trained_seq_len, max_seq_len)
+    if quantize is not None:
+        from training.quantize import quantize_model
+
+        quantize_model(model, quantize)
+    return loaded
 
 
 def sample_next(
@@ -93,8 +149,10 @@ def generate(
     top_p: float = 1.0,
     eot_id: int | None = None,
     generator: torch.Generator | None = None,
+    stop_ids: Collection[int] = (),
 ) -> Iterator[int]:
-    """Yield new token ids one by one, using the KV cache; stop at ``eot_id`` or the context limit.
+    """Yield new token ids one by one, using the KV cache; stop at ``eot_id``, any of
+    ``stop_ids`` or the context limit.
 
     A prompt longer than the model's context keeps only its last ``max_seq_len - 1`` tokens.
     """
@@ -110,7 +168,7 @@ def generate(
         logits, _ = model(idx, kv_cache=cache, start_pos=pos)
         pos += idx.shape[1]
         token = sample_next(logits[0, -1], temperature, top_k, top_p, generator)
-        if token == eot_id:
+        if token == eot_id or token in stop_ids:
             return
         yield token
         idx = torch.tensor([[token]], dtype=torch.long, device=device)
@@ -154,17 +212,30 @@ def run(args: argparse.Namespace) -> int:
     """Load ``args.checkpoint`` and stream a continuation of ``args.prompt`` to stdout."""
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
-        loaded = load_checkpoint(args.checkpoint, device)
+        loaded = load_checkpoint(
+            args.checkpoint, device, args.rope_scaling, args.rope_factor, quantize=args.quantize
+        )
     except (TrainingError, CheckpointError, StorageError, FileNotFoundError, KeyError, ValueError) as exc:
         print(f"error: cannot load checkpoint {args.checkpoint}: {exc}", file=sys.stderr)
         return 1
     generator = None
     if args.seed is not None:
         generator = torch.Generator(device=device).manual_seed(args.seed)
-    # Documents start after an end-of-text token in training, so it also opens the prompt.
-    prompt_ids = [loaded.eot_id, *loaded.tokenizer.encode(args.prompt, add_special_tokens=False).ids]
-    sys.stdout.write(args.prompt)
-    sys.stdout.flush()
+    stop_ids: list[int] = []
+    if args.chat:
+        if not loaded.chat:
+            print(f"error: {args.checkpoint} has no chat template (not instruction-tuned: gristmill sft)",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        messages = [{"role": "system", "content": args.system}] if args.system else []
+        messages.append({"role": "user", "content": args.prompt})
+        prompt_ids = encode_chat(loaded.tokenizer, messages, loaded.eot_id, add_generation_prompt=True).ids
+        stop_ids = [loaded.tokenizer.token_to_id(t) for t in (END, *ROLES.values())]
+    else:
+        # Documents start after an end-of-text token in training, so it also opens the prompt.
+        prompt_ids = [loaded.eot_id, *loaded.tokenizer.encode(args.prompt, add_special_tokens=False).ids]
+        sys.stdout.write(args.prompt)
+        sys.stdout.flush()
     tokens = generate(
         loaded.model,
         prompt_ids,
@@ -174,6 +245,7 @@ def run(args: argparse.Namespace) -> int:
         args.top_p,
         loaded.eot_id,
         generator,
+        stop_ids,
     )
     for piece in stream_text(loaded.tokenizer, tokens):
         sys.stdout.write(piece)

@@ -13,8 +13,10 @@ and never take part in the loss. With targets, the loss is computed by
 :func:`linear_cross_entropy` a chunk of rows at a time, so [B, T, V] logits are never materialised.
 :func:`build_model` builds a model on the meta device and initializes it where it will run.
 
-Every projection is a plain ``nn.Linear`` and rotary frequencies come from one function
-(:func:`rope_inv_freq`), so quantized linears or rotary scaling can be swapped in at one place.
+Every projection is a plain ``nn.Linear`` (training/quantize.py swaps in weight-only quantized
+ones) and rotary frequencies come from one function, :func:`rope_inv_freq`, which applies
+``rope_scaling`` (linear position interpolation, NTK-aware or YaRN) for contexts longer than the
+pretraining one.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class ModelConfig:
     multiple_of: int = 64
     max_seq_len: int = 1024
     rope_theta: float = 10000.0
+    # {"type": "linear" | "ntk" | "yarn", "factor": F, "original_max_seq_len": N}; None: plain rotary
+    rope_scaling: dict[str, Any] | None = None
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     vocab_multiple: int = 64  # embedding/head rows: vocab_size rounded up to a multiple of this
@@ -57,6 +61,8 @@ class ModelConfig:
             raise ValueError(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim {self.head_dim} must be even for rotary embeddings")
+        if self.rope_scaling is not None:
+            self.rope_scaling = make_rope_scaling(**self.rope_scaling)
         if min(self.vocab_size, self.n_layers, self.max_seq_len, self.vocab_multiple) < 1:
             raise ValueError("vocab_size, n_layers, max_seq_len and vocab_multiple must be positive")
 
@@ -110,10 +116,81 @@ class RMSNorm(nn.Module):
         return (normed * self.weight.float()).type_as(x)
 
 
+ROPE_SCALING_TYPES = ("linear", "ntk", "yarn")
+YARN_BETA_FAST, YARN_BETA_SLOW = 32.0, 1.0  # YaRN's ramp bounds (rotations), as in the paper and HF
+
+
+def make_rope_scaling(type: str, factor: float, original_max_seq_len: int | None = None) -> dict[str, Any]:
+    """A checked ``rope_scaling`` entry. ``linear``: positions divided by ``factor`` (position
+    interpolation); ``ntk``: the NTK-aware rotary base ``theta * factor ** (d / (d - 2))``;
+    ``yarn``: YaRN's per-frequency blend of interpolation and extrapolation with its attention
+    temperature, which needs the context the model was pretrained on (``original_max_seq_len``)."""
+    if type not in ROPE_SCALING_TYPES:
+        raise ValueError(f"rope_scaling type {type!r} is not one of {', '.join(ROPE_SCALING_TYPES)}")
+    if not factor >= 1.0:
+        raise ValueError(f"rope_scaling factor must be >= 1, got {factor}")
+    if type == "yarn" and not original_max_seq_len:
+        raise ValueError("yarn rope_scaling needs original_max_seq_len (the pretraining context)")
+    if original_max_seq_len is not None and original_max_seq_len < 1:
+        raise ValueError(f"original_max_seq_len must be positive, got {original_max_seq_len}")
+    return {"type": type, "factor": float(factor), "original_max_seq_len": original_max_seq_len}
+
+
+def ntk_theta(config: ModelConfig) -> float:
+    """The rotary base of NTK-aware scaling (the plain base without it)."""
+    scaling, dim = config.rope_scaling, config.head_dim
+    if scaling is None or scaling["type"] != "ntk":
+        return config.rope_theta
+    return config.rope_theta * scaling["factor"] ** (dim / (dim - 2))
+
+
+def _yarn_ramp(config: ModelConfig, base: float) -> Tensor:
+    """1 for the frequency pairs YaRN keeps (many rotations in the original context), 0 for those
+    it interpolates, linear in between (the correction range, floored and ceiled as in HF)."""
+    dim, original = config.head_dim, config.rope_scaling["original_max_seq_len"]  # type: ignore[index]
+
+    def correction_dim(rotations: float) -> float:
+        return dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low = max(math.floor(correction_dim(YARN_BETA_FAST)), 0)
+    high = min(math.ceil(correction_dim(YARN_BETA_SLOW)), dim - 1)
+    high = high + 0.001 if low == high else high
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    return 1 - ramp
+
+
 def rope_inv_freq(config: ModelConfig) -> Tensor:
-    """Inverse rotary frequencies per pair of head dimensions (the place to add rotary scaling)."""
+    """Inverse rotary frequencies per pair of head dimensions, with ``config.rope_scaling``."""
+    base = ntk_theta(config)
     exponents = torch.arange(0, config.head_dim, 2, dtype=torch.float32) / config.head_dim
-    return 1.0 / (config.rope_theta**exponents)
+    inv_freq = 1.0 / (base**exponents)
+    scaling = config.rope_scaling
+    if scaling is None or scaling["type"] == "ntk":
+        return inv_freq
+    if scaling["type"] == "linear":
+        return inv_freq / scaling["factor"]
+    keep = _yarn_ramp(config, base)
+    return inv_freq / scaling["factor"] * (1 - keep) + inv_freq * keep
+
+
+def with_rope_scaling(
+    config: ModelConfig, type: str | None, factor: float, original_max_seq_len: int
+) -> ModelConfig:
+    """``config`` with rotary scaling ``type`` by ``factor`` (None: none) for a model pretrained on
+    ``original_max_seq_len`` positions; ``max_seq_len`` grows to ``factor`` times that context."""
+    if type is None:
+        return config.with_overrides(rope_scaling=None)
+    scaling = make_rope_scaling(type, factor, original_max_seq_len)
+    longest = max(config.max_seq_len, math.ceil(original_max_seq_len * factor))
+    return config.with_overrides(rope_scaling=scaling, max_seq_len=longest)
+
+
+def rope_attention_factor(config: ModelConfig) -> float:
+    """YaRN's factor on cos/sin (``0.1 ln(factor) + 1``); 1 otherwise."""
+    scaling = config.rope_scaling
+    if scaling is None or scaling["type"] != "yarn" or scaling["factor"] <= 1:
+        return 1.0
+    return 0.1 * math.log(scaling["factor"]) + 1.0
 
 
 class RotaryEmbedding(nn.Module):
@@ -124,8 +201,9 @@ class RotaryEmbedding(nn.Module):
         positions = torch.arange(config.max_seq_len, dtype=torch.float32)
         angles = torch.outer(positions, rope_inv_freq(config))
         angles = torch.cat([angles, angles], dim=-1)  # rotate-half layout: [T, head_dim]
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        scale = rope_attention_factor(config)
+        self.register_buffer("cos", angles.cos() * scale, persistent=False)
+        self.register_buffer("sin", angles.sin() * scale, persistent=False)
 
     def forward(self, start_pos: int, length: int) -> tuple[Tensor, Tensor]:
         end = start_pos + length
