@@ -5,7 +5,8 @@ key, one key range at a time, skipping exact duplicates but the first (pipelines
 candidate pair is kept only when its estimated Jaccard similarity reaches the threshold. The connected
 components of the kept pairs (union-find over candidate pairs only) are the clusters; `survivors` picks
 one document per cluster and every other document of this run in it is removed.
--> dedup/removed.parquet (id, duplicate_of, similarity), dedup/clusters.parquet, dedup/summary.json;
+-> dedup/removed.parquet (id, source_id, duplicate_of, duplicate_of_source_id, similarity),
+dedup/clusters.parquet, dedup/summary.json;
 with a cross-run index, this run's survivors are then appended to it (pipelines/dedup_index.py).
 
 Memory: at most about `max_rows_in_memory` key rows at a time, signature shards in an LRU of `cache_mb`,
@@ -43,11 +44,20 @@ INDEX_BIT = U64(1 << 63)
 INDEX_FILE = 1 << 31  # file ids (doc key >> 32) of index chunks
 ROW_MASK = U64(0xFFFFFFFF)
 PAIR_CHUNK = 1 << 18
-REMOVED_SCHEMA = pa.schema([("id", pa.string()), ("duplicate_of", pa.string()), ("similarity", pa.float32())])
+REMOVED_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source_id", pa.string()),  # the record's own id (ingest.id_key), null when it had none
+        ("duplicate_of", pa.string()),
+        ("duplicate_of_source_id", pa.string()),
+        ("similarity", pa.float32()),
+    ]
+)
 CLUSTER_SCHEMA = pa.schema(
     [
         ("cluster", pa.int64()),
         ("survivor", pa.string()),
+        ("survivor_source_id", pa.string()),
         ("survivor_from_index", pa.bool_()),
         ("size", pa.int64()),
         ("removed", pa.int64()),
@@ -108,9 +118,11 @@ class DocStore:
         return out if out is not None else np.zeros((0, 0), np.uint32)
 
     def column(self, keys: np.ndarray, name: str) -> list[Any]:
-        """Values of one column for `keys`, as Python objects."""
+        """Values of one column for `keys`, as Python objects (None from a file without the column)."""
         out: list[Any] = [None] * len(keys)
         for file_id, positions, rows in self._groups(keys):
+            if name not in pq.read_schema(self.paths[file_id]).names:
+                continue
             values = read_table(self.paths[file_id], columns=[name]).column(name).take(rows).to_pylist()
             for position, value in zip(positions.tolist(), values, strict=True):
                 out[position] = value
@@ -188,7 +200,9 @@ def cluster(run: RunLayout, config: DedupConfig) -> dict[str, Any]:
     removed_table = pa.table(
         {
             "id": store.column(removed, "id"),
+            "source_id": store.column(removed, "source_id"),
             "duplicate_of": store.names(removed_survivor),
+            "duplicate_of_source_id": store.column(removed_survivor, "source_id"),
             "similarity": pa.array(removed_similarity, pa.float32()),
         },
         schema=REMOVED_SCHEMA,
@@ -324,6 +338,7 @@ def _cluster_table(
         {
             "cluster": np.arange(len(present)),
             "survivor": store.names(survivor_of[present]),
+            "survivor_source_id": store.column(survivor_of[present], "source_id"),
             "survivor_from_index": (survivor_of[present] & INDEX_BIT) != 0,
             "size": np.bincount(labels, minlength=n_labels)[present],
             "removed": np.bincount(removed_label, minlength=n_labels)[present],
@@ -363,11 +378,14 @@ def _examples(
     chosen = list(dict.fromkeys(chosen))[:count]
     picks = np.array(chosen, np.int64)
     ids, of = store.column(removed[picks], "id"), store.names(survivor[picks])
+    own, of_own = store.column(removed[picks], "source_id"), store.column(survivor[picks], "source_id")
     texts, of_texts = store.column(removed[picks], "excerpt"), store.column(survivor[picks], "excerpt")
     return [
         {
             "id": ids[i],
+            "source_id": own[i],
             "duplicate_of": of[i],
+            "duplicate_of_source_id": of_own[i],
             "similarity": round(float(similarity[p]), 4),
             "kind": "earlier run" if from_index[p] else ("exact" if exact[p] else "near"),
             "text": texts[i],
@@ -384,7 +402,8 @@ def _append_survivors(
     bands, rows = config.lsh()
     with index.appending(run_id) as part:
         for path in signature_files:
-            table = read_table(path, columns=["id", "text_hash", "n_words", "minhash", "excerpt"])
+            names = ["id", "source_id", "text_hash", "n_words", "minhash", "excerpt"]
+            table = read_table(path, columns=[n for n in names if n in pq.read_schema(path).names])
             shard_removed = removed[(removed >> U64(32)) == U64(int(path.stem))] & ROW_MASK
             gone = np.zeros(table.num_rows, bool)
             gone[shard_removed.astype(np.int64)] = True

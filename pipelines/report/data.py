@@ -113,7 +113,7 @@ def load_run(run: RunDir, workers: int = 0) -> RunData:
         removed=read_table(run.removed) if run.removed.exists() else None,
         manifest=json.loads(run.manifest.read_text()) if run.manifest.exists() else None,
         quarantine=dict(quarantine_counts(run).most_common()),
-        documents_in=sum(pq.read_metadata(run.documents / name).num_rows for name in run.shards()),
+        documents_in=sum(pq.read_metadata(text_path(run, name)).num_rows for name in run.shards()),
     )
 
 
@@ -130,25 +130,48 @@ def as_float(table: pa.Table, column: str) -> np.ndarray:
     return table.column(column).cast(pa.float64()).fill_null(np.nan).to_numpy()
 
 
+def source_of(ids: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """The input file (`source`) of document ids `<source>:<position>`."""
+    return pc.replace_substring_regex(ids, r":\d+$", "")
+
+
 def texts_of(run: RunDir, ids: set[str], limit: int = 400) -> dict[str, dict[str, Any]]:
-    """Excerpts (first `limit` characters), source and url of the given document ids."""
+    """Excerpts (first `limit` characters of the text later stages read), source, the record's own id
+    (`source_id`) and metadata of the given document ids. Reads clean/ and signals/, not documents/."""
     found: dict[str, dict[str, Any]] = {}
     if not ids:
         return found
     wanted = pa.array(sorted(ids))
     for name in run.shards():
-        table = read_table(run.documents / name, columns=["id", "source", "url", "text"])
-        table = table.filter(pc.is_in(table.column("id"), value_set=wanted))
-        for row in table.to_pylist():
-            text = row["text"]
+        table = read_table(text_path(run, name), columns=["id", "text"])
+        chosen = pc.is_in(table.column("id"), value_set=wanted)
+        if not pc.any(chosen).as_py():
+            continue
+        table = table.filter(chosen)
+        own = _own_columns(run, name, chosen)
+        for i, row in enumerate(table.to_pylist()):
+            text = row["text"] or ""
             found[row["id"]] = {
                 "excerpt": text[:limit] + ("…" if len(text) > limit else ""),
-                "source": row["source"],
-                "url": row["url"],
+                "source": row["id"].rpartition(":")[0],
+                "source_id": own["source_id"][i],
+                "metadata": own["metadata"][i],
             }
         if len(found) == len(ids):
             break
     return found
+
+
+def _own_columns(run: RunDir, shard: str, chosen: pa.ChunkedArray) -> dict[str, list[Any]]:
+    """source_id and metadata of the chosen rows of a shard (from signals/; None where absent)."""
+    n = int(pc.sum(chosen).as_py() or 0)
+    path = run.signals / shard
+    names = pq.read_schema(path).names if path.exists() else []
+    out = {}
+    for column in ("source_id", "metadata"):
+        values = read_table(path, columns=[column]).column(column).filter(chosen) if column in names else None
+        out[column] = values.to_pylist() if values is not None else [None] * n
+    return out
 
 
 def dedup_section(run: RunLayout) -> dict[str, Any] | None:

@@ -141,10 +141,16 @@ def _rule_row(r: dict[str, Any], unit: str, total: int | None) -> list[Any]:
     return [r["rule"], r.get("signal") or "", _threshold(r), n, pct(n, total), *removed]
 
 
+def _named(doc_id: str, source_id: str | None) -> str:
+    """A document's id, with the record's own id (its source_id) when it has one."""
+    return f"{doc_id} (id {source_id})" if source_id else doc_id
+
+
 def _examples(rule: dict[str, Any]) -> Details:
     def table(items: list[dict[str, Any]]) -> Table:
         rows = [
-            [i["id"], i.get("value"), ", ".join(i.get("reasons") or []) or "kept", Excerpt(i.get("excerpt"))]
+            [_named(i["id"], i.get("source_id")), i.get("value"), ", ".join(i.get("reasons") or []) or "kept",
+             Excerpt(i.get("excerpt"))]
             for i in items
         ]
         return Table(["id", rule.get("signal") or "value", "failed rules", "excerpt"], rows)
@@ -181,7 +187,8 @@ def _duplicates(d: dict[str, Any]) -> Section:
         blocks.append(Table(["kept document", "cluster size", "removed", "lowest similarity"], rows))
     headers = ["removed", "kept as", "kind", "similarity", "removed text", "kept text"]
     rows = [
-        [e["id"], e["duplicate_of"], e.get("kind", ""), e["similarity"], *_pair_texts(e)]
+        [_named(e["id"], e.get("source_id")), _named(e["duplicate_of"], e.get("duplicate_of_source_id")),
+         e.get("kind", ""), e["similarity"], *_pair_texts(e)]
         for e in d["examples"]
     ]
     return Section("Duplicates", [*blocks, Table(headers, rows, formats=("html",))])

@@ -4,11 +4,12 @@ cross-run index.
 1. Signatures, per shard in parallel (`SignatureStep`): datasketch affine32 MinHash of word n-gram
    shingles of the normalized text (pipelines.dedup.minhash), a hash of the normalized text, and the
    LSH band keys of the shard's documents (an exact duplicate within the shard gets none).
-   -> dedup/signatures/NNNNN.parquet (id, row, text_hash, n_words, quality, excerpt, minhash)
+   -> dedup/signatures/NNNNN.parquet (id, source_id, row, text_hash, n_words, quality, excerpt, minhash)
       dedup/bands/NNNNN.parquet (key, doc), sorted by key
 2. Clustering, one process, bounded memory (pipelines.dedup.cluster): exact duplicates, LSH candidates,
    optional verification, connected components, one survivor per cluster.
-   -> dedup/removed.parquet (id, duplicate_of, similarity), dedup/clusters.parquet, dedup/summary.json
+   -> dedup/removed.parquet (id, source_id, duplicate_of, duplicate_of_source_id, similarity),
+      dedup/clusters.parquet (survivor, survivor_source_id, ...), dedup/summary.json
 3. With `dedup.index`, the run's survivors are appended to the cross-run index (pipelines.dedup.index).
 
 The survivor of a cluster: a document of an earlier run (cross-run index) if there is one (the oldest),
@@ -55,6 +56,15 @@ def run(run: RunDir, config: RunConfig, resume: bool) -> dict[str, Any]:
     return {k: result[k] for k in SUMMARY_KEYS} | {"seconds": seconds}
 
 
+def source_ids(run: RunDir | Any, shard: str, n_rows: int) -> pa.Array:
+    """The records' own ids of a shard's documents (signals/ carries them from documents/), null where
+    the record had none."""
+    path = run.signals / shard
+    if not path.exists() or "source_id" not in pq.read_schema(path).names:
+        return pa.nulls(n_rows, pa.string())
+    return read_table(path, columns=["source_id"]).column("source_id").combine_chunks()
+
+
 def quality_scores(run: RunDir | Any, shard: str, n_rows: int) -> np.ndarray:
     """quality_score of a shard's documents as float32, NaN where missing."""
     path = run.signals / shard
@@ -68,6 +78,7 @@ def signature_schema(num_perm: int) -> pa.Schema:
     return pa.schema(
         [
             ("id", pa.string()),
+            ("source_id", pa.string()),
             ("row", pa.int64()),
             ("text_hash", pa.uint64()),
             ("n_words", pa.int32()),
@@ -95,6 +106,7 @@ class SignatureStep(ShardStep):
         bands, rows = cfg.lsh()
         keep = kept_mask(self.run, name)
         quality = quality_scores(self.run, name, len(keep))
+        own_ids = source_ids(self.run, name, len(keep))
         offset, n_docs, n_bytes = 0, 0, 0
         seen: set[int] = set()
         band_rows, band_key_parts = [], []
@@ -120,6 +132,7 @@ class SignatureStep(ShardStep):
                     pa.table(
                         {
                             "id": docs.column("id"),
+                            "source_id": own_ids.slice(offset, table.num_rows).take(pa.array(positions)),
                             "row": pa.array(positions + offset, pa.int64()),
                             "text_hash": pa.array(sig.text_hash, pa.uint64()),
                             "n_words": pa.array(sig.n_words, pa.int32()),

@@ -1,8 +1,9 @@
 """The signals stage: clean and score every document shard, then apply the policy.
 
 documents/NNNNN.parquet -> clean/NNNNN.parquet (id, text: C4's line cleaning, what every later stage reads)
-                        -> signals/NNNNN.parquet (id, signals..., keep, reasons), written last: its
-                           existence marks the shard done.
+                        -> signals/NNNNN.parquet (id, source_id, metadata, signals..., keep, reasons),
+                           written last: its existence marks the shard done. source_id and metadata
+                           are carried from documents/, so every row joins back to the user's record.
 Shards are read and written in row batches, so memory does not grow with the size of a shard. The
 policy used is copied to signals/_policy.yaml so a report can tell which thresholds produced `keep`.
 """
@@ -28,6 +29,7 @@ from pipelines.run.files import atomic_path, parquet_file, parquet_writer, write
 log = logging.getLogger("gristmill")
 
 BATCH_ROWS = 256
+CARRIED = ("source_id", "metadata")  # documents/ columns copied to signals/, so its rows join to the input
 CLEAN_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.large_string())])
 
 
@@ -67,19 +69,20 @@ class SignalsStep(ShardStep):
         policy = load_policy(settings.policy)
         computer = SignalComputer(settings.cleaning, settings.langid_model, settings.quality_model)
         documents = kept = chars = 0
-        schema = policy.apply(SIGNAL_SCHEMA.empty_table()).schema
         source = parquet_file(self.run.documents / name)
+        carried = [c for c in CARRIED if c in source.schema_arrow.names]  # the record's own id and metadata
+        schema = policy.apply(signals_table(pa.array([], pa.string()), [], {c: [] for c in carried})).schema
         with (
             atomic_path(self.output(index)) as signals_path,
             atomic_path(self.run.clean / name) as clean_path,
             parquet_writer(clean_path, CLEAN_SCHEMA) as clean_writer,
             parquet_writer(signals_path, schema) as signals_writer,
         ):
-            for batch in source.iter_batches(batch_size=BATCH_ROWS, columns=["id", "text"]):
+            for batch in source.iter_batches(batch_size=BATCH_ROWS, columns=["id", *carried, "text"]):
                 ids = batch.column("id")
                 texts = [t or "" for t in batch.column("text").to_pylist()]
                 rows, cleaned = zip(*map(computer.compute, texts), strict=True) if texts else ((), ())
-                table = policy.apply(signals_table(ids, list(rows)))
+                table = policy.apply(signals_table(ids, list(rows), {c: batch.column(c) for c in carried}))
                 signals_writer.write_table(table)
                 clean_writer.write_table(
                     pa.table({"id": ids, "text": list(cleaned)}, schema=CLEAN_SCHEMA)
@@ -90,9 +93,16 @@ class SignalsStep(ShardStep):
         return {"documents": documents, "bytes": chars, "kept": kept}
 
 
-def signals_table(ids: pa.Array | pa.ChunkedArray, rows: list[dict[str, Any]]) -> pa.Table:
-    """The signals of a batch of documents as a table with SIGNAL_SCHEMA."""
-    columns: dict[str, Any] = {"id": ids}
+def signals_table(
+    ids: pa.Array | pa.ChunkedArray, rows: list[dict[str, Any]], carried: dict[str, Any] | None = None
+) -> pa.Table:
+    """The signals of a batch of documents as a table with SIGNAL_SCHEMA, the `carried` columns of
+    documents/ (source_id, metadata) after the id."""
+    carried = carried or {}
+    columns: dict[str, Any] = {"id": ids, **carried}
     for name, (kind, _) in SIGNALS.items():
         columns[name] = pa.array([r[name] for r in rows], kind)
-    return pa.table(columns, schema=SIGNAL_SCHEMA)
+    schema = SIGNAL_SCHEMA
+    for i, name in enumerate(carried, start=1):
+        schema = schema.insert(i, pa.field(name, pa.string()))
+    return pa.table(columns, schema=schema)

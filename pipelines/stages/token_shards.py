@@ -38,7 +38,15 @@ from pipelines.exec.runner import run_shards
 from pipelines.exec.step import ShardStep
 from pipelines.quality.policy import policy_sha256
 from pipelines.run import RunDir
-from pipelines.run.files import atomic_path, parquet_file, parquet_writer, read_table, sha256_file, write_json
+from pipelines.run.files import (
+    atomic_path,
+    parquet_file,
+    parquet_writer,
+    read_table,
+    sha256_file,
+    write_json,
+    write_parquet,
+)
 from pipelines.run.layout import RunLayout
 from tokenizer import EOT, encode_ids, load
 
@@ -359,6 +367,7 @@ def write_token_shards(
     start = time.perf_counter()
     step = TokenizeStep(str(run.root), config, str(out), selection)
     ran = run_shards("tokenize", run.synced(step), len(plan["shards"]), workers)
+    write_sources(run, out, plan["shards"])
     manifest = build_manifest(run, config, lineage, plan["shards"], out)
     write_json(out / MANIFEST_NAME, manifest)  # last
     log.info(
@@ -433,3 +442,33 @@ def build_manifest(
         },
         "lineage": lineage,
     }
+
+
+SOURCES_NAME = "_sources.parquet"
+SOURCES_SCHEMA = pa.schema(
+    [("id", pa.string()), ("source_id", pa.string()), ("shard", pa.string()), ("row", pa.int32())]
+)
+
+
+def write_sources(run: RunLayout, folder: Path, shards: list[dict[str, Any]]) -> None:
+    """`_sources.parquet` beside the shards: every token row's document id, the record's own id
+    (signals/ carries it from documents/) and where the row is (shard file, row), so a token row joins
+    back to the user's input by their own id. Written before the manifest."""
+    rows = []
+    for shard in shards:
+        name = token_shard_file(shard)
+        ids = read_table(folder / name, columns=["id"]).column("id").combine_chunks()
+        rows.append(pa.table({"id": ids, "shard": pa.array([name] * len(ids), pa.string()),
+                              "row": pa.array(np.arange(len(ids), dtype=np.int32))}))  # fmt: skip
+    tokens = pa.concat_tables(rows) if rows else SOURCES_SCHEMA.empty_table().drop_columns(["source_id"])
+    own = [
+        read_table(path, columns=["id", "source_id"])
+        for path in sorted(run.signals.glob("[0-9]*.parquet"))
+        if "source_id" in parquet_file(path).schema_arrow.names
+    ]
+    if own:
+        table = tokens.join(pa.concat_tables(own), "id", join_type="left outer")
+    else:
+        table = tokens.append_column("source_id", pa.nulls(tokens.num_rows, pa.string()))
+    table = table.sort_by([("shard", "ascending"), ("row", "ascending")]).select(SOURCES_SCHEMA.names)
+    write_parquet(table.cast(SOURCES_SCHEMA), folder / SOURCES_NAME)

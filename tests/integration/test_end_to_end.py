@@ -133,7 +133,7 @@ def test_signals_policy_and_dedup_outputs(run_dir: Path) -> None:
     assert all((not r) == k for r, k in zip(reasons, keep, strict=True))
     assert len(set(signals.column("lang").to_pylist())) > 10
     removed = pq.read_table(run_dir / "dedup" / "removed.parquet")
-    assert removed.column_names == ["id", "duplicate_of", "similarity"]
+    assert removed.column_names == ["id", "source_id", "duplicate_of", "duplicate_of_source_id", "similarity"]
     assert removed.num_rows >= 1  # the sample holds real duplicate web pages
 
 
