@@ -14,7 +14,8 @@
       report/                       stages.report     (+ _doc_tokens/: token counts per shard)
 ```
 Shard `i` of every per-shard stage is documents shard `i` (records of one input file, `ingest.shard_mb` of
-it at most); its files are named `shard_name(i)`. Files that are with `_` so that each data folder reads as one Parquet dataset.
+it at most); its files are named `shard_name(i)`. Files that are not data start with `_` so that each
+data folder reads as one Parquet dataset.
 """
 
 from __future__ import annotations
