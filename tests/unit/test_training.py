@@ -759,7 +759,9 @@ def test_generate_function_and_utf8_streaming(reference: Path) -> None:
 
 
 @pytest.mark.parametrize("variant", ["trained", "gqa_untied"])
-def test_export_to_hugging_face_llama_matches_logits(variant: str, reference: Path, tmp_path: Path) -> None:
+def test_export_to_hugging_face_llama_matches_logits(
+    variant: str, reference: Path, token_run: Path, tmp_path: Path
+) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from training.export import export_checkpoint, export_model
@@ -785,3 +787,10 @@ def test_export_to_hugging_face_llama_matches_logits(variant: str, reference: Pa
     text = "ROMEO: wherefore art thou"
     assert tokenizer(text, add_special_tokens=False).input_ids == loaded.tokenizer.encode(text).ids
     assert tokenizer.eos_token_id == loaded.eot_id
+    # A document of the shards: the exported tokenizer gives the ids training read, end-of-text first.
+    import pyarrow.parquet as pq
+
+    docs = pq.read_table(token_run.parent / "train-00000.parquet").column("input_ids").to_pylist()
+    stream, start = expected_stream(token_run, "train"), sum(len(d) + 1 for d in docs[:3])
+    document, ids = loaded.tokenizer.decode(docs[3]), docs[3]
+    assert tokenizer(document).input_ids == [loaded.eot_id, *ids] == stream[start - 1 : start + len(ids)]
