@@ -131,6 +131,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from pipelines.report import summary_lines, write_diff, write_whatif
     from pipelines.run import RunDir
 
+    if args.policy and args.against:
+        raise SystemExit("error: --policy (what-if) and --against (diff) are separate reports: give one")
     run = RunDir(args.run).pull()  # an s3:// run is pulled into its local mirror
     against = RunDir(args.against).pull() if args.against else None
     for path, opened in ((args.run, run), (args.against, against)):

@@ -11,8 +11,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from pipelines.corpus import signal_files
 from pipelines.quality.policy import load_policy
-from pipelines.report import build, render
+from pipelines.report import build, compare, render
 from pipelines.report.data import load_run
 from pipelines.run import RunDir
 from pipelines.run.files import write_atomic, write_json
@@ -47,7 +48,7 @@ def write_whatif(run: RunDir, policy_path: str | Path, workers: int = 0) -> tupl
     data = load_run(run, workers)
     if data.signals is None:
         raise ValueError(f"{run.root} has no signals to re-apply a policy to")
-    comparison = build.policy_comparison(data, load_policy(policy_path))
+    comparison = compare.policy_comparison(data, load_policy(policy_path))
     stem = f"whatif-{_slug(Path(policy_path).stem)}"
     name = Path(policy_path).name
     paths = [run.report / f"{stem}.{ext}" for ext in ("json", "md", "html")]
@@ -57,10 +58,19 @@ def write_whatif(run: RunDir, policy_path: str | Path, workers: int = 0) -> tupl
 
 
 def write_diff(run: RunDir, other: RunDir, workers: int = 0) -> tuple[dict[str, Any], list[Path]]:
-    """Compare two runs' reports; write report/diff-<other run>.{json,md,html} into this run."""
+    """Compare two runs; write report/diff-<other run>.{json,md,html} into this run: config and policy
+    changes first, then the figures that changed and documents whose keep/drop flipped."""
     this_report = _existing_or_built(run, workers)
     other_report = _existing_or_built(other, workers)
-    diff = build.run_comparison(this_report, other_report)
+    diff = compare.run_comparison(this_report, other_report)
+    this_record, other_record = run.record.load(), other.record.load()
+    diff["config_changes"] = compare.setting_changes(
+        other_record.get("config") or {}, this_record.get("config") or {}, skip=("run_id", "output")
+    )
+    policies = [load_policy(r.policy) if r.policy.exists() else None for r in (other, run)]
+    diff["policy_changes"] = compare.policy_changes(*policies)
+    both = signal_files(run) and signal_files(other)
+    diff["examples"] = compare.flipped_between_runs(run, other) if both else {}
     stem = f"diff-{_slug(str(other_report.get('run_id') or other.root.name))}"
     paths = [run.report / f"{stem}.{ext}" for ext in ("json", "md", "html")]
     write_json(paths[0], diff)
@@ -84,8 +94,12 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         extra = f"  {size:,} {report['unit'] if step.get('tokens_out') is None else 'tokens'}" if size else ""
         lines.append(f"  {step['stage']:<9} {docs_in:>10} -> {step['documents_out']:>10,} documents{extra}")
     if report.get("rules"):
-        drops = [f"{r['rule']}={r['documents']:,}" for r in report["rules"][:8] if r["documents"]]
-        lines.append("  drops:   " + ", ".join(drops))
+        unit = report["unit"]
+        lines.append(f"  removed by the policy (largest first, {unit} and share of the filter's input):")
+        for row in build.ranked_removals(report)[:6]:
+            share = f"{100 * row['share']:.1f}%" if row.get("share") is not None else "–"
+            size, docs = f"{row[unit]:>12,} {unit}", f"{row['documents']:,} documents"
+            lines.append(f"    {row['rule']:<44} {size} {share:>6}  {docs}")
     if report.get("duplicates"):
         d = report["duplicates"]
         lines.append(f"  dedup:   {d['removed']:,} removed in {d['clusters']:,} clusters")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import Counter
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from pipelines.corpus import is_removed
-from pipelines.quality.policy import Policy
+from pipelines.quality.policy import LANG_NOT_ALLOWED, LOW_LANG_CONFIDENCE, Policy
 from pipelines.report.data import RunData, as_float, dedup_section, signal_columns, texts_of
 
 EXAMPLES_PER_RULE = 5
@@ -17,6 +19,11 @@ BORDERLINE_PER_RULE = 3
 HISTOGRAM_BINS = 30
 CURVE_POINTS = 41
 TOP_LANGUAGES = 25
+TOP_SOURCES = 30
+LANGUAGE_COLUMNS = 8  # languages (by input size) in the language x rule table
+# Rules whose signals match one pattern are one family: they remove largely the same documents, so the
+# report also shows them as one row (the union of what they remove).
+FAMILIES = (("Gopher n-gram repetition", re.compile(r"(top|dup)_\d+gram_char_fraction")),)
 
 
 def build(data: RunData) -> dict[str, Any]:
@@ -32,9 +39,11 @@ def build(data: RunData) -> dict[str, Any]:
     if data.signals is not None:
         failures = data.policy.failures(data.signals) if data.policy else {}
         report["rules"] = rules(data, failures)
+        report["rule_groups"] = rule_groups(data, failures, report["rules"])
+        report["sources"] = sources(data)
         report["histograms"] = histograms(data)
         report["curves"] = curves(data, failures)
-        report["languages"] = languages(data)
+        report["languages"] = languages(data, failures)
     if data.removed is not None:
         report["duplicates"] = duplicates(data)
     tokenizer = data.record.get("stages", {}).get("tokenizer", {}).get("summary", {})
@@ -46,9 +55,12 @@ def build(data: RunData) -> dict[str, Any]:
 
 
 def stage_timings(data: RunData) -> dict[str, dict[str, Any]]:
-    """Status, seconds and documents per second of every stage."""
+    """Status, seconds and documents per second of every finished or failed stage (the report stage,
+    which is writing this report, is left out while it runs)."""
     out = {}
     for name, stage in data.record.get("stages", {}).items():
+        if name == "report" and stage.get("status") == "running":
+            continue
         summary = stage.get("summary", {})
         seconds = stage.get("seconds")
         docs = summary.get("documents")
@@ -61,8 +73,16 @@ def stage_timings(data: RunData) -> dict[str, dict[str, Any]]:
     return out
 
 
+def final_mask(data: RunData) -> np.ndarray:
+    """Documents kept by the policy and not removed by dedup."""
+    keep = data.signals.column("keep").to_numpy(zero_copy_only=False)
+    if data.removed is None:
+        return keep
+    return keep & ~is_removed(data.signals.column("id"), data.removed.column("id").combine_chunks())
+
+
 def funnel(data: RunData) -> list[dict[str, Any]]:
-    """Documents, characters and tokens into and out of every stage."""
+    """Documents, characters, UTF-8 bytes and tokens into and out of every stage."""
     steps: list[dict[str, Any]] = [
         {"stage": "ingest", "documents_out": data.documents_in, "quarantined": sum(data.quarantine.values())}
     ]
@@ -70,7 +90,7 @@ def funnel(data: RunData) -> list[dict[str, Any]]:
         return steps
     keep = data.signals.column("keep").to_numpy(zero_copy_only=False)
     chars = data.signals.column("n_chars").to_numpy(zero_copy_only=False).astype(np.int64)
-    tokens = data.tokens
+    tokens, nbytes = data.tokens, data.bytes
     steps[0].update(characters_out=int(chars.sum()), tokens_out=_sum(tokens))
     steps.append(
         {
@@ -79,12 +99,14 @@ def funnel(data: RunData) -> list[dict[str, Any]]:
             "documents_out": int(keep.sum()),
             "characters_in": int(chars.sum()),
             "characters_out": int(chars[keep].sum()),
+            "bytes_in": _sum(nbytes),
+            "bytes_out": _sum(nbytes, keep),
             "tokens_in": _sum(tokens),
             "tokens_out": _sum(tokens, keep),
         }
     )
     if data.removed is not None:
-        survive = keep & ~is_removed(data.signals.column("id"), data.removed.column("id").combine_chunks())
+        survive = final_mask(data)
         steps.append(
             {
                 "stage": "dedup",
@@ -92,6 +114,8 @@ def funnel(data: RunData) -> list[dict[str, Any]]:
                 "documents_out": int(survive.sum()),
                 "characters_in": int(chars[keep].sum()),
                 "characters_out": int(chars[survive].sum()),
+                "bytes_in": _sum(nbytes, keep),
+                "bytes_out": _sum(nbytes, survive),
                 "tokens_in": _sum(tokens, keep),
                 "tokens_out": _sum(tokens, survive),
             }
@@ -123,20 +147,37 @@ def _stable_order(ids: list[str]) -> list[str]:
     return sorted(ids, key=lambda i: hashlib.sha256(i.encode()).digest())
 
 
+def _share(part: int, whole: int) -> float | None:
+    return round(part / whole, 6) if whole else None
+
+
+def rule_definition(policy: Policy | None, name: str) -> Any:
+    """The signal and bounds of a rule, the language section's two rules included (or None)."""
+    if policy is None:
+        return None
+    if name == LOW_LANG_CONFIDENCE:
+        return SimpleNamespace(signal="lang_score", min=policy.language.min_confidence, max=None, allow=None)
+    if name == LANG_NOT_ALLOWED:
+        return SimpleNamespace(signal="lang", min=None, max=None, allow=policy.language.allow)
+    return next((r for r in policy.rules if r.name == name), None)
+
+
 def rules(data: RunData, failures: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    """Per rule: documents and tokens it removes overall and alone, examples, borderline kept documents."""
+    """Per rule, ranked by the size it removes: documents and tokens it removes overall and alone, their
+    share of the filter's input, examples and borderline kept documents."""
     if not failures:
         return []
-    signals, sizes = data.signals, data.sizes()
+    signals, sizes, unit = data.signals, data.sizes(), data.unit
+    total = int(sizes.sum())
+    nbytes = data.bytes if data.bytes is not None else np.zeros(len(sizes), np.int64)
     ids = signals.column("id").to_numpy(zero_copy_only=False)
     matrix = np.stack(list(failures.values()), axis=1)
     n_failed = matrix.sum(axis=1)
     keep = n_failed == 0
-    definitions = {r.name: r for r in data.policy.rules} if data.policy else {}
     out, wanted = [], set()
     for name, mask in failures.items():
         alone = mask & (n_failed == 1)
-        rule = definitions.get(name)
+        rule = rule_definition(data.policy, name)
         entry: dict[str, Any] = {
             "rule": name,
             "signal": getattr(rule, "signal", None),
@@ -144,17 +185,84 @@ def rules(data: RunData, failures: dict[str, np.ndarray]) -> list[dict[str, Any]
             "max": getattr(rule, "max", None),
             "documents": int(mask.sum()),
             "documents_alone": int(alone.sum()),
-            data.unit: int(sizes[mask].sum()),
-            f"{data.unit}_alone": int(sizes[alone].sum()),
+            unit: int(sizes[mask].sum()),
+            f"{unit}_alone": int(sizes[alone].sum()),
+            "share": _share(int(sizes[mask].sum()), total),
+            "share_alone": _share(int(sizes[alone].sum()), total),
+            "bytes": int(nbytes[mask].sum()),
         }
-        values = as_float(signals, entry["signal"]) if entry["signal"] else None
+        if getattr(rule, "allow", None) is not None:
+            entry["allow"] = rule.allow
+        signal = entry["signal"] if entry["signal"] != "lang" else None
+        values = as_float(signals, signal) if signal else None
         entry["examples"] = [{"id": i} for i in _stable_order(list(ids[mask]))[:EXAMPLES_PER_RULE]]
         entry["borderline"] = [{"id": i} for i in _borderline(ids, keep, values, rule)]
         for example in entry["examples"] + entry["borderline"]:
             wanted.add(example["id"])
         out.append(entry)
     _attach_texts(data, out, wanted, ids)
-    return sorted(out, key=lambda e: -e["documents"])
+    return sorted(out, key=lambda e: (-e[unit], -e["documents"]))
+
+
+def rule_groups(
+    data: RunData, failures: dict[str, np.ndarray], entries: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Families of rules (FAMILIES) as single rows: what any of their rules removes, and what they alone
+    remove (no rule outside the family would have)."""
+    sizes, unit, names = data.sizes(), data.unit, list(failures)
+    total = int(sizes.sum())
+    out = []
+    for title, pattern in FAMILIES:
+        members = [e["rule"] for e in entries if e["signal"] and pattern.fullmatch(e["signal"])]
+        if len(members) < 2:
+            continue
+        any_member = np.stack([failures[m] for m in members], axis=1).any(axis=1)
+        others = [failures[n] for n in names if n not in members]
+        outside = np.stack(others, axis=1).any(axis=1) if others else np.zeros(len(sizes), bool)
+        alone = any_member & ~outside
+        out.append(
+            {
+                "group": title,
+                "rules": members,
+                "documents": int(any_member.sum()),
+                "documents_alone": int(alone.sum()),
+                unit: int(sizes[any_member].sum()),
+                f"{unit}_alone": int(sizes[alone].sum()),
+                "share": _share(int(sizes[any_member].sum()), total),
+                "share_alone": _share(int(sizes[alone].sum()), total),
+            }
+        )
+    return out
+
+
+def sources(data: RunData) -> list[dict[str, Any]]:
+    """The funnel per input group (the folder or file an input was named by): documents and sizes read,
+    kept by the policy and left after dedup."""
+    if data.groups is None or not len(data.groups):
+        return []
+    sizes, unit = data.sizes(), data.unit
+    keep = data.signals.column("keep").to_numpy(zero_copy_only=False)
+    final = final_mask(data)
+    out = []
+    for group in sorted(set(data.groups.tolist())):
+        mask = data.groups == group
+        out.append(
+            {
+                "source": group,
+                "documents_in": int(mask.sum()),
+                "documents_kept": int((mask & keep).sum()),
+                "documents_out": int((mask & final).sum()),
+                f"{unit}_in": int(sizes[mask].sum()),
+                f"{unit}_kept": int(sizes[mask & keep].sum()),
+                f"{unit}_out": int(sizes[mask & final].sum()),
+            }
+        )
+    out.sort(key=lambda e: -e[f"{unit}_in"])
+    if len(out) > TOP_SOURCES:  # the smallest inputs in one row
+        rest = out[TOP_SOURCES - 1 :]
+        summed = {k: sum(e[k] for e in rest) for k in rest[0] if k != "source"}
+        out = [*out[: TOP_SOURCES - 1], {"source": f"({len(rest)} other inputs)", **summed}]
+    return out
 
 
 def _borderline(ids: np.ndarray, keep: np.ndarray, values: np.ndarray | None, rule: Any) -> list[str]:
@@ -280,16 +388,58 @@ def curves(data: RunData, failures: dict[str, np.ndarray]) -> dict[str, dict[str
     return out
 
 
-def languages(data: RunData) -> dict[str, Any]:
-    """Documents and kept documents per detected language."""
-    langs = data.signals.column("lang").to_pylist()
-    keep = data.signals.column("keep").to_pylist()
-    all_counts = Counter(langs)
-    kept_counts = Counter(lang for lang, k in zip(langs, keep, strict=True) if k)
-    top = [lang for lang, _ in all_counts.most_common(TOP_LANGUAGES)]
+def _family_masks(failures: dict[str, np.ndarray], data: RunData) -> dict[str, np.ndarray]:
+    """The failure masks with each family of rules (FAMILIES) merged into one entry."""
+    out, merged = {}, set()
+    for title, pattern in FAMILIES:
+        members = [
+            name
+            for name in failures
+            if (rule := rule_definition(data.policy, name)) is not None and pattern.fullmatch(rule.signal)
+        ]
+        if len(members) >= 2:
+            out[f"{title} ({len(members)} rules)"] = np.stack([failures[m] for m in members], 1).any(1)
+            merged.update(members)
+    return {**{n: m for n, m in failures.items() if n not in merged}, **out}
+
+
+def languages(data: RunData, failures: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Documents and sizes, all and kept, per detected language; and the size each rule removes in the
+    largest languages."""
+    lang = data.signals.column("lang").to_numpy(zero_copy_only=False).astype(str)
+    keep = data.signals.column("keep").to_numpy(zero_copy_only=False)
+    sizes, unit = data.sizes(), data.unit
+    codes, inverse = np.unique(lang, return_inverse=True)
+    docs = np.bincount(inverse, minlength=len(codes))
+    kept_docs = np.bincount(inverse, weights=keep, minlength=len(codes)).astype(np.int64)
+    size = np.bincount(inverse, weights=sizes, minlength=len(codes)).astype(np.int64)
+    kept_size = np.bincount(inverse, weights=sizes * keep, minlength=len(codes)).astype(np.int64)
+    order = sorted(range(len(codes)), key=lambda i: (-docs[i], codes[i]))[:TOP_LANGUAGES]
+    top = [
+        {
+            "lang": str(codes[i]),
+            "documents": int(docs[i]),
+            "kept": int(kept_docs[i]),
+            unit: int(size[i]),
+            f"kept_{unit}": int(kept_size[i]),
+        }
+        for i in order
+    ]
+    columns = [int(i) for i in np.argsort(-size, kind="stable")[:LANGUAGE_COLUMNS]]
+    by_rule = []
+    for name, mask in _family_masks(failures, data).items():
+        removed = np.bincount(inverse, weights=sizes * mask, minlength=len(codes)).astype(np.int64)
+        if mask.any():
+            row = {"rule": name, unit: [int(removed[i]) for i in columns], "total": int(removed.sum())}
+            by_rule.append(row)
     return {
-        "distinct": len(all_counts),
-        "top": [{"lang": lang, "documents": all_counts[lang], "kept": kept_counts[lang]} for lang in top],
+        "distinct": len(codes),
+        "top": top,
+        "by_rule": {
+            "languages": [str(codes[i]) for i in columns],
+            f"{unit}_in": [int(size[i]) for i in columns],
+            "rules": sorted(by_rule, key=lambda r: -r["total"]),
+        },
     }
 
 
@@ -314,106 +464,15 @@ def duplicates(data: RunData) -> dict[str, Any]:
     }
 
 
-def policy_comparison(data: RunData, other: Policy) -> dict[str, Any]:
-    """What-if: apply another policy to the stored signals and compare with the run's own."""
-    sizes = data.sizes()
-    base = data.policy.failures(data.signals) if data.policy else {}
-    new = other.failures(data.signals)
-    base_keep = ~np.stack(list(base.values()), 1).any(1) if base else np.ones(data.signals.num_rows, bool)
-    new_keep = ~np.stack(list(new.values()), 1).any(1) if new else np.ones(data.signals.num_rows, bool)
-    rows = []
-    for name in dict.fromkeys([*base, *new]):
-        b = base.get(name)
-        n = new.get(name)
-        rows.append(
-            {
-                "rule": name,
-                "documents_before": int(b.sum()) if b is not None else None,
-                "documents_after": int(n.sum()) if n is not None else None,
-                f"{data.unit}_before": int(sizes[b].sum()) if b is not None else None,
-                f"{data.unit}_after": int(sizes[n].sum()) if n is not None else None,
-            }
-        )
-    return {
-        "kept_documents_before": int(base_keep.sum()),
-        "kept_documents_after": int(new_keep.sum()),
-        f"kept_{data.unit}_before": int(sizes[base_keep].sum()),
-        f"kept_{data.unit}_after": int(sizes[new_keep].sum()),
-        "newly_dropped": int((base_keep & ~new_keep).sum()),
-        "newly_kept": int((~base_keep & new_keep).sum()),
-        "rules": rows,
-    }
-
-
-def run_comparison(this: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
-    """Diff of two built reports: counts and rates per stage and rule, languages, signals, quarantine."""
-
-    def stage_rows(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        return {s["stage"]: s for s in report["funnel"]}
-
-    def rate(out: Any, into: Any) -> float | None:
-        return round(out / into, 4) if out is not None and into else None
-
-    stages = []
-    a_stages, b_stages = stage_rows(this), stage_rows(other)
-    for name in dict.fromkeys([*b_stages, *a_stages]):
-        a, b = a_stages.get(name, {}), b_stages.get(name, {})
-        stages.append(
-            {
-                "stage": name,
-                "documents_out": [b.get("documents_out"), a.get("documents_out")],
-                "keep_rate": [
-                    rate(b.get("documents_out"), b.get("documents_in")),
-                    rate(a.get("documents_out"), a.get("documents_in")),
-                ],
-                "tokens_out": [b.get("tokens_out"), a.get("tokens_out")],
-            }
-        )
-
-    def rule_rates(report: dict[str, Any]) -> dict[str, float | None]:
-        total = stage_rows(report).get("signals", {}).get("documents_in")
-        return {r["rule"]: rate(r["documents"], total) for r in report.get("rules", [])}
-
-    a_rules, b_rules = rule_rates(this), rule_rates(other)
-    rules_diff = [
-        {"rule": r, "drop_rate": [b_rules.get(r), a_rules.get(r)]}
-        for r in dict.fromkeys([*b_rules, *a_rules])
+def ranked_removals(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rules and rule families (`rule_groups`) that removed something, largest first by size; a family
+    row carries its rules under `members`, and its rules are not repeated on their own."""
+    unit = report["unit"]
+    grouped = {name for g in report.get("rule_groups", []) for name in g["rules"]}
+    by_name = {r["rule"]: r for r in report.get("rules", [])}
+    rows = [r for r in report.get("rules", []) if r["rule"] not in grouped]
+    rows += [
+        {**g, "rule": f"{g['group']} ({len(g['rules'])} rules)", "members": [by_name[n] for n in g["rules"]]}
+        for g in report.get("rule_groups", [])
     ]
-
-    def lang_shares(report: dict[str, Any]) -> dict[str, float]:
-        top = report.get("languages", {}).get("top", [])
-        total = stage_rows(report).get("signals", {}).get("documents_in") or 1
-        return {t["lang"]: round(t["documents"] / total, 4) for t in top}
-
-    a_lang, b_lang = lang_shares(this), lang_shares(other)
-    signals_diff = [
-        {
-            "signal": s,
-            "median": [other.get("histograms", {}).get(s, {}).get("median"), h.get("median")],
-            "mean": [other.get("histograms", {}).get(s, {}).get("mean"), h.get("mean")],
-        }
-        for s, h in this.get("histograms", {}).items()
-    ]
-    reasons = dict.fromkeys([*other.get("quarantine", {}), *this.get("quarantine", {})])
-    return {
-        "run": this.get("run_id"),
-        "against": other.get("run_id"),
-        "stages": stages,
-        "rules": rules_diff,
-        "languages": [
-            {"lang": lang, "share": [b_lang.get(lang, 0.0), a_lang.get(lang, 0.0)]}
-            for lang in dict.fromkeys([*b_lang, *a_lang])
-        ],
-        "signals": signals_diff,
-        "quarantine": [
-            {
-                "reason": r,
-                "records": [other.get("quarantine", {}).get(r, 0), this.get("quarantine", {}).get(r, 0)],
-            }
-            for r in reasons
-        ],
-        "duplicates_removed": [
-            other.get("duplicates", {}).get("removed"),
-            this.get("duplicates", {}).get("removed"),
-        ],
-    }
+    return sorted((r for r in rows if r["documents"]), key=lambda r: (-r[unit], -r["documents"]))

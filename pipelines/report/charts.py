@@ -1,22 +1,69 @@
-"""Small inline-SVG charts: no scripts, no external files, so report.html works offline."""
+"""Small inline-SVG charts: no scripts, no external files, so report.html works offline.
+
+Each chart is a figure with its title above it; every label is placed so that it stays inside the
+chart's viewBox (labels near an edge are anchored towards the inside), and axes carry about five
+rounded ticks.
+"""
 
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Sequence
 
-WIDTH, HEIGHT = 520, 180
-PAD_LEFT, PAD_BOTTOM, PAD_TOP = 48, 28, 14
+WIDTH, HEIGHT = 520, 190
+PAD_LEFT, PAD_RIGHT, PAD_BOTTOM, PAD_TOP = 48, 16, 28, 16
+PLOT_W, PLOT_H = WIDTH - PAD_LEFT - PAD_RIGHT, HEIGHT - PAD_BOTTOM - PAD_TOP
+CHAR_W = 6.2  # upper estimate of one character's width at the charts' 10px font
+TICKS = 5
 ALL_COLOR, KEPT_COLOR, LINE_COLOR, MARK_COLOR = "#c6d4e8", "#3f72af", "#3f72af", "#d1495b"
 
 
 def _svg(title: str, body: str, width: int = WIDTH, height: int = HEIGHT) -> str:
     label = html.escape(title)
     return (
-        f'<figure><svg class="chart" role="img" aria-label="{label}" viewBox="0 0 {width} {height}" '
-        f'width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">{body}</svg>'
-        f"<figcaption>{label}</figcaption></figure>"
+        f'<figure><figcaption>{label}</figcaption><svg class="chart" role="img" aria-label="{label}" '
+        f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'xmlns="http://www.w3.org/2000/svg">{body}</svg></figure>'
     )
+
+
+def _label(x: float, y: float, text: str, width: float = WIDTH, color: str | None = None) -> str:
+    """A text centred on x, or anchored towards the inside where centring would cross an edge."""
+    half = CHAR_W * len(text) / 2
+    if x - half < 1:
+        anchor = "start"
+        x = max(x, 1.0)
+    elif x + half > width - 1:
+        anchor = "end"
+        x = min(x, width - 1.0)
+    else:
+        anchor = "middle"
+    fill = f' fill="{color}"' if color else ""
+    return f'<text x="{x:.1f}" y="{y:.1f}" text-anchor="{anchor}"{fill}>{html.escape(text)}</text>'
+
+
+def nice_ticks(low: float, high: float, count: int = TICKS) -> list[float]:
+    """About `count` round values (1, 2 or 5 times a power of ten apart) between low and high."""
+    if not math.isfinite(low) or not math.isfinite(high) or high <= low:
+        return [low]
+    raw = (high - low) / max(count - 1, 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    first = math.ceil(low / step - 1e-9) * step
+    ticks, value = [], first
+    while value <= high + step * 1e-9:
+        ticks.append(round(value, 12))
+        value += step
+    return ticks
+
+
+def log_ticks(low: float, high: float) -> list[float]:
+    """Powers of ten between low and high (thinned to at most TICKS + 2), else the ends."""
+    ticks = [10.0**k for k in range(math.ceil(math.log10(low)), math.floor(math.log10(high)) + 1)]
+    while len(ticks) > TICKS + 2:
+        ticks = ticks[::2]
+    return ticks if len(ticks) >= 2 else [low, high]
 
 
 def fmt_number(value: float) -> str:
@@ -32,7 +79,9 @@ def hbars(title: str, items: Sequence[tuple[str, float]]) -> str:
     """Horizontal bars with labels and values."""
     if not items:
         return ""
-    row, label_w, bar_w = 20, 190, 300
+    row, bar_w = 20, 300
+    label_w = round(CHAR_W * max(len(str(label)) for label, _ in items) + 12)
+    value_w = round(CHAR_W * max(len(fmt_number(v)) for _, v in items) + 10)
     top = max(v for _, v in items) or 1
     parts = []
     for i, (label, value) in enumerate(items):
@@ -43,33 +92,52 @@ def hbars(title: str, items: Sequence[tuple[str, float]]) -> str:
             f'<rect x="{label_w}" y="{y + 3}" width="{width:.1f}" height="{row - 6}" fill="{KEPT_COLOR}"/>'
             f'<text x="{label_w + width + 5:.1f}" y="{y + 14}">{fmt_number(value)}</text>'
         )
-    return _svg(title, "".join(parts), label_w + bar_w + 70, row * len(items) + 8)
+    return _svg(title, "".join(parts), label_w + bar_w + value_w, row * len(items) + 8)
 
 
-def _axes(x0: float, x1: float, y_max: float, xs: Sequence[float], log_scale: bool = False) -> str:
-    plot_w, plot_h = WIDTH - PAD_LEFT - 10, HEIGHT - PAD_BOTTOM - PAD_TOP
+def _axes(x0: float, x1: float, y_max: float, log_scale: bool = False) -> str:
+    """Both axes with rounded ticks and light grid lines; y runs from 0 to y_max."""
+    bottom = PAD_TOP + PLOT_H
     parts = [
-        f'<line x1="{PAD_LEFT}" y1="{PAD_TOP + plot_h}" x2="{PAD_LEFT + plot_w}" y2="{PAD_TOP + plot_h}" '
-        'stroke="#888"/>',
-        f'<line x1="{PAD_LEFT}" y1="{PAD_TOP}" x2="{PAD_LEFT}" y2="{PAD_TOP + plot_h}" stroke="#888"/>',
-        f'<text x="{PAD_LEFT - 4}" y="{PAD_TOP + 8}" text-anchor="end">{fmt_number(y_max)}</text>',
-        f'<text x="{PAD_LEFT - 4}" y="{PAD_TOP + plot_h}" text-anchor="end">0</text>',
+        f'<line x1="{PAD_LEFT}" y1="{bottom}" x2="{PAD_LEFT + PLOT_W}" y2="{bottom}" stroke="#888"/>',
+        f'<line x1="{PAD_LEFT}" y1="{PAD_TOP}" x2="{PAD_LEFT}" y2="{bottom}" stroke="#888"/>',
     ]
+    for value in nice_ticks(0, y_max):
+        y = bottom - PLOT_H * value / y_max
+        parts.append(
+            f'<line x1="{PAD_LEFT}" y1="{y:.1f}" x2="{PAD_LEFT + PLOT_W}" y2="{y:.1f}" stroke="#eee"/>'
+            f'<text x="{PAD_LEFT - 4}" y="{y + 3.5:.1f}" text-anchor="end">{fmt_number(value)}</text>'
+        )
+    xs = log_ticks(x0, x1) if log_scale and x0 > 0 else nice_ticks(x0, x1)
     for value in xs:
         x = _x(value, x0, x1, log_scale)
-        parts.append(f'<text x="{x:.1f}" y="{HEIGHT - 8}" text-anchor="middle">{fmt_number(value)}</text>')
+        parts.append(f'<line x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" y2="{bottom + 3}" stroke="#888"/>')
+        parts.append(_label(x, HEIGHT - 8, fmt_number(value)))
     return "".join(parts)
 
 
 def _x(value: float, x0: float, x1: float, log_scale: bool) -> float:
-    import math
-
-    plot_w = WIDTH - PAD_LEFT - 10
     if log_scale and value > 0 and x0 > 0:
         frac = (math.log(value) - math.log(x0)) / max(math.log(x1) - math.log(x0), 1e-12)
     else:
         frac = (value - x0) / max(x1 - x0, 1e-12)
-    return PAD_LEFT + plot_w * min(max(frac, 0.0), 1.0)
+    return PAD_LEFT + PLOT_W * min(max(frac, 0.0), 1.0)
+
+
+def _threshold(x: float) -> str:
+    """A threshold's dashed line (its value is labelled separately by `_threshold_label`)."""
+    return (
+        f'<line class="threshold" x1="{x:.1f}" y1="{PAD_TOP}" x2="{x:.1f}" y2="{PAD_TOP + PLOT_H}" '
+        f'stroke="{MARK_COLOR}" stroke-width="2" stroke-dasharray="4 3"/>'
+    )
+
+
+def _threshold_label(x: float, value: float) -> str:
+    """The threshold's value just right of its line, or left of it near the right edge."""
+    text = fmt_number(value)
+    if x + 3 + CHAR_W * len(text) > WIDTH - 1:
+        return f'<text x="{x - 3:.1f}" y="{PAD_TOP - 4}" text-anchor="end" fill="{MARK_COLOR}">{text}</text>'
+    return f'<text x="{x + 3:.1f}" y="{PAD_TOP - 4}" fill="{MARK_COLOR}">{text}</text>'
 
 
 def histogram(
@@ -81,7 +149,7 @@ def histogram(
     log_scale: bool = False,
 ) -> str:
     """All documents (light) and kept documents (dark) per bin, thresholds as red dashed lines."""
-    plot_h = HEIGHT - PAD_BOTTOM - PAD_TOP
+    plot_h = PLOT_H
     top = max(max(counts, default=0), 1)
     x0, x1 = edges[0], edges[-1]
     parts = []
@@ -97,20 +165,15 @@ def histogram(
             )
     for t in thresholds:
         x = _x(t, x0, x1, log_scale)
-        parts.append(
-            f'<line class="threshold" x1="{x:.1f}" y1="{PAD_TOP}" x2="{x:.1f}" y2="{PAD_TOP + plot_h}" '
-            f'stroke="{MARK_COLOR}" stroke-width="2" stroke-dasharray="4 3"/>'
-            f'<text x="{x + 3:.1f}" y="{PAD_TOP + 10}" fill="{MARK_COLOR}">{fmt_number(t)}</text>'
-        )
-    ticks = [edges[0], edges[len(edges) // 2], edges[-1]]
-    return _svg(title, _axes(x0, x1, top, ticks, log_scale) + "".join(parts))
+        parts.append(_threshold(x) + _threshold_label(x, t))
+    return _svg(title, _axes(x0, x1, top, log_scale) + "".join(parts))
 
 
 def curve(title: str, xs: Sequence[float], ys: Sequence[float], current: float | None = None) -> str:
     """A line of ys over xs with the current threshold marked."""
     if not xs:
         return ""
-    plot_h = HEIGHT - PAD_BOTTOM - PAD_TOP
+    plot_h = PLOT_H
     top = max(max(ys), 1)
     x0, x1 = xs[0], xs[-1]
     points = " ".join(
@@ -120,8 +183,5 @@ def curve(title: str, xs: Sequence[float], ys: Sequence[float], current: float |
     body = f'<polyline points="{points}" fill="none" stroke="{LINE_COLOR}" stroke-width="2"/>'
     if current is not None:
         x = _x(current, x0, x1, False)
-        body += (
-            f'<line class="threshold" x1="{x:.1f}" y1="{PAD_TOP}" x2="{x:.1f}" y2="{PAD_TOP + plot_h}" '
-            f'stroke="{MARK_COLOR}" stroke-width="2" stroke-dasharray="4 3"/>'
-        )
-    return _svg(title, _axes(x0, x1, top, [x0, (x0 + x1) / 2, x1]) + body)
+        body += _threshold(x) + _threshold_label(x, current)
+    return _svg(title, _axes(x0, x1, top) + body)

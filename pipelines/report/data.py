@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,8 @@ class RunData:
     manifest: dict[str, Any] | None
     quarantine: dict[str, int]
     documents_in: int
+    bytes: np.ndarray | None = None  # UTF-8 bytes of the text later stages read, per document
+    groups: np.ndarray | None = None  # input group of each document (`source_group`)
 
     @property
     def unit(self) -> str:
@@ -100,10 +103,36 @@ def count_document_tokens(run: RunDir, workers: int = 0) -> np.ndarray | None:
     return np.array([counts[i] for i in ids], np.int64)
 
 
+def source_group(source: str) -> str:
+    """The input group of a document: its input file (`source`) with every number in the file name
+    replaced by `*`, so the numbered parts of one dump (`web/pages-00.jsonl.gz`, `web/pages-01.jsonl.gz`)
+    are one group (`web/pages-*.jsonl.gz`) and differently named files stay apart."""
+    folder, _, name = source.rpartition("/")
+    name = re.sub(r"\d+", "*", name)
+    return f"{folder}/{name}" if folder else name
+
+
+def document_bytes_and_groups(run: RunDir) -> tuple[np.ndarray, np.ndarray]:
+    """UTF-8 bytes of every document's text (as later stages read it) and its input group, in signals
+    order. Bytes compare across runs, which train their own tokenizers."""
+    sizes, groups = [], []
+    for name in run.shards():
+        table = read_table(text_path(run, name), columns=["id", "text"])
+        sizes.append(pc.binary_length(table.column("text")).fill_null(0).to_numpy().astype(np.int64))
+        source = source_of(table.column("id")).combine_chunks()
+        encoded = source.dictionary_encode()
+        names = np.array([source_group(s or "") for s in encoded.dictionary.to_pylist()] or [""], object)
+        groups.append(names[encoded.indices.fill_null(0).to_numpy(zero_copy_only=False)])
+    if not sizes:
+        return np.zeros(0, np.int64), np.zeros(0, object)
+    return np.concatenate(sizes), np.concatenate(groups)
+
+
 def load_run(run: RunDir, workers: int = 0) -> RunData:
     """Read what a report needs from a run directory."""
     has_signals = bool(signal_files(run))
     signals = read_signals(run) if has_signals else None
+    sizes, groups = document_bytes_and_groups(run) if has_signals else (None, None)
     return RunData(
         run=run,
         record=run.record.load(),
@@ -114,6 +143,8 @@ def load_run(run: RunDir, workers: int = 0) -> RunData:
         manifest=json.loads(run.manifest.read_text()) if run.manifest.exists() else None,
         quarantine=dict(quarantine_counts(run).most_common()),
         documents_in=sum(pq.read_metadata(text_path(run, name)).num_rows for name in run.shards()),
+        bytes=sizes,
+        groups=groups,
     )
 
 

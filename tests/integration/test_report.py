@@ -13,8 +13,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from stage_helpers import run_stages
+from stage_helpers import build
 
+from pipelines.config import RunConfig
 from pipelines.corpus import text_path
 from pipelines.quality.policy import load_policy
 from pipelines.run import RunDir
@@ -25,24 +26,37 @@ GRISTMILL = Path(sys.executable).parent / "gristmill"
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
-def _build(root: Path, inputs: list[Path], policy: Path | None = None) -> RunDir:
+def _build_run(root: Path, inputs: list[Path], policy: Path | None = None) -> RunDir:
     """A real run through the stage functions (the same ones the flow calls), without Prefect."""
     run = RunDir(root).create()
     files = [str(p) for p in inputs]
-    run.record.start(root.name, {}, files)
     signals = {"policy": str(policy) if policy else None}
     tokenizer = {"vocab_size": 1024, "sample_chars": 10_000_000}
-    stages = ("ingest", "signals", "dedup", "tokenizer", "tokenize", "report")
-    run_stages(run, *stages, inputs=files, signals=signals, tokenizer=tokenizer, workers=2)
+    config = RunConfig.model_validate(
+        {"inputs": files, "signals": signals, "tokenizer": tokenizer, "executor": {"workers": 2}}
+    )
+    run.record.start(root.name, config.model_dump(mode="json"), files)
+    build(run, config)
     return run
+
+
+def _stricter(path: Path, factor: int = 4) -> Path:
+    """The default policy with gopher_min_words' minimum multiplied by `factor`."""
+    policy = load_policy(None).model_dump()
+    for rule in policy["rules"]:
+        if rule["name"] == "gopher_min_words":
+            rule["min"] = rule["min"] * factor
+    path.write_text(yaml.safe_dump(policy))
+    return path
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunDir, RunDir, Path]:
     work = tmp_path_factory.mktemp("report")
     sample = REPO / "data" / "sample"
-    first = _build(work / "first", [sample / "web.jsonl.zst", sample / "spam.jsonl.zst"])
-    second = _build(work / "second", [sample / "web.jsonl.zst", sample / "udhr.jsonl.zst"])
+    first = _build_run(work / "first", [sample / "web.jsonl.zst", sample / "spam.jsonl.zst"])
+    stricter = _stricter(work / "min-words-200.yaml")
+    second = _build_run(work / "second", [sample / "web.jsonl.zst", sample / "udhr.jsonl.zst"], stricter)
     return first, second, work
 
 
@@ -99,6 +113,56 @@ def test_report_json_matches_the_stored_signals(runs: tuple) -> None:
     assert langs["en"] == sum(1 for r in rows if r["lang"] == "en")
 
 
+def test_rules_rank_by_tokens_with_shares_families_sources_and_languages(runs: tuple) -> None:
+    run, _, _ = runs
+    report = json.loads((run.report / "report.json").read_text())
+    rows, tokens = _signals(run), _tokens_by_id(run)
+    total = sum(tokens.values())
+    assert [r["tokens"] for r in report["rules"]] == sorted(
+        (r["tokens"] for r in report["rules"]), reverse=True
+    )
+    for rule in report["rules"]:
+        assert rule["share"] == pytest.approx(rule["tokens"] / total, abs=1e-6)
+    low_conf = next(r for r in report["rules"] if r["rule"] == "low_lang_confidence")
+    assert low_conf["signal"] == "lang_score" and low_conf["min"] == 0.5
+    (ngram,) = report["rule_groups"]
+    assert len(ngram["rules"]) == 9 and all("gram" in name for name in ngram["rules"])
+    failing = [r for r in rows if set(r["reasons"]) & set(ngram["rules"])]
+    alone = [r for r in failing if set(r["reasons"]) <= set(ngram["rules"])]
+    assert ngram["documents"] == len(failing) and ngram["documents_alone"] == len(alone)
+    assert ngram["tokens"] == sum(tokens[r["id"]] for r in failing)
+    # the funnel per input: one row per input file, adding up to the signals stage
+    documents = {
+        d["id"]: d["source"]
+        for p in sorted(run.documents.glob("0*.parquet"))
+        for d in pq.read_table(p, columns=["id", "source"]).to_pylist()
+    }
+    by_source = {s["source"]: s for s in report["sources"]}
+    assert len(by_source) == 2 and {Path(s).name for s in by_source} == {"web.jsonl.zst", "spam.jsonl.zst"}
+    for source, entry in by_source.items():
+        mine = [r for r in rows if documents[r["id"]] == source]
+        assert entry["documents_in"] == len(mine)
+        assert entry["documents_kept"] == sum(r["keep"] for r in mine)
+        assert entry["tokens_in"] == sum(tokens[r["id"]] for r in mine)
+    signals = next(s for s in report["funnel"] if s["stage"] == "signals")
+    assert sum(s["tokens_in"] for s in report["sources"]) == signals["tokens_in"] == total
+    # languages with tokens, and the language x rule table
+    en = next(t for t in report["languages"]["top"] if t["lang"] == "en")
+    assert en["tokens"] == sum(tokens[r["id"]] for r in rows if r["lang"] == "en")
+    assert en["kept_tokens"] == sum(tokens[r["id"]] for r in rows if r["lang"] == "en" and r["keep"])
+    table = report["languages"]["by_rule"]
+    column = table["languages"].index("en")
+    for entry in table["rules"]:
+        if entry["rule"] in {r["rule"] for r in report["rules"]}:
+            expected = sum(
+                tokens[r["id"]] for r in rows if r["lang"] == "en" and entry["rule"] in r["reasons"]
+            )
+            assert entry["tokens"][column] == expected, entry["rule"]
+    assert any(e["rule"].startswith("Gopher n-gram repetition") for e in table["rules"])
+    # the report stage is writing the report: it is not shown as running
+    assert "report" not in report["stages"]
+
+
 def test_threshold_curves_pass_through_the_current_threshold(runs: tuple) -> None:
     run, _, _ = runs
     report = json.loads((run.report / "report.json").read_text())
@@ -114,12 +178,7 @@ def test_threshold_curves_pass_through_the_current_threshold(runs: tuple) -> Non
 
 def test_whatif_reapplies_another_policy_without_recomputing_signals(runs: tuple, tmp_path: Path) -> None:
     run, _, _ = runs
-    policy = load_policy(run.signals / "_policy.yaml").model_dump()
-    for rule in policy["rules"]:
-        if rule["signal"] == "word_count" and rule["min"] is not None:
-            rule["min"] = rule["min"] * 4
-    stricter = tmp_path / "stricter.yaml"
-    stricter.write_text(yaml.safe_dump(policy))
+    stricter = _stricter(tmp_path / "stricter.yaml")
     before = {p: p.stat().st_mtime_ns for p in run.signals.glob("*.parquet")}
     result = subprocess.run(
         [str(GRISTMILL), "report", str(run.root), "--policy", str(stricter)],
@@ -135,6 +194,35 @@ def test_whatif_reapplies_another_policy_without_recomputing_signals(runs: tuple
     assert whatif["kept_documents_before"] == sum(r["keep"] for r in _signals(run))
     assert whatif["kept_documents_after"] < whatif["kept_documents_before"]
     assert (run.report / "whatif-stricter.html").exists() and "what-if" in result.stdout
+    # it leads with what changed in the policy, and lists only the rules whose results changed
+    assert whatif["changes"] == [{"setting": "rules.gopher_min_words.min", "before": 50.0, "after": 200.0}]
+    (changed,) = whatif["rules"]
+    assert changed["rule"] == "gopher_min_words" and whatif["unchanged_rules"] == len(policy_reasons(run)) - 1
+    assert changed["documents_change"] == changed["documents_after"] - changed["documents_before"] > 0
+    dropped = changed["examples"]["newly_dropped"]
+    assert 0 < len(dropped) <= 5 and not changed["examples"]["newly_kept"]
+    rows = {r["id"]: r for r in _signals(run)}
+    for example in dropped:
+        assert rows[example["id"]]["keep"] and example["reasons_before"] == []
+        assert example["reasons_after"] == ["gopher_min_words"] and example["excerpt"]
+    md = (run.report / "whatif-stricter.md").read_text()
+    assert "rules.gopher_min_words.min" in md and "%" in md and "0.2051" not in md
+
+
+def policy_reasons(run: RunDir) -> list[str]:
+    return load_policy(run.policy).reason_names
+
+
+def test_whatif_and_diff_are_separate_reports(runs: tuple, tmp_path: Path) -> None:
+    first, second, _ = runs
+    command = [str(GRISTMILL), "report", str(second.root), "--against", str(first.root)]
+    result = subprocess.run(
+        [*command, "--policy", str(_stricter(tmp_path / "p.yaml"))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0 and "--policy" in result.stderr and "--against" in result.stderr
 
 
 def test_diff_between_two_runs(runs: tuple) -> None:
@@ -150,9 +238,31 @@ def test_diff_between_two_runs(runs: tuple) -> None:
     a = json.loads((first.report / "report.json").read_text())
     b = json.loads((second.report / "report.json").read_text())
     ingest = next(s for s in diff["stages"] if s["stage"] == "ingest")
-    assert ingest["documents_out"] == [a["funnel"][0]["documents_out"], b["funnel"][0]["documents_out"]]
+    a_in, b_in = a["funnel"][0]["documents_out"], b["funnel"][0]["documents_out"]
+    assert ingest["documents_out"] == [a_in, b_in, b_in - a_in]
     assert {x["lang"] for x in diff["languages"]} >= {"en", "de"}
     assert "diff" in (second.report / "diff-first.md").read_text()
+    # config and policy changes lead; sizes are bytes; only changed rows, each with its change
+    settings = {c["setting"] for c in diff["config_changes"]}
+    assert {"inputs", "signals.policy"} <= settings and not settings & {"run_id", "output"}
+    assert diff["policy_changes"] == [
+        {"setting": "rules.gopher_min_words.min", "before": 50.0, "after": 200.0}
+    ]
+    assert diff["unit"] == "bytes" and all("tokens_out" not in s for s in diff["stages"])
+    signals = next(s for s in diff["stages"] if s["stage"] == "signals")
+    a_signals = next(s for s in a["funnel"] if s["stage"] == "signals")
+    assert signals["bytes_out"][0] == a_signals["bytes_out"]
+    for row in diff["rules"]:
+        assert row["drop_rate"][0] != row["drop_rate"][1] or row["bytes_share"][0] != row["bytes_share"][1]
+    assert diff["unchanged_rules"] > 0
+    # documents of web.jsonl.zst are in both runs: the stricter minimum newly drops some of them
+    flipped = diff["examples"]["gopher_min_words"]["newly_dropped"]
+    kept_before = {r["id"] for r in _signals(first) if r["keep"]}
+    assert flipped and all(
+        e["id"] in kept_before and "gopher_min_words" in e["reasons_after"] for e in flipped
+    )
+    page = (second.report / "diff-first.md").read_text()
+    assert "Config changes" in page and "pp" in page
 
 
 @pytest.mark.skipif(
@@ -184,6 +294,75 @@ def test_report_renders_in_headless_chromium(runs: tuple) -> None:
         for section in ("Funnel", "Rules", "Signals", "Duplicates", "Quarantine", "Stages"):
             assert any(h.startswith(section) for h in headings), (section, headings)
         assert len(driver.find_elements(By.TAG_NAME, "table")) >= 5
+        # a table of contents links to every section
+        links = {
+            a.get_attribute("href").rsplit("#", 1)[1] for a in driver.find_elements(By.CSS_SELECTOR, ".toc a")
+        }
+        ids = {h.get_attribute("id") for h in driver.find_elements(By.TAG_NAME, "h2")}
+        assert links == ids and len(ids) >= 8 and all(ids)
+        # every chart's title is above it, and no label of any chart leaves its viewBox
+        for figure in driver.find_elements(By.TAG_NAME, "figure"):
+            caption = figure.find_element(By.TAG_NAME, "figcaption").rect
+            svg = figure.find_element(By.TAG_NAME, "svg").rect
+            assert caption["y"] + caption["height"] <= svg["y"] + 1, figure.text
+        outside = driver.execute_script(
+            """const out = [];
+            for (const svg of document.querySelectorAll("svg.chart")) {
+              const box = svg.viewBox.baseVal;
+              for (const t of svg.querySelectorAll("text")) {
+                const b = t.getBBox();
+                if (b.x < box.x - 0.5 || b.y < box.y - 0.5 || b.x + b.width > box.x + box.width + 0.5 ||
+                    b.y + b.height > box.y + box.height + 0.5) {
+                  out.push([svg.getAttribute("aria-label"), t.textContent]);
+                }
+              }
+            }
+            return out;"""
+        )
+        assert outside == []
+        # threshold labels keep their digits (0.1 stays 0.1) and axes carry several ticks
+        labels = driver.execute_script(
+            "return [...document.querySelectorAll('svg.chart text[fill]')].map(t => t.textContent)"
+        )
+        assert "0.1" in labels and "0.3" in labels
+        ticks = driver.execute_script(
+            "return [...document.querySelectorAll('svg.chart')].map(s => s.querySelectorAll('text').length)"
+        )
+        assert min(ticks) >= 4
+        # rules: ranked by tokens, with shares, rules that removed nothing left out (and counted)
+        rules_table = driver.find_element(By.CSS_SELECTOR, "#rules ~ table")
+        header = [th.text for th in rules_table.find_elements(By.TAG_NAME, "th")]
+        assert header[3:5] == ["tokens removed", "of input tokens"]
+        body = [
+            [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+            for tr in rules_table.find_elements(By.CSS_SELECTOR, "tbody tr")
+        ]
+        top = [row for row in body if not row[0].startswith("·")]
+        sizes = [int(row[3].replace(",", "")) for row in top]
+        assert sizes == sorted(sizes, reverse=True) and all(row[4].endswith("%") for row in body)
+        assert all(row[6] != "0" for row in body)
+        idle = [r["rule"] for r in report["rules"] if not r["documents"]]
+        page_text = driver.find_element(By.TAG_NAME, "body").text
+        assert idle and f"{len(idle)} rules removed nothing and are not listed" in page_text
+        assert any(row[0].startswith("Gopher n-gram repetition") for row in body)
+        low_conf = next(row for row in body if row[0] == "low_lang_confidence")
+        assert low_conf[1:3] == ["lang_score", "≥ 0.5"]
+        # examples are open, their excerpts visible
+        details = driver.find_elements(By.TAG_NAME, "details")
+        assert details and all(d.get_attribute("open") is not None for d in details)
+        assert driver.find_element(By.CSS_SELECTOR, "details .excerpt").is_displayed()
+        # the stages table does not show the report stage as running
+        assert (
+            "running"
+            not in driver.find_element(By.ID, "stages")
+            .find_element(By.XPATH, "following-sibling::table[1]")
+            .text
+        )
+        # the funnel per input and the language x rule table
+        assert driver.find_element(By.ID, "funnel-per-input").is_displayed()
+        languages = driver.find_element(By.CSS_SELECTOR, "[id^=languages]")
+        tables = languages.find_elements(By.XPATH, "following-sibling::table")
+        assert any(t.find_element(By.TAG_NAME, "th").text == "rule" for t in tables)
         height = driver.execute_script("return document.body.scrollHeight")
         driver.set_window_size(1280, min(height, 12_000))
         screenshot = work / "report.png"
@@ -257,5 +436,5 @@ def test_html_escapes_document_text_and_markdown_keeps_tables_intact() -> None:
     html, md = render.render(page, "html"), render.render(page, "md")
     assert "<script>" not in html and "<b>doc" not in html
     assert '<div class="excerpt">&lt;script&gt;alert(1)&lt;/script&gt;\nline | two</div>' in html
-    assert "<h2>Examples &amp; more</h2>" in html and '<td class="n">1235</td>' in html
+    assert '<h2 id="examples-more">Examples &amp; more</h2>' in html and '<td class="n">1235</td>' in html
     assert "| <b>doc</b> | <script>alert(1)</script> line \\| two | 1235 |" in md.splitlines()
