@@ -20,8 +20,9 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import stat
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO
 
 import zstandard
@@ -38,9 +39,12 @@ from pipelines.readers.base import (
     ReadOptions,
     Records,
     Split,
+    cut,
     quarantine,
     sniff,
     stream_error,
+    too_large,
+    utf8_size,
 )
 
 __all__ = [
@@ -66,6 +70,7 @@ class Format:
 
     name: str
     read: Reader
+    unit: str  # what a position counts: line, row, record, or file (one document per file)
     content: str = "text"  # a base.sniff() name
     compressible: bool = True
     split: Splitter | None = None
@@ -90,16 +95,16 @@ def _parquet_splits(
     return parquet.splits(raw, split_bytes, options)
 
 
-_JSONL = Format("jsonl", jsonl.read, split=_jsonl_splits)
-_WARC = Format("warc", warc.read, content="WARC", split=_warc_splits)
-_HTML = Format("html", html.read)
+_JSONL = Format("jsonl", jsonl.read, "line", split=_jsonl_splits)
+_WARC = Format("warc", warc.read, "record", content="WARC", split=_warc_splits)
+_HTML = Format("html", html.read, "file")
 FORMATS = {
     ".jsonl": _JSONL, ".json": _JSONL, ".ndjson": _JSONL,
-    ".parquet": Format("parquet", parquet.read, content="Parquet", compressible=False, split=_parquet_splits,
-                       split_by="row groups"),
+    ".parquet": Format("parquet", parquet.read, "row", content="Parquet", compressible=False,
+                       split=_parquet_splits, split_by="row groups"),
     ".warc": _WARC, ".wet": _WARC,
-    ".txt": Format("text", text.read),
-    ".csv": Format("csv", csv.read_csv), ".tsv": Format("tsv", csv.read_tsv),
+    ".txt": Format("text", text.read, "file"),
+    ".csv": Format("csv", csv.read_csv, "row"), ".tsv": Format("tsv", csv.read_tsv, "row"),
     ".html": _HTML, ".htm": _HTML,
 }  # fmt: skip
 COMPRESSION_SUFFIXES = (".gz", ".zst", ".zstd")
@@ -119,7 +124,7 @@ def plan_splits(path: str, split_bytes: int, options: ReadOptions | None = None)
     """The splits of one input file: byte ranges or row-group runs of about `split_bytes` for an
     uncompressed splittable file whose content matches its name, else the whole file."""
     fmt = format_of(path)
-    if fmt is None or fmt.split is None:
+    if fmt is None or fmt.split is None or _not_regular(path):
         return [WHOLE]
     try:
         with open(path, "rb") as raw:
@@ -141,6 +146,9 @@ def read_file(
     Never raises for bad content or unreadable files."""
     options = options or ReadOptions()
     fmt = format_of(path)
+    if kind := _not_regular(path):
+        yield quarantine(source, "file", None, "not_a_regular_file", f"the input is a {kind}", b"")
+        return None
     try:
         with open(path, "rb") as raw:
             head = raw.read(HEAD)
@@ -168,10 +176,45 @@ def read_file(
                     detail = f"named .{fmt.name} but content looks like {kind}"
                 yield quarantine(source, "file", None, reason, detail, head)
                 return None
-            return (yield from fmt.read(stream, head, source, options, split))
+            return (yield from _capped(fmt.read(stream, head, source, options, split), fmt.unit, options))
     except STREAM_ERRORS as error:
         yield stream_error(source, "file", None, error)
         return None
+
+
+def _not_regular(path: str) -> str | None:
+    """What a path is when it is not a regular file (FIFO, socket, device), without opening it (opening a
+    FIFO waits for a writer; a device may never end); None for a regular file or one stat cannot see."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None  # open() reports it
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):  # open() reports a directory
+        return None
+    kinds = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+             (stat.S_ISBLK, "block device"))  # fmt: skip
+    return next((name for check, name in kinds if check(mode)), "special file")
+
+
+def _capped(records: Records, unit: str, options: ReadOptions) -> Records:
+    """A reader's records with every document over `options.max_document_bytes` quarantined as too_large
+    (or, with `options.truncate`, cut to that size and marked truncated)."""
+    while True:
+        try:
+            item = next(records)
+        except StopIteration as stop:
+            return stop.value
+        yield _within_limit(item, unit, options) if isinstance(item, Document) else item
+
+
+def _within_limit(doc: Document, unit: str, options: ReadOptions) -> Document | Quarantined:
+    limit = options.max_document_bytes
+    if len(doc.text) * 4 <= limit or (size := utf8_size(doc.text)) <= limit:  # at most 4 bytes a character
+        return doc
+    if options.truncate:
+        return replace(doc, text=cut(doc.text.encode("utf-8"), limit).decode("utf-8"), truncated=True)
+    number = None if unit == "file" else doc.position
+    return too_large(doc.source, unit, number, size, limit, doc.text, doc.offset)
 
 
 def _byte_range(raw: BinaryIO, fmt: Format, split: Split) -> tuple[BinaryIO, Split]:
@@ -186,25 +229,9 @@ def _byte_range(raw: BinaryIO, fmt: Format, split: Split) -> tuple[BinaryIO, Spl
                 pass
         start = raw.tell()
     raw.seek(start)
-    if fmt is _JSONL:
-        return _LinesUntil(raw, start, split.stop), Split(start, split.stop)
+    if fmt is _JSONL:  # the reader ends after the last line that starts before stop
+        return raw, Split(start, split.stop)
     return io.BufferedReader(_Range(raw, start, split.stop), CHUNK), Split(start, split.stop)
-
-
-class _LinesUntil:
-    """Lines of a file from its current position, ending after the last line that starts before `stop`."""
-
-    def __init__(self, raw: BinaryIO, start: int, stop: int | None) -> None:
-        self._raw, self._pos, self._stop = raw, start, stop
-        self._at_line_start = True
-
-    def readline(self, size: int = -1) -> bytes:
-        if self._at_line_start and self._stop is not None and self._pos >= self._stop:
-            return b""
-        line = self._raw.readline(size)
-        self._pos += len(line)
-        self._at_line_start = line.endswith(b"\n")
-        return line
 
 
 class _Range(io.RawIOBase):

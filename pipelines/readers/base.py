@@ -8,7 +8,7 @@ import json
 import zlib
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import zstandard
 
@@ -20,11 +20,14 @@ REASONS: dict[str, str] = {
     "empty_text": "the text is empty or whitespace only",
     "invalid_utf8": "bytes that are not valid UTF-8 (or a lone surrogate); for HTML: no charset tried fits",
     "nul_bytes": "the raw line or the text contains NUL (\\x00)",
-    "line_too_long": "a JSONL line longer than max_line_bytes; skipped without being loaded",
+    "line_too_long": "a JSONL line longer than ingest.max_line_bytes; skipped as it streams by, never loaded",
+    "too_large": "a document whose text is longer than ingest.max_document_bytes (UTF-8); never loaded whole",
     "not_text": "binary content where text was expected (a whole file, or one WARC/WET record)",
     "unreadable_file": "the file cannot be opened or read (permission, I/O error, bad Parquet)",
+    "not_a_regular_file": "a FIFO, socket or device among the inputs: skipped without being opened",
     "truncated_file": "the gzip/zstd/WARC stream ends early; the complete records before it were kept",
-    "corrupt_file": "the compressed stream is corrupt (bad data, CRC, trailing junk); records before it kept",
+    "corrupt_file": "the compressed stream is corrupt (bad data, CRC, trailing junk), or a Parquet page "
+    "does not match its stored checksum; the records before it (other row groups) kept",
     "malformed_record": "a WARC record header cannot be parsed; the rest of the file is skipped",
     "malformed_row": "a CSV/TSV row that cannot be parsed or has another number of fields than the header",
     "unsupported_format": "unknown file extension, or content that does not match the extension",
@@ -32,7 +35,8 @@ REASONS: dict[str, str] = {
     "empty_after_extraction": "trafilatura found no main text in an HTML page (file or WARC response)",
 }
 
-MAX_LINE_BYTES = 1 << 30  # default cap on one JSONL line; longer lines -> line_too_long
+MAX_DOCUMENT_BYTES = 10 << 20  # default cap on one document's text; longer -> too_large (or cut)
+MAX_LINE_BYTES = 32 << 20  # default cap on one JSONL line; longer lines -> line_too_long
 EXCERPT_CHARS = 200
 HEAD = 8192  # bytes sniffed at the start of a file or record
 CHUNK = 1 << 16
@@ -56,7 +60,8 @@ class Document:
     or 0 (a whole-file document), counted from the start of the split it was read from; `offset` is the
     byte offset of the record in the (decompressed) file, or of its Parquet row group. `source_id` is the
     record's own id (`ReadOptions.id_key`; the WARC-Record-ID), `metadata` its other fields as a JSON
-    object (None when reading without metadata).
+    object (None when reading without metadata). `truncated`: the text was cut to
+    `ReadOptions.max_document_bytes`.
     """
 
     source: str
@@ -66,6 +71,7 @@ class Document:
     source_id: str | None = None
     metadata: str | None = None
     offset: int = 0
+    truncated: bool = False
 
     @property
     def id(self) -> str:
@@ -123,6 +129,8 @@ class ReadOptions:
     id_key: str | None = "id"  # the record's own id, when present; None: none
     metadata: bool = True  # keep the record's other fields as a JSON object
     max_line_bytes: int = MAX_LINE_BYTES
+    max_document_bytes: int = MAX_DOCUMENT_BYTES  # UTF-8 bytes of one document's text
+    truncate: bool = False  # a longer text is cut to max_document_bytes (else quarantined as too_large)
 
 
 @dataclass(frozen=True)
@@ -136,6 +144,40 @@ class Split:
 
 
 WHOLE = Split()
+
+
+def utf8_size(text: str) -> int:
+    """The UTF-8 length of a text (without encoding it when it is ASCII)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def cut(data: bytes, limit: int) -> bytes:
+    """The first `limit` bytes of UTF-8 `data`, less a character the cut would split."""
+    end = min(limit, len(data))
+    while 0 < end < len(data) and data[end] & 0xC0 == 0x80:  # data[end] continues a character
+        end -= 1
+    return data[:end]
+
+
+def too_large(
+    source: str, unit: str, number: int | None, size: int | None, limit: int, raw: bytes | str,
+    offset: int | None = None,
+) -> Quarantined:  # fmt: skip
+    """The quarantine record of a document over `limit` bytes (`size`: its bytes; None: not read to
+    its end)."""
+    length = f"{size} bytes" if size is not None else "longer"
+    detail = f"text is {length}, more than max_document_bytes = {limit}"
+    return quarantine(source, unit, number, "too_large", detail, raw, offset)
+
+
+def read_capped(stream: BinaryIO | Any, options: ReadOptions) -> tuple[bytes, bool]:
+    """The content of a stream, never more than max_document_bytes of it: (content, whether the stream
+    held more). With `options.truncate`, a longer content comes cut to the limit."""
+    limit = options.max_document_bytes
+    data = stream.read(limit + 1)
+    if len(data) <= limit:
+        return data, False
+    return (cut(data, limit) if options.truncate else data[:HEAD]), True
 
 
 def sniff(head: bytes) -> str:

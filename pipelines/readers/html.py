@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import codecs
 import re
+from dataclasses import replace
 from typing import BinaryIO
 
 import trafilatura
@@ -72,10 +73,13 @@ def decode(payload: bytes, content_type: str = "") -> tuple[str | None, str]:
 
 def read(stream: BinaryIO, head: bytes, source: str, options: ReadOptions, split: Split) -> base.Records:
     try:
-        payload = stream.read()
+        payload, over = base.read_capped(stream, replace(options, truncate=False))  # a cut page is no page
     except base.STREAM_ERRORS as error:
         yield base.stream_error(source, "file", None, error)
         return None
+    if over:
+        yield base.too_large(source, "file", None, None, options.max_document_bytes, payload)
+        return 1
     text, reason, detail = extract(payload)
     if text is None:
         yield base.quarantine(source, "file", None, reason, detail, payload)

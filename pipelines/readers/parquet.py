@@ -1,7 +1,9 @@
 """Parquet: one document per row of the `text_key` column (string or binary), the record's own id from
 the `id_key` column, `url` kept when present, every other column as metadata. The position is the 0-based
 row (within the split: splits are ranges of row groups). A file without a single text column gives one
-`missing_text` record; a row group that cannot be read is quarantined and the next one is still read."""
+`missing_text` record; a row group that cannot be read is quarantined and the next one is still read.
+Page checksums are verified where the writer stored them: a row group with a page that does not match
+is quarantined as `corrupt_file` instead of being read with changed text."""
 
 from __future__ import annotations
 
@@ -94,7 +96,7 @@ def read(stream: BinaryIO, head: bytes, source: str, options: ReadOptions, split
     """Read the text, id, url and metadata columns by batches within each row group of the split; a bad
     row group is reported and the next one is still read."""
     try:
-        parquet = pq.ParquetFile(stream)
+        parquet = pq.ParquetFile(stream, page_checksum_verification=True)
         schema = parquet.schema_arrow
     except (OSError, pa.ArrowException) as error:
         detail = f"{type(error).__name__}: {error}"
@@ -124,10 +126,12 @@ def read(stream: BinaryIO, head: bytes, source: str, options: ReadOptions, split
                     yield from _batch(batch, source, row, offset, named, others)
                     row += batch.num_rows
             except (OSError, pa.ArrowException) as error:
+                # a page that does not match its stored CRC: changed bytes, never read as text
+                reason = "corrupt_file" if "checksum" in str(error).lower() else "unreadable_file"
                 detail = (
                     f"rows {row}-{end - 1} of row group {group} unreadable: {type(error).__name__}: {error}"
                 )
-                yield base.quarantine(source, "row", row, "unreadable_file", detail, b"", offset)
+                yield base.quarantine(source, "row", row, reason, detail, b"", offset)
             row = end
         return row
 

@@ -8,6 +8,7 @@ Content-Length from the first record."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import BinaryIO
 
 from warcio.archiveiterator import ArchiveIterator
@@ -115,8 +116,13 @@ def _warc_record(
     def bad(reason: str, detail: str) -> base.Quarantined:
         return base.quarantine(source, "record", index, reason, detail, payload, offset)
 
-    payload = record.content_stream().read()
-    if record.rec_type == "conversion":
+    conversion = record.rec_type == "conversion"  # plain text, may be cut; a cut HTML page is no page
+    payload, over = base.read_capped(
+        record.content_stream(), replace(options, truncate=options.truncate and conversion)
+    )
+    if over and not (conversion and options.truncate):
+        return base.too_large(source, "record", index, None, options.max_document_bytes, payload, offset)
+    if conversion:
         if (kind := base.sniff(payload[: base.HEAD])) not in ("text", "empty"):
             return bad("not_text", f"conversion record looks like {kind}")
         try:
@@ -131,10 +137,11 @@ def _warc_record(
     if options.metadata:
         fields = {name: value for name in _METADATA_HEADERS if (value := headers.get_header(name))}
         metadata = base.metadata_json({**fields, "Content-Type": content_type} if content_type else fields)
-    return base.document(
+    doc = base.document(
         source, "record", index, text, payload, url=url, source_id=headers.get_header("WARC-Record-ID"),
         metadata=metadata, offset=offset,
     )  # fmt: skip
+    return replace(doc, truncated=True) if over and isinstance(doc, base.Document) else doc
 
 
 def splits(stream: BinaryIO, size: int, split_bytes: int) -> list[Split]:
