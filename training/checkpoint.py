@@ -43,7 +43,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from training import storage
 
 CHECKPOINT_FORMAT = "gristmill.checkpoint"
-CHECKPOINT_FORMAT_VERSION = 2
+CHECKPOINT_FORMAT_VERSION = 3
 LATEST = "latest"
 STEP_PREFIX = "step-"
 

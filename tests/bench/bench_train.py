@@ -206,8 +206,13 @@ def test_gpu_mfu_of_the_124m_preset(tmp_path: Path) -> None:
     train = [r for r in records if r["type"] == "train" and r["step"] > 20]
     mfu = statistics.median(r["mfu"] for r in train)
     tokens_per_s = statistics.median(r["tokens_per_s"] for r in train)
+    memory = max(r["cuda_max_allocated_gib"] for r in train)
+    wait = statistics.median(r["data_wait_s"] for r in train)
     device = torch.cuda.get_device_name()
-    print(f"{device}: gpt2-124m, seq 1024, bf16, compiled: {tokens_per_s:,.0f} tokens/s, MFU {mfu:.3f}")
+    print(
+        f"{device}: gpt2-124m, seq 1024, bf16, compiled: {tokens_per_s:,.0f} tokens/s, MFU {mfu:.3f}, "
+        f"peak {memory:.1f} GiB allocated, data wait {wait:.3f} s per 10 steps"
+    )
     assert mfu >= float(os.environ.get("GRISTMILL_BENCH_MIN_MFU", "0.45"))
 
 

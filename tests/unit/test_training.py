@@ -699,6 +699,21 @@ def test_refuses_to_overwrite_checkpoints(
     assert (reference / "latest").read_text().strip() == "step-000008"
 
 
+def test_refuses_to_resume_another_checkpoint_format_or_data_order(
+    reference: Path, token_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "out"
+    _retarget_latest(reference, output, 4)
+    args = [*_train_args(str(token_run), output, deterministic=False), "--resume"]
+    assert train_main([*args, "--data-lanes", "4"]) == 1
+    assert "cannot resume: checkpoint used --data-lanes" in capsys.readouterr().err
+    config = output / "step-000004" / "config.json"
+    config.write_text(config.read_text().replace('"format_version": 3', '"format_version": 2'))
+    assert train_main(args) == 1
+    assert "format version 2" in capsys.readouterr().err
+    assert (output / "latest").read_text().strip() == "step-000004"
+
+
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 def test_nonfinite_loss_stops_and_keeps_the_last_checkpoint(
     reference: Path, token_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
