@@ -105,6 +105,11 @@ class SignalsConfig(Section):
     quality_model: str | None = Field(
         None, description="fastText quality classifier (`gristmill quality train`); null uses the bundled one"
     )
+    plugins: list[str] = Field(
+        [],
+        description="user-defined signals: `module:function` paths or `gristmill.signals` entry-point names; "
+        "each is called on batches of documents and adds its columns to signals/ (docs/filtering.md)",
+    )
     cleaning: CleaningConfig = CleaningConfig()
 
 

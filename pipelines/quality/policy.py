@@ -9,6 +9,7 @@ computed column-wise with numpy, so re-applying a policy to a run's stored signa
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +17,15 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_serializer,
+    model_validator,
+)
 
 from pipelines.quality.signals import SIGNAL_NAMES
 
@@ -29,15 +38,21 @@ class Rule(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(description="reason recorded for dropped documents")
-    signal: str = Field(description=f"one of {', '.join(SIGNAL_NAMES)}")
+    signal: str = Field(
+        description=f"one of {', '.join(SIGNAL_NAMES)}, or a column of a signal plugin (signals.plugins)"
+    )
     min: float | None = Field(None, description="smallest value kept (inclusive)")
     max: float | None = Field(None, description="largest value kept (inclusive)")
     languages: list[str] | None = Field(None, description="apply only to these languages; null: to all")
 
     @model_validator(mode="after")
-    def _check(self) -> Rule:
-        if self.signal not in SIGNAL_NAMES:
-            raise ValueError(f"rule {self.name!r}: unknown signal {self.signal!r}; known: {SIGNAL_NAMES}")
+    def _check(self, info: ValidationInfo) -> Rule:
+        extra = tuple((info.context or {}).get("signals", ()))
+        if self.signal not in SIGNAL_NAMES and self.signal not in extra:
+            raise ValueError(
+                f"rule {self.name!r}: unknown signal {self.signal!r}; known: {(*SIGNAL_NAMES, *extra)} "
+                "(a user-defined signal needs its plugin in signals.plugins)"
+            )
         if self.min is None and self.max is None:
             raise ValueError(f"rule {self.name!r} needs min or max")
         if self.min is not None and self.max is not None and self.min > self.max:
@@ -168,15 +183,16 @@ def default_policy_path() -> Path:
     return Path(str(resources.files("pipelines") / "resources" / "policy.yaml"))
 
 
-def load_policy(path: str | Path | None = None) -> Policy:
-    """Load and validate a policy YAML (the bundled default when `path` is None)."""
+def load_policy(path: str | Path | None = None, signals: Iterable[str] = ()) -> Policy:
+    """Load and validate a policy YAML (the bundled default when `path` is None); `signals` names the
+    columns of signal plugins that rules may use besides the built-in signals."""
     path = Path(path) if path else default_policy_path()
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise ValueError(f"cannot read policy {path}: {exc}") from exc
     try:
-        return Policy.model_validate(data)
+        return Policy.model_validate(data, context={"signals": tuple(signals)})
     except ValidationError as exc:
         raise ValueError(f"invalid policy {path}:\n{exc}") from exc
 

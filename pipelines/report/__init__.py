@@ -16,7 +16,7 @@ from pipelines.quality.policy import load_policy
 from pipelines.report import build, compare, render
 from pipelines.report.data import load_run
 from pipelines.run import RunDir
-from pipelines.run.files import write_atomic, write_json
+from pipelines.run.files import parquet_file, write_atomic, write_json
 
 __all__ = ["build_report", "summary_lines", "write_diff", "write_report", "write_whatif"]
 
@@ -48,7 +48,7 @@ def write_whatif(run: RunDir, policy_path: str | Path, workers: int = 0) -> tupl
     data = load_run(run, workers)
     if data.signals is None:
         raise ValueError(f"{run.root} has no signals to re-apply a policy to")
-    comparison = compare.policy_comparison(data, load_policy(policy_path))
+    comparison = compare.policy_comparison(data, load_policy(policy_path, data.signals.column_names))
     stem = f"whatif-{_slug(Path(policy_path).stem)}"
     name = Path(policy_path).name
     paths = [run.report / f"{stem}.{ext}" for ext in ("json", "md", "html")]
@@ -67,7 +67,9 @@ def write_diff(run: RunDir, other: RunDir, workers: int = 0) -> tuple[dict[str, 
     diff["config_changes"] = compare.setting_changes(
         other_record.get("config") or {}, this_record.get("config") or {}, skip=("run_id", "output")
     )
-    policies = [load_policy(r.policy) if r.policy.exists() else None for r in (other, run)]
+    policies = [
+        load_policy(r.policy, _stored_signals(r)) if r.policy.exists() else None for r in (other, run)
+    ]
     diff["policy_changes"] = compare.policy_changes(*policies)
     both = signal_files(run) and signal_files(other)
     diff["examples"] = compare.flipped_between_runs(run, other) if both else {}
@@ -76,6 +78,12 @@ def write_diff(run: RunDir, other: RunDir, workers: int = 0) -> tuple[dict[str, 
     write_json(paths[0], diff)
     _write_page(render.diff_page(diff), *paths[1:])
     return diff, paths
+
+
+def _stored_signals(run: RunDir) -> list[str]:
+    """The columns of a run's signals/ (so a policy may name its plugin columns)."""
+    files = signal_files(run)
+    return parquet_file(files[0]).schema_arrow.names if files else []
 
 
 def _existing_or_built(run: RunDir, workers: int) -> dict[str, Any]:

@@ -35,6 +35,12 @@ class DocumentTokens(ShardStep):
 
     label = "report token counts"
 
+    def plan_files(self) -> list[str]:
+        return ["tokenizer/tokenizer.json"]
+
+    def reads(self, index: int) -> list[str]:
+        return self.text_reads(index)[:1]
+
     def output(self, index: int) -> Path:
         return self.run.doc_tokens / self.shard(index)
 
@@ -137,7 +143,7 @@ def load_run(run: RunDir, workers: int = 0) -> RunData:
         run=run,
         record=run.record.load(),
         signals=signals,
-        policy=load_policy(run.policy) if run.policy.exists() else None,
+        policy=load_policy(run.policy, signals.column_names) if run.policy.exists() and has_signals else None,
         tokens=count_document_tokens(run, workers) if has_signals else None,
         removed=read_table(run.removed) if run.removed.exists() else None,
         manifest=json.loads(run.manifest.read_text()) if run.manifest.exists() else None,
@@ -149,11 +155,13 @@ def load_run(run: RunDir, workers: int = 0) -> RunData:
 
 
 def signal_columns(signals: pa.Table) -> list[str]:
-    """Numeric signal columns (everything but id, lang, keep, reasons)."""
+    """Numeric and boolean signal columns, built-in and from plugins (everything but id, lang, keep,
+    reasons and the carried text columns)."""
     return [
         f.name
         for f in signals.schema
-        if f.name not in NON_SIGNAL_COLUMNS and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type))
+        if f.name not in NON_SIGNAL_COLUMNS
+        and (pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_boolean(f.type))
     ]
 
 

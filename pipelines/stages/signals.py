@@ -10,7 +10,9 @@ policy used is copied to signals/_policy.yaml so a report can tell which thresho
 
 from __future__ import annotations
 
+import json
 import logging
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.config import RunConfig, SignalsConfig
-from pipelines.corpus import read_signals
+from pipelines.corpus import read_signals, signal_files
 from pipelines.exec.runner import run_shards
 from pipelines.exec.step import ShardStep
-from pipelines.quality.policy import default_policy_path, load_policy
+from pipelines.quality.plugins import SignalPlugin, load_plugins, load_run_policy
+from pipelines.quality.policy import default_policy_path
 from pipelines.quality.signals import SIGNAL_SCHEMA, SIGNALS, SignalComputer
 from pipelines.run import RunDir
 from pipelines.run.files import atomic_path, parquet_file, parquet_writer, write_atomic
@@ -31,25 +34,45 @@ log = logging.getLogger("gristmill")
 BATCH_ROWS = 256
 CARRIED = ("source_id", "metadata")  # documents/ columns copied to signals/, so its rows join to the input
 CLEAN_SCHEMA = pa.schema([("id", pa.string()), ("text", pa.large_string())])
+PLUGIN_ERRORS_KEY = "gristmill.plugin_errors"  # signals/ shard metadata: documents each plugin raised on
 
 
 def run(run: RunDir, config: RunConfig, resume: bool) -> dict[str, Any]:
     """Clean and score every document (clean/, signals/) and apply the policy."""
     settings = config.signals
     write_atomic(run.policy, Path(settings.policy or default_policy_path()).read_bytes())
-    warm_up(settings)  # forked workers inherit the models and compiled expressions
+    warm_up(settings)  # forked workers inherit the models, compiled expressions and plugins
+    load_run_policy(settings)  # a rule on an unknown signal fails here, before any shard
     run_shards("signals", run.synced(SignalsStep(str(run.root), settings)), len(run.shards()),
                config.executor.workers)  # fmt: skip
     keep = read_signals(run, ["keep"]).column("keep")
     documents, kept = len(keep), int(pc.sum(keep).as_py() or 0)
     log.info("signals: %d documents, %d kept, %d dropped", documents, kept, documents - kept)
-    return {"documents": documents, "kept": kept, "dropped": documents - kept}
+    summary: dict[str, Any] = {"documents": documents, "kept": kept, "dropped": documents - kept}
+    if settings.plugins:
+        summary["plugins"] = {p.spec: list(p.columns) for p in load_plugins(tuple(settings.plugins))}
+        summary["plugin_errors"] = plugin_errors(run)
+        if any(summary["plugin_errors"].values()):
+            log.warning("signals: documents a plugin failed on (their plugin columns are null): %s",
+                        summary["plugin_errors"])  # fmt: skip
+    return summary
+
+
+def plugin_errors(run: RunDir) -> dict[str, int]:
+    """Documents each signal plugin raised on, over every signals/ shard (from the shards' metadata)."""
+    total: Counter[str] = Counter()
+    for path in signal_files(run):
+        metadata = parquet_file(path).metadata.metadata or {}
+        total.update(json.loads(metadata.get(PLUGIN_ERRORS_KEY, b"{}")))
+    return dict(total)
 
 
 def warm_up(settings: SignalsConfig) -> None:
-    """Compile the word-splitting expressions and load the models once, before worker processes fork."""
+    """Compile the word-splitting expressions, load the models and import the signal plugins once,
+    before worker processes fork."""
     computer = SignalComputer(langid_model=settings.langid_model, quality_model=settings.quality_model)
     computer.compute("Warm up. 中文 हिन्दी")
+    load_plugins(tuple(settings.plugins))
 
 
 class SignalsStep(ShardStep):
@@ -66,12 +89,15 @@ class SignalsStep(ShardStep):
 
     def process(self, index: int) -> dict[str, int]:
         name, settings = self.shard(index), self.settings
-        policy = load_policy(settings.policy)
+        policy = load_run_policy(settings)
+        plugins = load_plugins(tuple(settings.plugins))  # imported by path where not inherited (Ray)
+        errors: Counter[str] = Counter()
         computer = SignalComputer(settings.cleaning, settings.langid_model, settings.quality_model)
         documents = kept = chars = 0
         source = parquet_file(self.run.documents / name)
         carried = [c for c in CARRIED if c in source.schema_arrow.names]  # the record's own id and metadata
-        schema = policy.apply(signals_table(pa.array([], pa.string()), [], {c: [] for c in carried})).schema
+        empty = signals_table(pa.array([], pa.string()), [], {c: [] for c in carried})
+        schema = policy.apply(with_plugins(empty, plugins, [], [], errors)).schema
         with (
             atomic_path(self.output(index)) as signals_path,
             atomic_path(self.run.clean / name) as clean_path,
@@ -82,7 +108,8 @@ class SignalsStep(ShardStep):
                 ids = batch.column("id")
                 texts = [t or "" for t in batch.column("text").to_pylist()]
                 rows, cleaned = zip(*map(computer.compute, texts), strict=True) if texts else ((), ())
-                table = policy.apply(signals_table(ids, list(rows), {c: batch.column(c) for c in carried}))
+                table = signals_table(ids, list(rows), {c: batch.column(c) for c in carried})
+                table = policy.apply(with_plugins(table, plugins, texts, list(cleaned), errors))
                 signals_writer.write_table(table)
                 clean_writer.write_table(
                     pa.table({"id": ids, "text": list(cleaned)}, schema=CLEAN_SCHEMA)
@@ -90,7 +117,33 @@ class SignalsStep(ShardStep):
                 documents += len(rows)
                 kept += sum(table.column("keep").to_pylist())
                 chars += sum(map(len, texts))
+            if plugins:
+                signals_writer.add_key_value_metadata({PLUGIN_ERRORS_KEY: json.dumps(dict(errors))})
         return {"documents": documents, "bytes": chars, "kept": kept}
+
+
+def with_plugins(
+    table: pa.Table,
+    plugins: tuple[SignalPlugin, ...],
+    texts: list[str],
+    cleaned: list[str],
+    errors: Counter[str],
+) -> pa.Table:
+    """`table` with the columns of every signal plugin appended (computed on the batch's documents)."""
+    if not plugins:
+        return table
+    batch = pa.table(
+        {
+            "id": table.column("id"),
+            "text": pa.array(texts, pa.large_string()),
+            "clean_text": pa.array(cleaned, pa.large_string()),
+            "lang": table.column("lang"),
+        }
+    )
+    for plugin in plugins:
+        for column, values in plugin.compute(batch, errors).items():
+            table = table.append_column(pa.field(column, plugin.columns[column]), values)
+    return table
 
 
 def signals_table(
