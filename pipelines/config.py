@@ -77,7 +77,21 @@ class IngestConfig(Section):
         description="documents/ shard size: the records of one input file whose byte offset (in the "
         "decompressed file) falls in one shard_mb block are one shard, the unit of every later stage",
     )
-    max_line_bytes: int = Field(1 << 30, ge=1, description="longest JSONL line read (longer: line_too_long)")
+    max_line_bytes: int = Field(
+        32 << 20, ge=1, description="longest JSONL line read (longer: line_too_long, skipped unread)"
+    )
+    max_document_bytes: int = Field(
+        10 << 20,
+        ge=1,
+        description="longest document text kept, in UTF-8 bytes; a longer one is quarantined as too_large "
+        "(or cut, see too_large) and never read whole from a text, HTML or WARC stream; HTML payloads are "
+        "capped at this size too",
+    )
+    too_large: Literal["quarantine", "truncate"] = Field(
+        "quarantine",
+        description="a document over max_document_bytes: quarantine it (too_large), or truncate it to the "
+        "limit (kept, counted in the ingest summary's `truncated`; HTML pages are quarantined either way)",
+    )
 
 
 class CleaningConfig(Section):

@@ -4,13 +4,16 @@ A folder (or an S3 prefix) is walked recursively: keys sorted; hidden parts, `*.
 skipped. Each file is named by its path relative to the deepest folder that holds every listed file of
 its storage (the local disk, or one bucket), prefixed by that folder's name: `web/pages-00.jsonl.gz`
 whether the input was `web/`, `web/pages-00.jsonl.gz` or `./web`, and the same for a local copy and an
-S3 copy of the same files. That name is the `source` of its documents' ids.
+S3 copy of the same files. That name is the `source` of its documents' ids. A file name's bytes that are
+not UTF-8 appear percent-encoded in its source (`caf%E9.jsonl`; a name that already reads so is then the
+same source, refused as a repeated one); its path keeps the real bytes.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
+import re
 from pathlib import Path
 
 from pipelines.io import s3
@@ -62,8 +65,16 @@ def _names(paths: list[str]) -> dict[str, str]:
         root = posixpath.commonpath(folders) if len(folders) > 1 else folders[0]
         prefix = posixpath.basename(root)
         for path, key in members:
-            names[path] = posixpath.join(prefix, posixpath.relpath(key, root))
+            names[path] = _utf8_name(posixpath.join(prefix, posixpath.relpath(key, root)))
     return names
+
+
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # how os.fsdecode holds a byte that is not UTF-8
+
+
+def _utf8_name(name: str) -> str:
+    """A file name as UTF-8 text: each byte that is not UTF-8 percent-encoded."""
+    return _UNDECODABLE.sub(lambda m: f"%{ord(m.group()) - 0xDC00:02X}", name)
 
 
 def _list_local(uri: str) -> list[str]:

@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from pipelines.config import RunConfig
 from pipelines.exec.runner import default_workers, run_shards
 from pipelines.exec.step import ShardStep
+from pipelines.io.fingerprint import changes, fingerprints
 from pipelines.io.inputs import expand_inputs, local_input
 from pipelines.readers import Document, Quarantined, ReadOptions, Split, format_of, plan_splits, read_file
 from pipelines.run import RunDir
@@ -101,12 +102,38 @@ def plan_inputs(run: RunDir, config: RunConfig) -> list[dict[str, Any]]:
     ]
     if not inputs:
         raise ValueError(f"no input files found in {[spec.uri for spec in specs]}")
+    files = [(entry["path"], entry["source"]) for entry in inputs]
     if run.inputs.exists():
         if json.loads(run.inputs.read_text()) != inputs:
             raise ValueError(f"{run.root} was started on other input files; use a new run id or output")
+        _stop_if_changed(run, files)
     else:
         write_json(run.inputs, inputs)
+        run.record.update(input_files=fingerprints(files))
     return inputs
+
+
+def check_inputs_unchanged(run: RunDir, config: RunConfig) -> None:
+    """Before a run goes on with results of an earlier attempt: stop, naming the file, when an input file
+    changed since the ingest listed it (run.json `input_files`: size, mtime and a fingerprint of each)."""
+    if run.record.load().get("input_files") is not None:
+        _stop_if_changed(run, [(path, source) for path, source, _ in _expand(config)])
+
+
+def _expand(config: RunConfig) -> list[tuple[str, str, int]]:
+    return expand_inputs([spec.uri for spec in config.input_specs()])
+
+
+def _stop_if_changed(run: RunDir, files: list[tuple[str, str]]) -> None:
+    recorded = run.record.load().get("input_files")
+    if recorded is None:
+        return
+    if found := changes(recorded, fingerprints(files)):
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise ValueError(
+            f"input {found[0]}{more} since run {run.root.name} read it: start a new run with another "
+            "--run-id, or rerun with --force-restart to discard this run's results"
+        )
 
 
 def split_bytes(config: RunConfig, sizes: list[int]) -> int:
@@ -145,7 +172,9 @@ def _may_split(path: str) -> bool:
 
 
 def _read_settings(config: RunConfig) -> dict[str, Any]:
-    return {"metadata": config.ingest.metadata, "max_line_bytes": config.ingest.max_line_bytes}
+    ingest = config.ingest
+    return {"metadata": ingest.metadata, "max_line_bytes": ingest.max_line_bytes,
+            "max_document_bytes": ingest.max_document_bytes, "too_large": ingest.too_large}  # fmt: skip
 
 
 def _shard_bytes(config: RunConfig) -> int:
@@ -158,6 +187,8 @@ def _options(config: RunConfig, entry: dict[str, Any]) -> ReadOptions:
         id_key=entry["id_key"],
         metadata=config.ingest.metadata,
         max_line_bytes=config.ingest.max_line_bytes,
+        max_document_bytes=config.ingest.max_document_bytes,
+        truncate=config.ingest.too_large == "truncate",
     )
 
 
@@ -165,10 +196,17 @@ class SplitStep(ShardStep):
     """Read split `k` of documents/_splits.json into documents/_parts/."""
 
     label = "ingest split"
+    driver_reads = ("documents/_parts/*.json",)  # the split summaries ShardWriter's plan is made of
 
     def __init__(self, run_root: str, config: RunConfig) -> None:
         super().__init__(run_root)
         self.config = config
+
+    def plan_files(self) -> list[str]:
+        return ["documents/_inputs.json", "documents/_splits.json"]
+
+    def reads(self, index: int) -> list[str]:
+        return []  # the input file itself: `local_input`
 
     def output(self, index: int) -> Path:
         return self.run.parts / f"{shard_name(index)}.json"
@@ -185,7 +223,7 @@ class SplitStep(ShardStep):
         items = read_file(path, entry["source"], options, Split(split["start"], split["stop"]))
         blocks: dict[int, list[int]] = {}  # block -> [first row, stop row, first quarantine line, stop line]
         reasons: Counter[str] = Counter()
-        documents, block, batch = 0, 0, []
+        documents, truncated, block, batch = 0, 0, 0, []
         stem = self.run.parts / shard_name(index)
         with (
             atomic_path(self.output(index)) as marker,
@@ -210,6 +248,7 @@ class SplitStep(ShardStep):
                     continue
                 batch.append(item)
                 documents += 1
+                truncated += item.truncated
                 rows[1] = documents
                 if len(batch) >= BATCH_DOCUMENTS:
                     writer.write_table(_part_table(batch))
@@ -219,11 +258,14 @@ class SplitStep(ShardStep):
                 "positions": positions,
                 "blocks": [[b, *rows] for b, rows in blocks.items()],
                 "documents": documents,
+                "truncated": truncated,
                 "reasons": dict(reasons),
             }
             write_json(marker, summary)
         if reasons:
             log.info("ingest %s: quarantined %s", entry["source"], dict(reasons))
+        if truncated:
+            log.info("ingest %s: %d documents cut to ingest.max_document_bytes", entry["source"], truncated)
         stop = split["stop"] if split["stop"] is not None else os.path.getsize(path)
         return {"documents": documents, "bytes": stop - split["start"], "quarantined": reasons.total()}
 
@@ -277,6 +319,15 @@ class ShardWriter(ShardStep):
     """Write documents shard `i` (documents/_shards.json) from the parts that hold its records."""
 
     label = "ingest shard"
+    driver_reads = ()
+
+    def plan_files(self) -> list[str]:
+        return ["documents/_inputs.json", "documents/_shards.json"]
+
+    def reads(self, index: int) -> list[str]:
+        parts = json.loads(self.run.shards_plan.read_text())[index]["parts"]
+        stems = [f"documents/_parts/{shard_name(part[0])}" for part in parts]
+        return [f"{stem}{suffix}" for stem in stems for suffix in (".parquet", ".quarantine.jsonl")]
 
     def output(self, index: int) -> Path:
         return self.run.documents / f"{shard_name(index)}.parquet"
@@ -376,10 +427,11 @@ def _summary(
 ) -> dict[str, Any]:
     """Counts over the splits that made the shards."""
     used = sorted({part[0] for shard in shards for part in shard["parts"]})
-    documents, reasons = 0, Counter[str]()
+    documents, truncated, reasons = 0, 0, Counter[str]()
     for k in used:
         summary = json.loads((run.parts / f"{shard_name(k)}.json").read_text())
         documents += summary["documents"]
+        truncated += summary["truncated"]
         reasons.update(summary["reasons"])
     return {
         "files": len(inputs),
@@ -387,6 +439,7 @@ def _summary(
         "split_bytes": plan["split_bytes"],
         "shards": len(shards),
         "documents": documents,
+        "truncated": truncated,
         "quarantined": reasons.total(),
         "quarantine_reasons": dict(reasons.most_common()),
     }
