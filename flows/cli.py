@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from flows.config import Config, TrainConfig, describe, load_config, parse_override
+from flows.launch import train_command
 from training.config import (
     HelpFormatter,
     add_eval_arguments,
     add_export_arguments,
     add_generate_arguments,
-    to_argv,
 )
 from training.config import add_arguments as add_train_arguments
 
@@ -157,17 +157,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def train_command(cfg: TrainConfig, resume: bool = False) -> list[str]:
-    """The torchrun command line for a `train:` config: the launcher fields for torchrun, the rest
-    as `python -m training.train` options."""
-    if not cfg.data:
-        raise SystemExit("error: no training data: give --data MANIFEST (or `train.data` in the config)")
-    if cfg.output is None:
-        raise SystemExit("error: no output: give --output DIR (or `train.output` in the config)")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.nproc}"]
-    return [*cmd, "-m", "training.train", *to_argv(cfg), *(["--resume"] if resume else [])]
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     overrides = dict(parse_override(item) for item in args.set or [])
     fields = [f.name for f in dataclasses.fields(TrainConfig)]
@@ -242,6 +231,65 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result["quarantined"] = quarantined
     print(json.dumps(result) if args.json else format_result(result))
     return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from flows.ablate import AblationConfig, ablate, headline
+
+    overrides: dict[str, Any] = {"train.preset": "small", "train.seq_len": 256, "train.nproc": 1}
+    overrides.update(parse_override(item) for item in args.set or [])
+    for flag in ("preset", "seq_len", "batch_size", "lr", "nproc", "dtype"):
+        if getattr(args, flag) is not None:
+            overrides[f"train.{flag}"] = getattr(args, flag)
+    config = AblationConfig(
+        variants=[v.strip() for v in args.variants.split(",") if v.strip()],
+        tokens=args.tokens,
+        seeds=[int(s) for s in args.seeds.split(",")],
+        eval=args.eval or [],
+        heldout_bytes=args.heldout_bytes,
+        curve_points=args.curve_points,
+        keep_models=args.keep_models,
+        workers=args.workers or 0,
+        train=load_config(None, overrides).train,
+    )
+    results = ablate(args.run, config)
+    print("\n".join(headline(results)))
+    print(f"  results: {args.run.rstrip('/')}/ablation/results.json; report: {args.run.rstrip('/')}/report/")
+    return 1 if results["failed"] else 0
+
+
+def _add_ablate_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "ablate",
+        help="train the same model on raw and filtered variants of RUN; compare held-out bits per byte",
+        description="Builds the token streams of corpus variants from what RUN stored (no signal is "
+        "recomputed): raw (every readable document), policy (kept by the policy), policy+dedup (the "
+        "final corpus), and leave-one-out variants -NAME that re-admit the documents dropped only by a "
+        "rule, a rule-name prefix (-gopher, -c4, -fineweb) or a group (-gopher_repetition, "
+        "-gopher_quality, -quality_classifier, -language), or skip a step (-dedup, -cleaning). Each "
+        "variant trains with the same model, seeds and number of training tokens and is evaluated on "
+        "held-out text none of them contains (docs/ablation.md). Writes RUN/ablation/ and the report's "
+        "ablation section. A list starting with a leave-one-out variant needs `--variants=-c4,raw`.",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("run", metavar="RUN", help="a finished run directory")
+    p.add_argument("--variants", default="raw,policy,policy+dedup", help="comma-separated variants")
+    p.add_argument("--tokens", type=int, default=2_000_000, help="training tokens per variant and seed")
+    p.add_argument("--seeds", default="0,1", help="comma-separated training seeds")
+    p.add_argument("--eval", nargs="+", metavar="URI", help="more evaluation files or folders")
+    p.add_argument("--heldout-bytes", type=int, default=500_000,
+                   help="text of the run's validation split held out for evaluation")  # fmt: skip
+    p.add_argument("--curve-points", type=int, default=5, help="held-out evaluations during training")
+    p.add_argument("--preset", default=None, help="model preset (default: small)")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: 256)")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per step (default: train's)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: train's)")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], help="compute precision (default: fp32)")
+    p.add_argument("--nproc", type=int, default=None, help="torchrun processes (default: 1)")
+    p.add_argument("--keep-models", action="store_true", help="keep the checkpoints (RUN/ablation/models/)")
+    p.add_argument("--workers", type=int, help="tokenizer worker processes (0: every core)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="a train field: train.grad_accum=2")
+    p.set_defaults(func=cmd_ablate)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -399,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_deploy)
 
     _add_quality_parser(sub)
+    _add_ablate_parser(sub)
     return parser
 
 

@@ -46,6 +46,8 @@ def build(data: RunData) -> dict[str, Any]:
         report["languages"] = languages(data, failures)
     if data.removed is not None:
         report["duplicates"] = duplicates(data)
+    if data.ablation is not None:
+        report["ablation"] = data.ablation
     tokenizer = data.record.get("stages", {}).get("tokenizer", {}).get("summary", {})
     if tokenizer.get("vocab_size"):  # bytes per token: measured on held-out (validation) text
         report["tokenizer"] = {

@@ -185,3 +185,49 @@ def curve(title: str, xs: Sequence[float], ys: Sequence[float], current: float |
         x = _x(current, x0, x1, False)
         body += _threshold(x) + _threshold_label(x, current)
     return _svg(title, _axes(x0, x1, top) + body)
+
+
+SERIES_COLORS = ("#3f72af", "#d1495b", "#2a9d8f", "#e9a03b", "#7b5ea7", "#6c757d", "#8c564b", "#17becf")
+
+
+def lines(title: str, series: Sequence[tuple[str, Sequence[float], Sequence[float]]]) -> str:
+    """Several named lines over one x axis, y from the lowest to the highest value, with a legend."""
+    xs = [x for _, line_xs, _ in series for x in line_xs]
+    ys = [y for _, _, line_ys in series for y in line_ys]
+    if not xs:
+        return ""
+    x0, x1 = min(xs), max(xs)
+    y_ticks = nice_ticks(min(ys), max(ys))
+    y0, y1 = min(y_ticks[0], min(ys)), max(y_ticks[-1], max(ys))
+    y1 = y1 if y1 > y0 else y0 + 1.0
+    bottom = PAD_TOP + PLOT_H
+
+    def y_of(value: float) -> float:
+        return bottom - PLOT_H * (value - y0) / (y1 - y0)
+
+    parts = [
+        f'<line x1="{PAD_LEFT}" y1="{bottom}" x2="{PAD_LEFT + PLOT_W}" y2="{bottom}" stroke="#888"/>',
+        f'<line x1="{PAD_LEFT}" y1="{PAD_TOP}" x2="{PAD_LEFT}" y2="{bottom}" stroke="#888"/>',
+    ]
+    for value in y_ticks:
+        y = y_of(value)
+        parts.append(
+            f'<line x1="{PAD_LEFT}" y1="{y:.1f}" x2="{PAD_LEFT + PLOT_W}" y2="{y:.1f}" stroke="#eee"/>'
+            f'<text x="{PAD_LEFT - 4}" y="{y + 3.5:.1f}" text-anchor="end">{fmt_number(value)}</text>'
+        )
+    for value in nice_ticks(x0, x1):
+        x = _x(value, x0, x1, False)
+        parts.append(_label(x, HEIGHT - 8, fmt_number(value)))
+    legend_y = HEIGHT + 4
+    for i, (name, line_xs, line_ys) in enumerate(series):
+        color = SERIES_COLORS[i % len(SERIES_COLORS)]
+        coords = " ".join(
+            f"{_x(x, x0, x1, False):.1f},{y_of(y):.1f}" for x, y in zip(line_xs, line_ys, strict=True)
+        )
+        parts.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="2"/>')
+        lx, ly = PAD_LEFT + (i % 3) * 160, legend_y + (i // 3) * 14
+        parts.append(
+            f'<rect x="{lx}" y="{ly}" width="10" height="10" fill="{color}"/>'
+            f'<text x="{lx + 14}" y="{ly + 9}">{html.escape(name)}</text>'
+        )
+    return _svg(title, "".join(parts), height=legend_y + 14 * math.ceil(len(series) / 3) + 4)

@@ -72,6 +72,7 @@ class RunData:
     documents_in: int
     bytes: np.ndarray | None = None  # UTF-8 bytes of the text later stages read, per document
     groups: np.ndarray | None = None  # input group of each document (`source_group`)
+    ablation: dict[str, Any] | None = None  # ablation/results.json (`gristmill ablate`)
 
     @property
     def unit(self) -> str:
@@ -151,6 +152,7 @@ def load_run(run: RunDir, workers: int = 0) -> RunData:
         documents_in=sum(pq.read_metadata(text_path(run, name)).num_rows for name in run.shards()),
         bytes=sizes,
         groups=groups,
+        ablation=json.loads(run.ablation_results.read_text()) if run.ablation_results.exists() else None,
     )
 
 

@@ -301,6 +301,41 @@ def _duplicates(d: dict[str, Any]) -> Section:
     return Section("Duplicates", [*blocks, Table(headers, rows, formats=("html",))])
 
 
+def _ablation_section(a: dict[str, Any]) -> Section:
+    """Variant -> tokens kept, bits per byte on each evaluation set, delta against the baseline with
+    the seed spread, and the held-out loss against training tokens (ablation/results.json)."""
+    s, base, sets = a["settings"], a["baseline"], [e["name"] for e in a["eval_sets"]]
+    model = f"preset {s['preset']}, {num(s['parameters'])} parameters"
+    schedule = f"{num(s['steps'])} steps of {s['batch_size']} × {s['seq_len']} tokens"
+    evals = "; ".join(f"{e['name']} ({e['source']})" for e in a["eval_sets"])
+    excluded = ", ".join(f"{k} {num(v)}" for k, v in a["excluded"].items()) or "none"
+    lead = [
+        f"The same model ({model}) trained on each variant with seeds {', '.join(map(str, s['seeds']))} and "
+        f"exactly {num(s['training_tokens'])} training tokens ({schedule}); a variant smaller than that "
+        f"repeats (epochs > 1). Evaluated on {evals}. Left out of every variant: {excluded}. Spread: "
+        f"the largest minus the smallest value over the seeds; a variant is better or worse than {base} "
+        "when the difference of the means exceeds the spread of either."
+    ]
+    headers = ["variant", "documents", "tokens kept", "epochs"]
+    for name in sets:
+        headers += [f"{name} bits/byte", "spread", f"vs {base}", ""]
+    rows = []
+    for v in a["variants"]:
+        row = [v["name"], v["documents"], v["train_tokens"], v["epochs"]]
+        for name in sets:
+            e, baseline = v["eval"][name], v["name"] == base
+            delta = "" if baseline else signed(e["delta_vs_baseline"])
+            row += [e["bits_per_byte"], e["bits_per_byte_spread"], delta, "" if baseline else e["verdict"]]
+        rows.append(row)
+    blocks: list[Block] = [Text(lead), Table(headers, rows)]
+    if a["failed"]:
+        blocks.append(Text(["Failed: " + "; ".join(a["failed"]) + "."]))
+    series = [(v["name"], [p[0] for p in v["curve"]], [p[1] for p in v["curve"]]) for v in a["variants"]]
+    title = f"{sets[0]} loss (nats per token, mean over seeds) against training tokens"
+    blocks.append(Charts([charts.lines(title, [line for line in series if line[1]])]))
+    return Section("Data-quality ablation", blocks)
+
+
 def _report_sections(report: Report) -> Iterator[Section]:
     unit, funnel, tokenizer = report["unit"], report["funnel"], report.get("tokenizer") or {}
     bpt, last = tokenizer.get("bytes_per_token"), funnel[-1]
@@ -352,6 +387,8 @@ def _report_sections(report: Report) -> Iterator[Section]:
         yield _languages_section(report)
     if report.get("duplicates"):
         yield _duplicates(report["duplicates"])
+    if report.get("ablation"):
+        yield _ablation_section(report["ablation"])
     rows = [[k, v] for k, v in report["quarantine"].items()]
     yield Section(
         "Quarantine", [Table(["reason", "records"], rows) if rows else Text(["Nothing was quarantined."])]

@@ -12,6 +12,7 @@
       tokenizer/                    stages.tokenizer_training
       tokens/ <split>-NNNNN.parquet stages.token_shards (+ _plan.json, manifest.json written last)
       report/                       stages.report     (+ _doc_tokens/: token counts per shard)
+      ablation/ variants/ eval/ metrics/ results.json   flows.ablate (`gristmill ablate`, not a stage)
 ```
 Shard `i` of every per-shard stage is documents shard `i` (records of one input file, `ingest.shard_mb` of
 it at most); its files are named `shard_name(i)`. Files that are not data start with `_` so that each
@@ -95,6 +96,8 @@ class RunLayout:
         self.manifest = self.tokens / "manifest.json"
         self.report = root / "report"
         self.doc_tokens = self.report / "_doc_tokens"
+        self.ablation = root / "ablation"
+        self.ablation_results = self.ablation / "results.json"
 
     def create(self) -> None:
         """Make the folders of every stage."""
