@@ -26,7 +26,6 @@ from torch import nn
 
 __all__ = [
     "EOT",
-    "add_eval_arguments",
     "evaluate_checkpoint",
     "evaluate_texts",
     "evaluation_windows",

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer, processors
 
+from training.chat import CHAT_TEMPLATE, has_chat_tokens
 from training.config import add_export_arguments
 from training.model import Transformer, ntk_theta
 
@@ -127,9 +128,27 @@ def export_model(
         eos_token=eot,
         pad_token=pad_token,
         model_max_length=model.config.max_seq_len,
+        chat_template=CHAT_TEMPLATE if has_chat_tokens(tokenizer) else None,
     )
     fast.save_pretrained(out)
     return out
+
+
+def quantize_export(directory: str | Path, mode: str) -> Path:
+    """Rewrite the Hugging Face model in ``directory`` with weight-only quantized weights:
+    transformers' ``TorchAoConfig`` quantizes it on load and ``save_pretrained`` stores the torchao
+    tensors in model.safetensors, with the ``quantization_config`` in config.json, so
+    ``from_pretrained`` loads it quantized."""
+    from transformers import AutoModelForCausalLM, TorchAoConfig
+
+    from training.quantize import serializable_config
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(
+        directory, quantization_config=TorchAoConfig(serializable_config(mode, torch.device(device)))
+    )
+    model.save_pretrained(directory)
+    return Path(directory)
 
 
 def eot_first(tokenizer: Tokenizer, eot_id: int) -> Tokenizer:
@@ -143,12 +162,21 @@ def eot_first(tokenizer: Tokenizer, eot_id: int) -> Tokenizer:
     return copy
 
 
-def export_checkpoint(checkpoint: str, output: str | Path, dtype: torch.dtype = torch.float32) -> Path:
-    """Export a training checkpoint (or a training output's latest) to ``output``."""
+def export_checkpoint(
+    checkpoint: str,
+    output: str | Path,
+    dtype: torch.dtype = torch.float32,
+    rope_scaling: str | None = None,
+    rope_factor: float | None = None,
+    quantize: str | None = None,
+) -> Path:
+    """Export a training checkpoint (or a training output's latest) to ``output``, with its rotary
+    scaling (or ``rope_scaling`` by ``rope_factor``) and, with ``quantize``, int8/int4 weights."""
     from training.generate import load_checkpoint
 
-    loaded = load_checkpoint(checkpoint)
-    return export_model(loaded.model, loaded.tokenizer, loaded.eot_id, output, dtype)
+    loaded = load_checkpoint(checkpoint, "cpu", rope_scaling, rope_factor)
+    out = export_model(loaded.model, loaded.tokenizer, loaded.eot_id, output, dtype)
+    return quantize_export(out, quantize) if quantize else out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,8 +186,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Export ``args.checkpoint`` to ``args.output`` in ``args.dtype``."""
-    path = export_checkpoint(args.checkpoint, args.output, getattr(torch, args.dtype))
-    print(f"exported {args.checkpoint} to {path}")
+    path = export_checkpoint(
+        args.checkpoint,
+        args.output,
+        getattr(torch, args.dtype),
+        args.rope_scaling,
+        args.rope_factor,
+        args.quantize,
+    )
+    print(f"exported {args.checkpoint} to {path}{f' ({args.quantize} weights)' if args.quantize else ''}")
     return 0
 
 

@@ -1,17 +1,17 @@
 """Weight-only quantization for inference with torchao: int8 per output channel, int4 group-wise.
 
 Every ``nn.Linear`` (attention, MLP, LM head) and the token embedding get quantized weights;
-activations and norms stay in the model's float dtype. A tied LM head is untied first (the head and
-the embedding get their own quantized copies, since a matmul layout and a row lookup need
-different storage).
+activations and norms stay in the model's float dtype. A tied embedding and LM head stay one
+quantized tensor, which serves both the row lookup and the matmul.
 
-- ``int8``: torchao ``Int8WeightOnlyConfig`` (symmetric, one scale per output channel) for the
-  linears and the embedding, on CPU and GPU.
-- ``int4``: groups of ``group_size`` input channels with a scale and a zero point each. Linears:
-  torchao's tinygemm layouts, packed two values per byte (``Int4WeightOnlyConfig`` with the
+- ``int8``: torchao ``Int8WeightOnlyConfig`` (symmetric, one scale per output channel, i.e. per
+  vocabulary row for the embedding) for every linear and the embedding, on CPU and GPU.
+- ``int4``: groups of ``group_size`` input channels with a scale and a zero point each. The block
+  linears: torchao's tinygemm layouts, two values per byte (``Int4WeightOnlyConfig`` with the
   ``tile_packed_to_4d`` layout on CUDA, bfloat16; the prototype ``Int4OpaqueTensor`` on CPU). The
-  embedding: ``IntxWeightOnlyConfig(int4, PerGroup)``, int4 values held one per byte (torchao has
-  no packed int4 embedding), which is why int4 saves less on the embedding than on the linears.
+  embedding and LM head: ``IntxWeightOnlyConfig(int4, PerGroup)``, int4 values held one per byte,
+  since torchao has no packed int4 layout that also serves row lookups; so int4 saves about half as
+  much on the embedding as on the block linears.
 
 torchao is imported only here (``pip install gristmill[quantize]``).
 """
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["QUANTIZE_MODES", "quantize_model", "weight_bytes"]
+__all__ = ["QUANTIZE_MODES", "quantize_model", "serializable_config", "weight_bytes"]
 
 QUANTIZE_MODES = ("int8", "int4")
 INT4_GROUP_SIZE = 64
@@ -33,7 +33,7 @@ logging.getLogger("torchao").setLevel(logging.ERROR)  # it logs missing optional
 
 
 def _configs(mode: str, group_size: int, device: torch.device) -> tuple[Any, Any]:
-    """torchao configs for (linears, embedding)."""
+    """torchao configs for (block linears, embedding and LM head)."""
     from torchao.quantization import Int4WeightOnlyConfig, Int8WeightOnlyConfig, IntxWeightOnlyConfig
     from torchao.quantization.granularity import PerGroup
 
@@ -51,6 +51,20 @@ def _configs(mode: str, group_size: int, device: torch.device) -> tuple[Any, Any
     return linear, embedding
 
 
+def serializable_config(mode: str, device: torch.device, group_size: int = INT4_GROUP_SIZE) -> Any:
+    """The torchao config of an exported checkpoint's linears: one whose tensors safetensors can
+    store (torchao cannot serialize the packed CPU int4 layout, so int4 on CPU keeps int4 values
+    one per byte there)."""
+    from torchao.quantization import Int8WeightOnlyConfig, IntxWeightOnlyConfig
+    from torchao.quantization.granularity import PerGroup
+
+    if mode == "int8":
+        return Int8WeightOnlyConfig()
+    if device.type == "cuda":
+        return _configs(mode, group_size, device)[0]
+    return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group_size))
+
+
 def quantize_model(model: nn.Module, mode: str, group_size: int = INT4_GROUP_SIZE) -> nn.Module:
     """Quantize ``model``'s linear and embedding weights in place (``mode``: int8 or int4) on the
     device they are on, for inference only. int4 on CUDA runs in bfloat16 (the model is cast)."""
@@ -59,7 +73,6 @@ def quantize_model(model: nn.Module, mode: str, group_size: int = INT4_GROUP_SIZ
     if mode not in QUANTIZE_MODES:
         raise ValueError(f"quantize mode {mode!r} is not one of {', '.join(QUANTIZE_MODES)}")
     device = next(model.parameters()).device
-    config = getattr(model, "config", None)
     if mode == "int4":
         for name, module in model.named_modules():
             if isinstance(module, nn.Linear | nn.Embedding) and module.weight.shape[-1] % group_size:
@@ -68,16 +81,18 @@ def quantize_model(model: nn.Module, mode: str, group_size: int = INT4_GROUP_SIZ
         if device.type == "cuda":
             model.to(torch.bfloat16)
     lm_head, tok_emb = getattr(model, "lm_head", None), getattr(model, "tok_emb", None)
-    if lm_head is not None and tok_emb is not None and lm_head.weight is tok_emb.weight:
-        lm_head.weight = nn.Parameter(tok_emb.weight.detach().clone())
+    tied = lm_head is not None and tok_emb is not None and lm_head.weight is tok_emb.weight
     model.requires_grad_(False)
     linear, embedding = _configs(mode, group_size, device)
-    quantize_(model, linear, filter_fn=lambda m, _: isinstance(m, nn.Linear))
-    quantize_(model, embedding, filter_fn=lambda m, _: isinstance(m, nn.Embedding))
+
+    lookup = lm_head if tied else tok_emb  # the one weight that serves row lookups
+
+    quantize_(model, linear, filter_fn=lambda m, _: isinstance(m, nn.Linear) and m is not lookup)
+    quantize_(model, embedding, filter_fn=lambda m, _: m is lookup)
+    if tied:
+        tok_emb.weight = lm_head.weight  # type: ignore[union-attr]
     model.quantization = {"mode": mode, "group_size": group_size if mode == "int4" else None}
-    if config is not None:
-        model.eval()
-    return model
+    return model.eval()
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> int:
