@@ -37,11 +37,11 @@ from pipelines.ablation import (
     exclusions,
     heldout_set,
     read_eval_sets,
+    stored_policy,
     variant,
     write_variant,
 )
 from pipelines.config import RunConfig
-from pipelines.quality.policy import load_policy
 from pipelines.run import RunDir
 from pipelines.run.files import sha256_file, write_json
 from pipelines.stages.token_shards import lineage
@@ -90,7 +90,7 @@ def ablate(run_uri: str, config: AblationConfig) -> dict[str, Any]:
         raise ValueError(f"{run_uri}: not a finished run (no tokens/manifest.json): run `gristmill run`")
     stored = run.record.load().get("config") or {}
     recorded = RunConfig.model_validate({k: v for k, v in stored.items() if k in RunConfig.model_fields})
-    policy = load_policy(run.policy) if run.policy.exists() else None
+    policy = stored_policy(run)
     if len(set(config.variants)) != len(config.variants):
         raise ValueError(f"--variants names a variant twice: {','.join(config.variants)}")
     variants = [variant(name, policy) for name in config.variants]

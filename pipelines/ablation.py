@@ -38,9 +38,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.config import TokenShardsConfig
-from pipelines.corpus import FinalCorpus, is_removed, removed_ids, split_of, text_path, unit_hash
+from pipelines.corpus import (
+    FinalCorpus,
+    is_removed,
+    removed_ids,
+    signal_files,
+    split_of,
+    text_path,
+    unit_hash,
+)
 from pipelines.io.inputs import list_inputs, local_input
-from pipelines.quality.policy import LANG_NOT_ALLOWED, LOW_LANG_CONFIDENCE, Policy
+from pipelines.quality.policy import LANG_NOT_ALLOWED, LOW_LANG_CONFIDENCE, Policy, load_policy
 from pipelines.readers import Document, read_file
 from pipelines.run import RunDir
 from pipelines.run.files import parquet_file, read_table, write_parquet
@@ -101,6 +109,15 @@ def rule_group(name: str, policy: Policy) -> frozenset[str]:
             f"{', '.join([*RULE_GROUPS, *prefixes])}, dedup, cleaning, or a rule name"
         )
     return frozenset(found)
+
+
+def stored_policy(run: RunLayout) -> Policy | None:
+    """The policy the run's signals stage applied (signals/_policy.yaml), its rules free to name any
+    stored signal column (plugins' too); None when the run has none."""
+    files = signal_files(run)
+    if not run.policy.exists() or not files:
+        return None
+    return load_policy(run.policy, parquet_file(files[0]).schema_arrow.names)
 
 
 def variant(name: str, policy: Policy | None) -> Variant:
