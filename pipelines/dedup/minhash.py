@@ -260,7 +260,7 @@ def shingle_hashes(
     n = len(word_hashes)
     multipliers = _multipliers(size)
     total = word_hashes * multipliers[0]
-    for k in range(1, size):
+    for k in range(1, min(size, n)):  # (a batch may hold fewer words than a shingle)
         total[: n - k] += word_hashes[k:] * multipliers[k]
     starts, ends = word_offsets[:-1], word_offsets[1:]
     n_words = ends - starts

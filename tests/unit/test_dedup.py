@@ -47,6 +47,13 @@ def test_signatures_are_datasketch_minhashes() -> None:
     assert lean.jaccard(datasketch_minhash(texts[0], 32, 2, 9)) == 1.0
 
 
+def test_a_batch_with_fewer_words_than_a_shingle() -> None:
+    """A batch (a shard) of one document of 2-4 words: one shingle of all its words, as datasketch."""
+    for text in ("before the newlines", "a b", "one two three four"):
+        fast = minhash.signatures(pa.array([text]), 128, 1, 5)
+        assert np.array_equal(fast.minhash[0], datasketch_minhash(text, 128, 1, 5).hashvalues), text
+
+
 def test_normalization_tables_cover_unicode() -> None:
     """No alphanumeric code point, and no lowercase mapping, lies above the tables' limits."""
     assert not any(chr(c).isalnum() for c in range(minhash.ALNUM_LIMIT, 0x110000))
