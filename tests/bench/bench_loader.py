@@ -1,4 +1,4 @@
-"""Loader benchmark: the streaming order against the uniform order it replaced, in the same run.
+"""Loader benchmark: the streaming order against one uniform permutation of all windows, in one run.
 
 Run with ``make bench`` (``pytest -q -s tests/bench``) or ``python tests/bench/bench_loader.py``.
 

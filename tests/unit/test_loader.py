@@ -113,7 +113,7 @@ def test_an_epoch_reads_each_row_group_about_once(small_row_groups: Path) -> Non
     assert source.cache.stats.row_groups >= n_rg - 2  # all but the dropped tail
     assert amplification <= 1 + (n_chunks + 2 * shuffle.lanes) / n_rg < 1.3
 
-    # The same cache under one uniform permutation of all windows (the order this loader replaced).
+    # The same cache under one uniform permutation of all windows, the reference order.
     uniform = WindowSource(manifest, "train", SEQ, cache_bytes=2 * buffers, threads=1)
     for w in np.random.default_rng(0).permutation(n_windows)[: schedule.steps_per_epoch * 8]:
         uniform.window(int(w))
