@@ -56,6 +56,16 @@ def _common_config(args: argparse.Namespace, base: dict[str, Any] | None = None)
     return load_config(getattr(args, "config", None), overrides, base=base)
 
 
+def _force_restart(root: str) -> None:
+    """`--force-restart`: discard what earlier attempts of the run in `root` wrote, if it exists."""
+    from pipelines.run import RunDir
+    from pipelines.stages import restart
+
+    run = RunDir(root).pull()
+    if run.run_json.exists():
+        restart(run)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from flows.build_corpus import build_corpus
     from pipelines.report import summary_lines
@@ -64,6 +74,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not cfg.inputs:
         raise SystemExit("error: no inputs: give --input URI (or `inputs:` in the config)")
     run_id = cfg.resolved_run_id()
+    if args.force_restart:
+        _force_restart(f"{cfg.output.rstrip('/')}/{run_id}")
     report = build_corpus(cfg.model_dump(mode="json"), run_id)
     root = f"{cfg.output.rstrip('/')}/{run_id}"  # a folder or an s3:// URI
     print("\n".join(summary_lines(report)))
@@ -365,6 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="whole corpus build (Prefect flow build_corpus)")
     _add_config_args(p, run_id=True)
     p.add_argument("--output", help="folder holding run directories (default: runs)")
+    p.add_argument(
+        "--force-restart",
+        action="store_true",
+        help="discard what earlier attempts of this run wrote and start over (e.g. after its inputs changed)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("filter", help="ingest inputs and compute signals + keep/drop into DIR/signals")

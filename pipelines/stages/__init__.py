@@ -42,11 +42,23 @@ STAGES = (
 BY_NAME = {stage.name: stage for stage in STAGES}
 
 
+def restart(run: RunDir) -> None:
+    """Discard every result of a run (`gristmill run --force-restart`): each stage's files and record, and
+    the inputs' fingerprints, so that every stage starts afresh."""
+    for stage in STAGES:
+        for path in run.stage_files(stage.name):
+            path.unlink()
+    run.record.update(stages={}, input_files=None)
+    log.info("%s: earlier results discarded (--force-restart)", run.root.name)
+
+
 def run_stage(run: RunDir, name: str, config: RunConfig, skip_done: bool = False) -> dict[str, Any]:
     """Run one stage and record it in run.json; return its summary."""
     stage = BY_NAME[name]
     status = run.record.stage_status(name)
     if skip_done and stage.skip_when_done and status == "done":
+        if name == "ingest":  # every later result stands on the inputs as the ingest read them
+            ingest.check_inputs_unchanged(run, config)
         log.info("%s: already done in an earlier attempt, skipping", name)
         return run.record.stage_summary(name)
     resume = status in ("running", "failed")
