@@ -89,7 +89,7 @@ class TrainConfig:
         ge=1,
     )
     shuffle_chunk_tokens: int = _field(
-        8 << 20, "tokens of consecutive stream per chunk of the data order (a rank reads each chunk once)", ge=1
+        8 << 20, "tokens of consecutive stream per chunk of the data order (a rank reads each once)", ge=1
     )
     shuffle_buffer_chunks: int = _field(
         4, "chunks of a lane whose windows are shuffled together (the shuffle buffer)", ge=1
