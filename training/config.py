@@ -50,6 +50,19 @@ class TrainConfig:
         "small", "model size preset (the vocabulary comes from the manifest)"
     )
     seq_len: int = _field(128, "tokens per training sequence", ge=8)
+    resume_from: str | None = _field(
+        None,
+        "start from this checkpoint's weights (a step dir or a training output's latest): a new run "
+        "with a fresh optimizer, schedule and data order, e.g. a long-context fine-tune",
+        metavar="CKPT",
+    )
+    rope_scaling: Literal["linear", "ntk", "yarn"] | None = _field(
+        None, "rotary scaling for a context beyond the one --resume-from was trained on"
+    )
+    rope_factor: float | None = _field(
+        None, "with rope_scaling: the new context as a multiple of the trained one (default: "
+        "seq_len / the trained seq_len)", ge=1
+    )  # fmt: skip
     batch_size: int = _field(16, "sequences per optimizer step, over all processes", ge=1)
     grad_accum: int = _field(1, "micro-batches per optimizer step on each process", ge=1)
     max_steps: int = _field(200, "optimizer steps of the whole run (sets the LR schedule)", ge=1)
@@ -69,6 +82,13 @@ class TrainConfig:
     )
     parallel: Literal["ddp", "fsdp"] = _field(
         "ddp", "data parallelism under torchrun: replicate (DDP) or shard (FSDP2 fully_shard)"
+    )
+    tp: int = _field(
+        1, "tensor-parallel ranks per model replica (Megatron-style q/k/v, w1/w3 by column, wo/w2 by "
+        "row; ranks = data-parallel groups x tp)", ge=1
+    )  # fmt: skip
+    sequence_parallel: bool = _field(
+        False, "with tp > 1: shard the norms' activations along the sequence over the tp ranks"
     )
     compile: bool = _field(False, "torch.compile the model")
     activation_checkpointing: bool = _field(False, "recompute block activations in backward")
@@ -125,6 +145,8 @@ class TrainConfig:
             for bound, (check, word) in _BOUNDS.items():
                 if bound in f.metadata and value is not None and not check(value, f.metadata[bound]):
                     raise ValueError(f"{f.name}: must be {word} {f.metadata[bound]}, got {value}")
+        if self.rope_scaling is not None and self.resume_from is None:
+            raise ValueError("rope_scaling: scales the context of a pretrained model; give resume_from")
         if self.data_lanes is not None and self.batch_size % self.data_lanes:
             raise ValueError(f"data_lanes: {self.data_lanes} does not divide batch_size {self.batch_size}")
         if self.data_weights is not None:

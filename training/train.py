@@ -25,6 +25,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -46,6 +47,8 @@ from training.checkpoint import (
     CHECKPOINT_FORMAT_VERSION,
     CheckpointError,
     CheckpointStore,
+    load_model_weights,
+    resolve,
     rng_state,
     set_rng_state,
 )
@@ -70,7 +73,7 @@ from training.manifest import (
     verify_shard,
 )
 from training.mfu import flops_per_token, peak_flops
-from training.model import PRESETS, ModelConfig, Transformer, build_model
+from training.model import PRESETS, ModelConfig, Transformer, build_model, with_rope_scaling
 from training.schedule import build_scheduler, scheduler_state
 
 __all__ = ["TrainingError", "main", "train"]
@@ -298,6 +301,42 @@ def _model_config(cfg: TrainConfig, manifest: Manifest) -> ModelConfig:
     )
 
 
+@dataclass
+class InitialWeights:
+    """The checkpoint ``--resume-from`` names and the model config the new run trains."""
+
+    store: CheckpointStore
+    name: str
+    config: ModelConfig
+
+    def load(self, model: Transformer) -> None:
+        """Copy the checkpoint's weights into ``model`` (every rank, before parallelizing)."""
+        local = self.store.local_copy(self.name, parts=("model",))
+        try:
+            load_model_weights(model, local)
+        finally:
+            if self.store.remote:
+                shutil.rmtree(local, ignore_errors=True)
+
+
+def initial_weights(cfg: TrainConfig, manifest: Manifest) -> InitialWeights:
+    """``--resume-from``: its model, with ``--rope-scaling`` over the context it was trained on (by
+    ``--rope-factor``, default ``--seq-len`` / that context) and room for ``--seq-len``."""
+    assert cfg.resume_from is not None
+    store, name = resolve(cfg.resume_from)
+    saved = store.read_json(name, "config.json")
+    if saved["tokenizer"]["sha256"] != manifest.tokenizer["sha256"]:
+        raise TrainingError(f"--resume-from {cfg.resume_from} used another tokenizer than {manifest.uri}")
+    config = ModelConfig.from_dict(saved["model"])
+    trained = int((config.rope_scaling or {}).get("original_max_seq_len") or saved["data"]["seq_len"])
+    if cfg.rope_scaling is not None:
+        factor = cfg.rope_factor or max(1.0, cfg.seq_len / trained)
+        config = with_rope_scaling(config, cfg.rope_scaling, factor, trained)
+    return InitialWeights(
+        store, name, config.with_overrides(max_seq_len=max(config.max_seq_len, cfg.seq_len))
+    )
+
+
 def checkpoint_config(
     cfg: TrainConfig,
     model_config: ModelConfig,
@@ -497,10 +536,15 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> None:
             )
     elif info.is_main and resume:
         print(f"no checkpoint in {store.output}; starting from step 0", flush=True)
+    init = initial_weights(cfg, manifests[0]) if cfg.resume_from and saved_state is None else None
+    if init is not None:
+        model_config = init.config
     config = checkpoint_config(cfg, model_config, manifests, tokenizer_json, sources, weights, val_counts)
 
     _seed_everything(cfg.seed)
     model = build_model(model_config, info.device, torch.Generator(info.device).manual_seed(cfg.seed))
+    if init is not None:
+        init.load(model)
     n_params = model.num_parameters()
     par = parallelize(model, cfg, info)
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, info.device)

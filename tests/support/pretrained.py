@@ -33,8 +33,28 @@ def pretrain(
     return output
 
 
+def shared_pretrained(base: Path) -> Path:
+    """One checkpoint per test session (``base``: the session's temporary folder), pretrained 40
+    steps at 128 tokens, for the test modules that only read it."""
+    root = base / "pretrained-128"
+    if not (root / "out" / "latest").is_file():
+        pretrain(root, steps=40, seq_len=128)
+    return root / "out"
+
+
 def held_out_texts(n: int = 8, chars: int = 4000) -> list[str]:
     """``n`` held-out documents of about ``chars`` characters each: WikiText-2 validation articles
     (text the tiny-Shakespeare model never saw)."""
     text = HELD_OUT.read_text(encoding="utf-8")
     return [text[i * chars : (i + 1) * chars] for i in range(n)]
+
+
+def validation_texts(root: Path) -> list[str]:
+    """The texts of the validation documents of ``pretrain``'s token shards (held-out Shakespeare:
+    the same kind of text as the training split, never trained on)."""
+    import pyarrow.parquet as pq
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(root / "run" / "tokenizer" / "tokenizer.json"))
+    table = pq.read_table(root / "run" / "tokens" / "validation-00000.parquet")
+    return [tokenizer.decode(ids) for ids in table.column("input_ids").to_pylist()]

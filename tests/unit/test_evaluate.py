@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from pretrained import held_out_texts, pretrain
+from pretrained import held_out_texts, shared_pretrained
 from token_shards import TEXT
 
 from flows.cli import main as cli_main
@@ -25,7 +25,7 @@ from training.generate import load_checkpoint
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not TEXT.is_file():
         pytest.skip(f"{TEXT} is not available")
-    return pretrain(tmp_path_factory.mktemp("pretrained"), steps=30)
+    return shared_pretrained(tmp_path_factory.getbasetemp())
 
 
 def test_stream_is_documents_between_end_of_text_and_windows_score_each_token_once(checkpoint: Path) -> None:
@@ -102,4 +102,4 @@ def test_eval_cli_reads_the_pipeline_input_formats(
     assert printed["quarantined"] == {"malformed_json": 1}
     assert cli_main(["eval", "--checkpoint", str(checkpoint), "--data", str(data / "b.txt")]) == 0
     out = capsys.readouterr().out
-    assert "bits per byte" in out and "perplexity" in out and "seq_len 64" in out  # the training --seq-len
+    assert "bits per byte" in out and "perplexity" in out and "seq_len 128" in out  # the training --seq-len

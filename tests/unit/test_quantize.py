@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from pretrained import held_out_texts, pretrain
+from pretrained import held_out_texts, shared_pretrained
 from token_shards import TEXT
 
 from training.evaluate import evaluate_texts
@@ -21,7 +21,7 @@ from training.quantize import quantize_model, weight_bytes
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not TEXT.is_file():
         pytest.skip(f"{TEXT} is not available")
-    return pretrain(tmp_path_factory.mktemp("pretrained"), steps=40)
+    return shared_pretrained(tmp_path_factory.getbasetemp())
 
 
 def test_quantized_weights_are_smaller_and_lose_little(checkpoint: Path) -> None:
