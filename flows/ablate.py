@@ -44,6 +44,7 @@ from pipelines.ablation import (
 from pipelines.config import RunConfig
 from pipelines.run import RunDir
 from pipelines.run.files import sha256_file, write_json
+from pipelines.run.layout import MANIFEST_NAME
 from pipelines.stages.token_shards import lineage
 from training.config import TrainConfig
 
@@ -87,7 +88,7 @@ def ablate(run_uri: str, config: AblationConfig) -> dict[str, Any]:
     ablation/results.json and the report. Returns the results."""
     run = RunDir(run_uri).pull()
     if not run.manifest.exists() or not run.tokenizer_json.exists():
-        raise ValueError(f"{run_uri}: not a finished run (no tokens/manifest.json): run `gristmill run`")
+        raise ValueError(f"{run_uri}: not a finished run (no tokens/_manifest.json): run `gristmill run`")
     stored = run.record.load().get("config") or {}
     recorded = RunConfig.model_validate({k: v for k, v in stored.items() if k in RunConfig.model_fields})
     policy = stored_policy(run)
@@ -179,7 +180,7 @@ def _train_config(
     eval_batches = max(1, math.ceil(min(heldout_windows, curve_windows) / base.batch_size))
     return dataclasses.replace(
         base,
-        data=[str(run.ablation / "variants" / v.slug / "manifest.json")],
+        data=[str(run.ablation / "variants" / v.slug / MANIFEST_NAME)],
         data_weights=None,
         output=str(run.ablation / "models" / v.slug / f"seed-{seed}"),
         max_steps=config.steps,
@@ -240,7 +241,7 @@ def _evaluate(output: Path, eval_sets: list[EvalSet], train: TrainConfig) -> dic
     return {
         "tokens_seen": state["tokens_seen"],
         "train_windows": source["train_windows"],
-        "epochs": round(train.max_steps * train.batch_size / max(1, source["train_windows"]), 4),
+        "epochs": train.max_steps * train.batch_size / max(1, source["train_windows"]),
         "parameters": sum(p.numel() for p in loaded.model.parameters()),
         "final_train_loss": train_losses[-1] if train_losses else None,
         "curve": curve,
