@@ -1,9 +1,12 @@
 """The `build_corpus` Prefect flow: one task per stage, over one run directory.
 
-Without PREFECT_API_URL, Prefect runs it in ephemeral mode (a temporary local API, no server to set up).
-A stage that run.json records as done is skipped, so running the flow again with the same run id resumes;
-a stage that was interrupted (killed, timed out, failed) resumes from its finished shards. Each stage's
-task has the retries and timeout of the config's `stages:` section; a retry resumes the same way.
+`gristmill run` runs it when PREFECT_API_URL names a Prefect server (deployments always do); without one,
+the CLI builds in process instead (`flows.build.build_in_process`: the same stages, retries and timeouts,
+no temporary Prefect server). A stage that run.json records as done is skipped, so running the flow again
+with the same run id resumes; a stage that did not finish (killed, timed out, failed, interrupted)
+resumes from its finished shards. Each stage's task has the retries and timeout of the config's `stages:`
+section; a retry resumes the same way, and errors in what the user gave (`pipelines.errors.UserError`)
+are never retried. Each stage publishes a progress artifact (shards done of N) while it runs.
 
 Run ids: `gristmill run` passes one (--run-id, `run_id:` in the config, or one made from the time). A flow
 run of a deployment gets none (`gristmill deploy` leaves it out on purpose), and its id comes from the
@@ -17,17 +20,22 @@ import json
 import logging
 import re
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
+from flows.build import open_run, recording, report_of, retryable
 from flows.config import Config
-from pipelines.exec import runner
+from pipelines.exec import progress
 from pipelines.run import RunDir
-from pipelines.run.layout import STAGE_OUTPUTS
-from pipelines.run.record import now
+from pipelines.run.layout import STAGE_OUTPUTS, check_run_id
 from pipelines.stages import STAGES, Stage, run_stage
 
 
@@ -62,10 +70,12 @@ def _short(value: Any) -> str:
 def _stage_task(stage: Stage) -> Any:
     """The Prefect task of one stage: `run_stage` (skipping a stage recorded as done), then artifacts."""
 
-    @task(name=stage.name)
+    @task(name=stage.name, retry_condition_fn=_retry_condition)
     def run_task(run_root: str, config: dict[str, Any]) -> dict[str, Any]:
         run = RunDir(run_root)
-        summary = run_stage(run, stage.name, Config.model_validate(config), skip_done=True)
+        key = f"{artifact_key(str(run.record.load().get('run_id')))}-{stage.name}-progress"
+        with progress.listening(ProgressArtifact(key, stage.name)):
+            summary = run_stage(run, stage.name, Config.model_validate(config), skip_done=True)
         if stage.name == "report":
             _publish_report(run)
         else:
@@ -73,6 +83,31 @@ def _stage_task(stage: Stage) -> Any:
         return summary
 
     return run_task
+
+
+def _retry_condition(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry a failed stage task unless the error is the user's (it would fail the same way again)."""
+    error = state.data if isinstance(state.data, BaseException) else state.result(raise_on_failure=False)
+    return not isinstance(error, BaseException) or retryable(error)
+
+
+class ProgressArtifact:
+    """A Prefect progress artifact per stage: the share of its shards done, updated every few seconds."""
+
+    def __init__(self, key: str, stage: str, every: float = 2.0) -> None:
+        self.key, self.stage = key, stage
+        self.throttle = progress.Throttle(every)
+        self.artifact_id: Any = None
+
+    def __call__(self, snapshot: progress.Snapshot) -> None:
+        if not self.throttle.due(snapshot):
+            return
+        percent = round(100 * snapshot.fraction, 1)
+        description = f"{self.stage}: {snapshot.line()}"
+        if self.artifact_id is None:
+            self.artifact_id = create_progress_artifact(percent, key=self.key, description=description)
+        else:
+            update_progress_artifact(self.artifact_id, percent, description=description)
 
 
 STAGE_TASKS = {stage.name: _stage_task(stage) for stage in STAGES}
@@ -135,9 +170,9 @@ def artifact_key(run_id: str) -> str:
 def resolve_run_id(config: dict[str, Any], run_id: str | None) -> str:
     """The run id: the parameter, else the config's, else `<deployment or run>-<scheduled start, UTC>`."""
     if run_id:
-        return run_id
+        return check_run_id(run_id)
     if config.get("run_id"):
-        return str(config["run_id"])
+        return check_run_id(str(config["run_id"]))
     from prefect.runtime import deployment
     from prefect.runtime import flow_run as runtime_flow_run
 
@@ -154,30 +189,21 @@ def _flow_run_name() -> str:
     return f"build-corpus-{resolve_run_id(params.get('config') or {}, params.get('run_id'))}"
 
 
-def _run_root(output: str, run_id: str) -> str:
-    """The run directory; a local one as an absolute path, so Ray workers (other cwd) find it too."""
-    root = f"{output.rstrip('/')}/{run_id}"
-    return root if "://" in root else str(Path(root).absolute())
-
-
 @flow(name="build_corpus", flow_run_name=_flow_run_name)
 def build_corpus(config: dict[str, Any], run_id: str | None = None) -> dict[str, Any]:
     """Raw text -> signals -> policy -> near-dedup -> BPE tokenizer -> token shards -> report."""
     cfg = Config.model_validate(config)
     run_id = resolve_run_id(config, run_id)
     logging.getLogger("gristmill").setLevel(logging.INFO)
-    run = RunDir(_run_root(cfg.output, run_id)).pull().create()
-    run.start(run_id, cfg.model_dump(mode="json"), cfg.inputs)
-    run.record.update(status="running", finished_at=None)
-    runner.configure(cfg.executor.kind, cfg.executor.address)
+    run = open_run(cfg, run_id)
     get_run_logger().info("run %s in %s (executor: %s)", run_id, run.root, cfg.executor.kind)
     settings = cfg.model_dump(mode="json")
-    for stage in STAGES:
-        retry = getattr(cfg.stages, stage.name)
-        STAGE_TASKS[stage.name].with_options(
-            retries=retry.retries,
-            retry_delay_seconds=retry.retry_delay_seconds,
-            timeout_seconds=retry.timeout_seconds,
-        )(str(run.root), settings)
-    run.record.update(status="done", finished_at=now())
-    return json.loads((run.report / "report.json").read_text())
+    with recording(run):
+        for stage in STAGES:
+            retry = getattr(cfg.stages, stage.name)
+            STAGE_TASKS[stage.name].with_options(
+                retries=retry.retries,
+                retry_delay_seconds=retry.retry_delay_seconds,
+                timeout_seconds=retry.timeout_seconds,
+            )(str(run.root), settings)
+    return report_of(run)

@@ -1,4 +1,11 @@
-"""The `gristmill` command line: the front door to every stage."""
+"""The `gristmill` command line: the front door to every stage.
+
+Every command that works on one run names its run directory RUN the same way: `--run RUN` where it
+writes (run, filter, dedup, tokenizer train, tokenize), the first argument where it reads (report,
+status). Errors in what was given print one line, `gristmill: error: ...`, and exit 2 (`--debug` shows
+the traceback); Ctrl-C or SIGTERM stop the workers, record the stage as interrupted and exit 130/143
+with one line saying how to resume.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +15,11 @@ import json
 import logging
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import traceback
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +36,37 @@ from training.config import add_arguments as add_train_arguments
 log = logging.getLogger("gristmill")
 
 
+class _TqdmHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log lines to stderr above a progress bar, if one is drawn."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+def _under_prefect() -> bool:
+    """Whether `gristmill run` runs the Prefect flow: only against a Prefect API (PREFECT_API_URL)."""
+    return bool(os.environ.get("PREFECT_API_URL"))
+
+
 def _setup_logging(under_prefect: bool) -> None:
-    """Log lines of `gristmill` go through Prefect's handlers in a flow, else to stderr."""
+    """Log lines of `gristmill` go through Prefect's handlers in a flow, else to stderr; progress is a
+    bar on a terminal, periodic lines otherwise."""
+    from pipelines.exec import progress
+
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "gristmill")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # the ephemeral API server needs more than Prefect's default 20 s on a busy two-core machine
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if not under_prefect and not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _TqdmHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         log.addHandler(handler)
     log.setLevel(logging.INFO)
+    display = os.environ.get("GRISTMILL_PROGRESS") or ("bar" if sys.stderr.isatty() else "lines")
+    progress.configure(display)
 
 
 def _common_config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Config:
@@ -53,7 +83,38 @@ def _common_config(args: argparse.Namespace, base: dict[str, Any] | None = None)
         value = getattr(args, flag, None)
         if value is not None:
             overrides[key] = value
-    return load_config(getattr(args, "config", None), overrides, base=base)
+    if getattr(args, "run", None) and args.command == "run":
+        overrides["output"], overrides["run_id"] = _split_run(args.run)
+    return _absolute_inputs(load_config(getattr(args, "config", None), overrides, base=base))
+
+
+def _split_run(run: str) -> tuple[str, str]:
+    """RUN as (the folder holding it, its name: the run id)."""
+    parent, _, name = run.rstrip("/").rpartition("/")
+    return parent or ".", name
+
+
+def _absolute_inputs(cfg: Config) -> Config:
+    """Local inputs as absolute paths, so run.json names them wherever a resume starts."""
+
+    def absolute(uri: str) -> str:
+        return uri if "://" in uri else os.path.abspath(uri)
+
+    inputs = [
+        absolute(entry) if isinstance(entry, str) else entry.model_copy(update={"uri": absolute(entry.uri)})
+        for entry in cfg.inputs
+    ]
+    return cfg.model_copy(update={"inputs": inputs})
+
+
+def _recorded(root: str) -> dict[str, Any]:
+    """run.json of the run directory `root` (an S3 run: only that file is fetched), or {}."""
+    from pipelines.run import RunDir
+
+    run = RunDir(root)
+    if run.remote is not None:
+        run.remote.pull(wanted=lambda rel: rel == "run.json")
+    return run.record.load()
 
 
 def _force_restart(root: str) -> None:
@@ -67,37 +128,68 @@ def _force_restart(root: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.build_corpus import build_corpus
+    from flows.build import run_root
+    from pipelines.errors import UserError
+    from pipelines.preflight import check_run
     from pipelines.report import summary_lines
 
+    if args.run and (args.output or args.run_id):
+        raise UserError("give either --run RUN or --output DIR [--run-id ID], not both")
     cfg = _common_config(args)
-    if not cfg.inputs:
-        raise SystemExit("error: no inputs: give --input URI (or `inputs:` in the config)")
     run_id = cfg.resolved_run_id()
+    root = run_root(cfg.output, run_id)
+    recorded = _recorded(root) if cfg.run_id else {}
+    if recorded.get("config") and not cfg.inputs:  # a resume: the config and inputs run.json recorded
+        args.input = recorded["config"].get("inputs") or recorded.get("inputs")
+        cfg = _common_config(args, base=None if args.config else recorded["config"])
+        log.info("resuming run %s with its recorded config and inputs", run_id)
+    args.resume_hint = f"gristmill run --run {root}"
+    args.run_root = root
+    check_run(cfg, root)
     if args.force_restart:
-        _force_restart(f"{cfg.output.rstrip('/')}/{run_id}")
-    report = build_corpus(cfg.model_dump(mode="json"), run_id)
-    root = f"{cfg.output.rstrip('/')}/{run_id}"  # a folder or an s3:// URI
+        _force_restart(root)
+    if _under_prefect():
+        from flows.build_corpus import build_corpus
+
+        report = build_corpus(cfg.model_dump(mode="json"), run_id)
+    else:
+        from flows.build import build_in_process
+
+        report = build_in_process(cfg, run_id)
     print("\n".join(summary_lines(report)))
     print(f"  run directory: {root}\n  report: {root}/report/report.html")
     print(f"  shards: {root}/tokens/manifest.json")
     return 0
 
 
-def _stage_run(args: argparse.Namespace) -> tuple[Any, Config]:
+def _stage_run(args: argparse.Namespace, inputs: bool) -> tuple[Any, Config]:
     """The run directory of a stage command and its config: [CONFIG], else the config run.json recorded,
-    with the flags on top."""
+    with the flags on top; checked before anything is written. `inputs`: the command ingests --input."""
+    from pipelines.errors import UserError
+    from pipelines.preflight import check_models, check_output, check_run
     from pipelines.run import RunDir
+    from pipelines.run.layout import check_run_id
 
-    run = RunDir(args.output).pull().create()
-    recorded = None if args.config else run.record.load().get("config")
-    return run, _common_config(args, base=recorded)
+    root = args.run
+    check_run_id(_split_run(root)[1])
+    recorded = _recorded(root)
+    if not inputs and not recorded:
+        raise UserError(f"{root} is not a run directory (no run.json); `gristmill run` or "
+                        "`gristmill filter` starts one")  # fmt: skip
+    cfg = _common_config(args, base=None if args.config else recorded.get("config"))
+    args.run_root = root
+    if inputs:
+        check_run(cfg, root)
+    else:
+        check_models(cfg)
+        check_output(root)
+    return RunDir(root).pull().create(), cfg
 
 
 def _run_stages(args: argparse.Namespace, *names: str, record: bool = False) -> tuple[Any, dict[str, Any]]:
     from pipelines.stages import run_stage
 
-    run, cfg = _stage_run(args)
+    run, cfg = _stage_run(args, inputs=record)
     if record:
         run.start(run.root.name, cfg.model_dump(mode="json"), cfg.inputs)
     summary: dict[str, Any] = {}
@@ -109,6 +201,42 @@ def _run_stages(args: argparse.Namespace, *names: str, record: bool = False) -> 
 def cmd_filter(args: argparse.Namespace) -> int:
     _run_stages(args, "ingest", "signals", record=True)
     return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from pipelines.errors import UserError
+
+    record = _recorded(args.run)
+    if not record:
+        raise UserError(f"{args.run} is not a run directory (no run.json)")
+    if args.json:
+        print(json.dumps(record.get("stages", {}), indent=2))
+        return 0
+    print("\n".join(status_lines(record, args.run)))
+    return 0
+
+
+def status_lines(record: dict[str, Any], where: str) -> list[str]:
+    """What `gristmill status` prints: the run, then one line per stage (status, shards, seconds)."""
+    from pipelines.stages import STAGES
+
+    finished = f", finished {record['finished_at']}" if record.get("finished_at") else ""
+    lines = [
+        f"run {record.get('run_id')} in {where}: {record.get('status', 'unknown')} "
+        f"(started {record.get('created_at', '?')}{finished})",
+        "  inputs: " + ", ".join(str(i) for i in record.get("inputs") or []),
+        f"  {'stage':<10} {'status':<12} {'shards':>11} {'seconds':>9}  started",
+    ]
+    stages = record.get("stages", {})
+    for stage in STAGES:
+        info = stages.get(stage.name, {})
+        shards = info.get("shards") or {}
+        counted = f"{shards['done']:,}/{shards['total']:,}" if shards else "-"
+        seconds = f"{info['seconds']:.1f}" if isinstance(info.get("seconds"), int | float) else "-"
+        error = f"  {info['error']}" if info.get("error") else ""
+        lines.append(f"  {stage.name:<10} {info.get('status', 'not run'):<12} {counted:>11} {seconds:>9}  "
+                     f"{info.get('started_at', '-')}{error}")  # fmt: skip
+    return lines
 
 
 def cmd_dedup(args: argparse.Namespace) -> int:
@@ -188,6 +316,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     from training.export import run
 
     return run(args)
+
+
+def cmd_export_text(args: argparse.Namespace) -> int:
+    from pipelines.export import export_text
+    from pipelines.run import RunDir
+
+    summary = export_text(RunDir(args.run).pull(), Path(args.output), args.format)
+    counts = ", ".join(f"{n:,} {split}" for split, n in summary["documents"].items()) or "no"
+    out = args.output.rstrip("/")
+    print(f"export-text: {counts} documents -> {out}/data/*.{args.format} (dataset card: {out}/README.md)")
+    return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -354,6 +493,12 @@ def _add_quality_parser(sub: Any) -> None:
 # ----------------------------------------------------------------------
 
 
+def _add_run_arg(p: argparse.ArgumentParser) -> None:
+    """RUN, the run directory a stage command writes into (`--output`: the same, an older spelling)."""
+    p.add_argument("--run", "--output", dest="run", required=True, metavar="RUN",
+                   help="run directory (a folder or s3:// URI; --output is the same flag)")  # fmt: skip
+
+
 def _add_config_args(p: argparse.ArgumentParser, inputs: bool = True, run_id: bool = False) -> None:
     p.add_argument("config", nargs="?", help="run config YAML (defaults: `gristmill config`)")
     if inputs:
@@ -367,15 +512,23 @@ def _add_config_args(p: argparse.ArgumentParser, inputs: bool = True, run_id: bo
         help="override any config field, e.g. --set dedup.threshold=0.7 (repeatable)",
     )
     if run_id:
-        p.add_argument("--run-id", help="run directory name (default: from the time)")
+        p.add_argument("--run-id", help="run directory name under --output (default: from the time)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gristmill", description=__doc__)
+    parser = argparse.ArgumentParser(prog="gristmill", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--version", action="version", version=f"gristmill {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("run", help="whole corpus build (Prefect flow build_corpus)")
+    p = sub.add_parser(
+        "run",
+        help="whole corpus build into RUN (in process; the Prefect flow build_corpus with PREFECT_API_URL)",
+        description="Every stage into the run directory RUN (--run RUN, or --output DIR --run-id ID: "
+        "DIR/ID). Given an existing RUN without --input, it resumes from what run.json recorded.",
+    )
     _add_config_args(p, run_id=True)
+    p.add_argument("--run", metavar="RUN", help="run directory (same as --output PARENT --run-id NAME)")
     p.add_argument("--output", help="folder holding run directories (default: runs)")
     p.add_argument(
         "--force-restart",
@@ -384,29 +537,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("filter", help="ingest inputs and compute signals + keep/drop into DIR/signals")
+    p = sub.add_parser("filter", help="ingest inputs and compute signals + keep/drop into RUN/signals")
     _add_config_args(p)
-    p.add_argument("--output", required=True, metavar="DIR", help="run directory")
+    _add_run_arg(p)
     p.set_defaults(func=cmd_filter)
 
     p = sub.add_parser(
-        "dedup", help="near-dedup the kept documents of DIR (ingesting --input first if given)"
+        "dedup", help="near-dedup the kept documents of RUN (ingesting --input first if given)"
     )
     _add_config_args(p)
-    p.add_argument("--output", required=True, metavar="DIR", help="run directory")
+    _add_run_arg(p)
     p.set_defaults(func=cmd_dedup)
 
     p = sub.add_parser("tokenizer", help="tokenizer commands")
     tsub = p.add_subparsers(dest="tokenizer_command", required=True)
-    t = tsub.add_parser("train", help="train the BPE tokenizer on DIR's final corpus into DIR/tokenizer")
+    t = tsub.add_parser("train", help="train the BPE tokenizer on RUN's final corpus into RUN/tokenizer")
     _add_config_args(t, inputs=False)
-    t.add_argument("--output", required=True, metavar="DIR", help="run directory")
+    _add_run_arg(t)
     t.set_defaults(func=cmd_tokenizer_train)
 
-    p = sub.add_parser("tokenize", help="write token shards + manifest into DIR/tokens")
+    p = sub.add_parser("tokenize", help="write token shards + manifest into RUN/tokens")
     _add_config_args(p, inputs=False)
-    p.add_argument("--output", required=True, metavar="DIR", help="run directory")
+    _add_run_arg(p)
     p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("status", help="stages of RUN: status, shards done of total, timings (run.json)")
+    p.add_argument("run", metavar="RUN", help="run directory (a folder or s3:// URI)")
+    p.add_argument("--json", action="store_true", help="print run.json's stage records as JSON")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("report", help="write RUN/report (HTML, Markdown, JSON); what-if; run-to-run diff")
     p.add_argument("run", metavar="RUN", help="run directory")
@@ -431,6 +589,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a checkpoint to the Hugging Face Llama format (safetensors)")
     add_export_arguments(p).set_defaults(func=cmd_export)
+    p = sub.add_parser(
+        "export-text",
+        help="write RUN's final corpus (text, ids, metadata, lang, quality_score) as a dataset with a card",
+        description="The documents the policy kept and dedup did not remove, with their cleaned text, in "
+        "input order and the token shards' train/validation split: DIR/data/{train,validation}-NNNNN.* "
+        "and DIR/README.md. Loads with datasets.load_dataset(DIR) and pyarrow.dataset(DIR/data).",
+    )
+    p.add_argument("run", metavar="RUN", help="run directory (local or s3://)")
+    p.add_argument("--output", required=True, metavar="DIR", help="a new or empty local folder")
+    p.add_argument("--format", choices=("parquet", "jsonl"), default="parquet", help="file format")
+    p.set_defaults(func=cmd_export_text)
     p = sub.add_parser("generate", help="sample text from a checkpoint", formatter_class=HelpFormatter)
     add_generate_arguments(p).set_defaults(func=cmd_generate)
 
@@ -465,17 +634,90 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_quality_parser(sub)
     _add_ablate_parser(sub)
+    _add_debug_flag(parser)
     return parser
 
 
+DEBUG_HELP = "show the traceback of an error"
+
+
+def _add_debug_flag(parser: argparse.ArgumentParser, top: bool = True) -> None:
+    """--debug on the top level and on every command below it (`gristmill run ... --debug` works)."""
+    if "--debug" not in parser._option_string_actions:
+        # below the top, SUPPRESS keeps a command's default from overwriting `gristmill --debug CMD`
+        default = False if top else argparse.SUPPRESS
+        parser.add_argument("--debug", action="store_true", default=default, help=DEBUG_HELP)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                _add_debug_flag(command, top=False)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("gristmill")
+    except metadata.PackageNotFoundError:  # pragma: no cover - not installed
+        return "unknown"
+
+
+def _error(message: str) -> None:
+    """One line on stderr: `gristmill: error: ...`."""
+    text = "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    print(f"gristmill: error: {text.removeprefix('error: ')}", file=sys.stderr)
+
+
+def _interrupted(args: argparse.Namespace, signum: int) -> int:
+    """After Ctrl-C or SIGTERM: mark where the run stopped, one line saying how to resume."""
+    where = ""
+    root = getattr(args, "run_root", None)
+    if root:
+        try:
+            stages = _recorded(root).get("stages", {})
+        except Exception:
+            stages = {}
+        stopped = [name for name, info in stages.items() if info.get("status") in ("interrupted", "running")]
+        if stopped:
+            shards = stages[stopped[-1]].get("shards") or {}
+            counted = f", {shards['done']} of {shards['total']} shards done" if shards else ""
+            where = f" in stage {stopped[-1]}{counted}"
+    hint = getattr(args, "resume_hint", None) or shlex.join(["gristmill", *sys.argv[1:]])
+    print(f"gristmill: interrupted{where}; resume with: {hint}", file=sys.stderr)
+    return 128 + signum
+
+
 def main(argv: list[str] | None = None) -> int:
+    from pipelines.errors import UserError
+    from pipelines.exec.runner import Interrupted, stop_on_signals
+
     args = build_parser().parse_args(argv)
-    _setup_logging(under_prefect=args.command == "run")
+    debug = bool(getattr(args, "debug", False))
+    _setup_logging(under_prefect=args.command == "run" and _under_prefect())
+    stop_on_signals()  # SIGINT (also when started with it ignored) and SIGTERM: Interrupted
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
-        log.error("%s", exc)
+    except KeyboardInterrupt as exc:
+        return _interrupted(args, exc.signum if isinstance(exc, Interrupted) else signal.SIGINT)
+    except SystemExit as exc:
+        if not isinstance(exc.code, str):
+            raise
+        if debug:
+            traceback.print_exc()
+        _error(exc.code)
         return 2
+    except (UserError, ValueError, FileNotFoundError) as exc:
+        if debug:
+            traceback.print_exc()
+        _error(str(exc))
+        return 2
+    except Exception as exc:
+        if debug:
+            raise
+        _error(f"{type(exc).__name__}: {exc} (--debug shows the traceback)")
+        return 1
+    except BaseException as exc:  # Prefect's termination signal (SIGTERM inside the flow)
+        if type(exc).__name__ != "TerminationSignal":
+            raise
+        return _interrupted(args, signal.SIGTERM)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from pipelines.config import RunConfig, Section
+from pipelines.errors import validation_message
 from training.config import TrainConfig
 
 
@@ -96,7 +97,8 @@ def load_config(
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise SystemExit(f"error: invalid configuration{f' in {path}' if path else ''}:\n{exc}") from exc
+        where = f" in {path}" if path else ""
+        raise SystemExit(f"error: invalid configuration{where}: {validation_message(exc)}") from exc
 
 
 def _resolve_paths(data: dict[str, Any], base: Path) -> None:

@@ -13,10 +13,11 @@ import json
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipelines.dedup import lsh
 from pipelines.dedup.minhash import MAX_SHINGLE
+from pipelines.run.layout import RUN_ID_RULE, check_run_id
 from tokenizer import SPECIAL_TOKENS
 
 
@@ -237,13 +238,20 @@ class RunConfig(Section):
         "all but Parquet optionally .gz/.zst); an entry is a URI or {uri, text_key, id_key}",
     )
     output: str = Field("runs", description="folder or s3:// prefix that holds run directories")
-    run_id: str | None = Field(None, description="run directory name; null makes one from the time")
+    run_id: str | None = Field(
+        None, description=f"run directory name ({RUN_ID_RULE}); null makes one from the time"
+    )
     executor: ExecutorConfig = ExecutorConfig()
     ingest: IngestConfig = IngestConfig()
     signals: SignalsConfig = SignalsConfig()
     dedup: DedupConfig = DedupConfig()
     tokenizer: TokenizerTrainingConfig = TokenizerTrainingConfig()
     tokenize: TokenShardsConfig = TokenShardsConfig()
+
+    @field_validator("run_id")
+    @classmethod
+    def _safe_run_id(cls, value: str | None) -> str | None:
+        return None if value is None else check_run_id(value)
 
     def resolved_run_id(self) -> str:
         return self.run_id or datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S")

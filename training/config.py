@@ -284,7 +284,8 @@ def add_export_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``python -m training.export`` (and ``gristmill export``)."""
     p.add_argument("--checkpoint", required=True, help="checkpoint dir or training output (local or s3://)")
     p.add_argument("--output", required=True, help="directory for the Hugging Face model")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype of the exported weights")  # fmt: skip
     add_context_arguments(p)
     return p
 

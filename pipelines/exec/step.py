@@ -2,7 +2,8 @@
 
 A step writes its shard's files atomically, its completion marker (`output(i)`) last, so a shard whose
 marker exists is done: `pipelines.exec.runner` skips it on a resume. `__call__` times `process` and logs
-one line per shard with its counts and rates.
+one line per shard with its counts and rates; inside `process`, `advance` reports progress within the
+shard (shown by the stage's progress bar or lines, `pipelines.exec.progress`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines.exec import progress
 from pipelines.run.layout import RunLayout
 
 log = logging.getLogger("gristmill")
@@ -31,6 +33,7 @@ class ShardStep:
         self.run_root = run_root
         self._layout: RunLayout | None = None
         self._shards: list[str] | None = None
+        self._index = -1  # the shard being processed
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_layout": None, "_shards": None}
@@ -58,8 +61,13 @@ class ShardStep:
     def finish(self) -> None:
         """Called once in the driver after the shards ran (also when some failed)."""
 
+    def advance(self, documents: int, n_bytes: int = 0) -> None:
+        """From inside `process`: `documents` (and `n_bytes` of text) done since the last call."""
+        progress.report(self._index, documents, n_bytes)
+
     def __call__(self, index: int) -> dict[str, int]:
         start = time.perf_counter()
+        self._index = index
         counts = self.process(index)
         seconds = max(time.perf_counter() - start, 1e-9)
         documents = counts.get("documents", 0)

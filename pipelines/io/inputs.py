@@ -16,6 +16,7 @@ import posixpath
 import re
 from pathlib import Path
 
+from pipelines.errors import UserError
 from pipelines.io import s3
 from pipelines.run.files import locked, write_atomic
 
@@ -28,7 +29,7 @@ def list_inputs(uris: list[str]) -> list[tuple[str, str]]:
     """Expand local paths and `s3://` URIs into `(path, source)` pairs (a local file as an absolute
     path, an object as its URI), each folder's files sorted by name.
 
-    Raises ValueError on a missing path or prefix, an unlistable folder, or two inputs with one source.
+    Raises UserError on a missing path or prefix, an unlistable folder, or two inputs with one source.
     """
     return [(path, source) for path, source, _ in expand_inputs(uris)]
 
@@ -43,7 +44,7 @@ def expand_inputs(uris: list[str]) -> list[tuple[str, str, int]]:
     seen: dict[str, str] = {}
     for path, _ in found:
         if (source := names[path]) in seen:
-            raise ValueError(f"inputs {seen[source]!r} and {path!r} have the same source name {source!r}")
+            raise UserError(f"inputs {seen[source]!r} and {path!r} have the same source name {source!r}")
         seen[source] = path
     return [(path, names[path], i) for path, i in found]
 
@@ -82,14 +83,14 @@ def _list_local(uri: str) -> list[str]:
         return [str(Path(uri, rel).resolve()) for rel in _walk(uri)]
     if os.path.lexists(uri):
         return [str(Path(uri).resolve())]
-    raise ValueError(f"input path does not exist: {uri!r}")
+    raise UserError(f"input path does not exist: {uri!r}")
 
 
 def _walk(top: str) -> list[str]:
     """Sorted POSIX paths, relative to top, of the files under it that are inputs."""
 
     def fail(error: OSError) -> None:
-        raise ValueError(f"cannot list input directory {error.filename!r}: {error.strerror}") from error
+        raise UserError(f"cannot list input directory {error.filename!r}: {error.strerror}") from error
 
     found = []
     for dirpath, dirnames, filenames in os.walk(top, onerror=fail):
@@ -111,7 +112,7 @@ def _list_s3(uri: str) -> list[str]:
         if parts[-1] and not any(p.startswith(".") for p in parts) and not _skipped(parts[-1]):
             found.append((rel, str(location.join(rel))))
     if not found:
-        raise ValueError(f"input path does not exist: {uri!r} (no object or objects under it)")
+        raise UserError(f"input path does not exist: {uri!r} (no object or objects under it)")
     return [path for _, path in sorted(found)]
 
 

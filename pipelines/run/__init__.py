@@ -92,7 +92,8 @@ class RunDir(RunLayout):
                 error = f"{type(exc).__name__}: {exc}"
                 self.record.set_stage(name, {"status": "failed", "error": error, "seconds": seconds})
             else:
-                self.record.set_stage(name, {"status": "interrupted", "seconds": seconds, "interrupted_at": now()})
+                stopped = {"status": "interrupted", "seconds": seconds, "interrupted_at": now()}
+                self.record.set_stage(name, stopped)
             raise
         seconds = round(time.perf_counter() - start, 3)
         self.record.set_stage(

@@ -21,7 +21,10 @@ data folder reads as one Parquet dataset.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+
+from pipelines.errors import UserError
 
 STAGES = ("ingest", "signals", "dedup", "tokenizer", "tokenize", "report")
 # The folders each stage writes, in stage order.
@@ -54,6 +57,17 @@ COMMIT_NAMES = ("manifest.json", "summary.json")
 STAGE_COMMIT_FILES = {"tokenize": ("tokens/manifest.json",)}
 # Regenerable intermediate data (tagged for the bucket's lifecycle rule, infra/terraform/s3.tf).
 INTERMEDIATE_PREFIXES = ("documents/", "clean/", "dedup/signatures/", "dedup/bands/")
+
+
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+RUN_ID_RULE = "1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def check_run_id(run_id: str) -> str:
+    """`run_id` if it is one safe path component (RUN_ID_RULE), else UserError."""
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+        raise UserError(f"invalid run id {run_id!r}: a run id is {RUN_ID_RULE}")
+    return run_id
 
 
 def shard_name(index: int) -> str:

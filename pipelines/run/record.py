@@ -1,5 +1,5 @@
 """run.json: what a run is (id, inputs, config, versions, commit, host) and what happened to each stage
-(status running/done/failed, start, finish, seconds, summary counts)."""
+(status running/done/failed/interrupted, start, finish, seconds, shards done of total, summary counts)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pipelines.errors import UserError
 from pipelines.io.s3 import redact
 from pipelines.run.files import json_text, write_atomic
 
@@ -92,7 +93,7 @@ class RunRecord:
         record = self.load()
         previous_inputs = record.get("inputs")
         if previous_inputs is not None and previous_inputs != inputs:
-            raise ValueError(
+            raise UserError(
                 f"run {run_id} already exists with other inputs {previous_inputs}; use a new --run-id"
             )
         record.update(

@@ -2,9 +2,10 @@
 
 Every stage is a module with `run(run_dir, config, resume) -> summary`. The Prefect flow
 (`flows.build_corpus`) and the stage commands (`gristmill filter`, ...) both go through `run_stage`,
-which owns resuming: a stage recorded as done is skipped (when asked), a stage whose last attempt was
-interrupted (running/failed in run.json) resumes from its finished shards, and any other start begins
-afresh by deleting the stage's earlier files. To add a stage: a module with `run`, and one entry in
+which owns resuming: a stage recorded as done is skipped (when asked), a stage whose last attempt did not
+finish (running, failed or interrupted in run.json) resumes from its finished shards, and any other start
+begins afresh by deleting the stage's earlier files. While a stage runs, its record in run.json holds
+`shards: {done, total}` (what `gristmill status` shows). To add a stage: a module with `run`, and one entry in
 STAGES (its output folders go in `pipelines.run.layout`).
 """
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines.config import RunConfig
+from pipelines.exec import progress, runner
 from pipelines.run import RunDir
 from pipelines.stages import dedup, ingest, report, signals, token_shards, tokenizer_training
 
@@ -40,6 +42,8 @@ STAGES = (
     Stage("report", report.run, fresh_start=False, skip_when_done=False),
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
+RESUMED = ("running", "failed", "interrupted")  # statuses of an attempt that did not finish
+SHARDS_RECORD_SECONDS = 5.0  # how often a running stage's shard counts are written to run.json
 
 
 def restart(run: RunDir) -> None:
@@ -55,16 +59,28 @@ def restart(run: RunDir) -> None:
 def run_stage(run: RunDir, name: str, config: RunConfig, skip_done: bool = False) -> dict[str, Any]:
     """Run one stage and record it in run.json; return its summary."""
     stage = BY_NAME[name]
+    runner.check_interrupt()
     status = run.record.stage_status(name)
     if skip_done and stage.skip_when_done and status == "done":
         if name == "ingest":  # every later result stands on the inputs as the ingest read them
             ingest.check_inputs_unchanged(run, config)
         log.info("%s: already done in an earlier attempt, skipping", name)
         return run.record.stage_summary(name)
-    resume = status in ("running", "failed")
+    resume = status in RESUMED
     if stage.fresh_start and not resume:
         for path in run.stage_files(name):
             path.unlink()
-    with run.stage(name) as summary:
+    with run.stage(name) as summary, progress.listening(_shard_counts(run, name)):
         summary.update(stage.run(run, config, resume))
     return summary
+
+
+def _shard_counts(run: RunDir, name: str) -> progress.Listener:
+    """A progress listener that keeps `shards: {done, total}` of stage `name` in run.json."""
+    throttle = progress.Throttle(SHARDS_RECORD_SECONDS)
+
+    def record(snapshot: progress.Snapshot) -> None:
+        if throttle.due(snapshot) or snapshot.done == snapshot.total:
+            run.record.set_stage(name, {"shards": {"done": snapshot.done, "total": snapshot.total}})
+
+    return record

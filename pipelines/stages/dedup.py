@@ -147,7 +147,9 @@ class SignatureStep(ShardStep):
                 )
                 offset += table.num_rows
                 n_docs += docs.num_rows
-                n_bytes += int(pc.sum(pc.binary_length(texts)).as_py() or 0)
+                batch_bytes = int(pc.sum(pc.binary_length(texts)).as_py() or 0)
+                n_bytes += batch_bytes
+                self.advance(table.num_rows, batch_bytes)
             doc_rows = np.repeat(np.concatenate(band_rows or [np.zeros(0, np.int64)]).astype(U64), bands)
             keys = np.concatenate(band_key_parts or [np.zeros((0, bands), np.int64)]).reshape(-1)
             lsh.write_keys(self.run.bands / name, keys, doc_rows)

@@ -117,6 +117,7 @@ class SignalsStep(ShardStep):
                 documents += len(rows)
                 kept += sum(table.column("keep").to_pylist())
                 chars += sum(map(len, texts))
+                self.advance(len(rows), sum(map(len, texts)))
             if plugins:
                 signals_writer.add_key_value_metadata({PLUGIN_ERRORS_KEY: json.dumps(dict(errors))})
         return {"documents": documents, "bytes": chars, "kept": kept}

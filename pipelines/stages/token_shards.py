@@ -198,6 +198,7 @@ class TokenizeStep(ShardStep):
                     future = encoder.submit(encode_ids, tokenizer, texts, dtype)
                     if inflight is not None:
                         writer.add(inflight[0], inflight[1].result())
+                        self.advance(len(inflight[0]))
                     inflight = (ids, future)
                 if inflight is not None:
                     writer.add(inflight[0], inflight[1].result())

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -216,39 +213,9 @@ def test_train_with_torchrun_then_generate(run_dir: Path) -> None:
     assert ids.shape[1] < out.shape[1] <= ids.shape[1] + 5
 
 
-READ_ARTIFACTS = """
-import asyncio, json
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, TaskRunFilter
-from prefect.client.schemas.sorting import ArtifactSort
-
-async def main():
-    async with get_client() as client:
-        artifacts = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(),
-            flow_run_filter=FlowRunFilter(),
-            task_run_filter=TaskRunFilter(),
-            sort=ArtifactSort.CREATED_DESC,
-            limit=50,
-        )
-        print(json.dumps([{"key": a.key, "type": a.type, "data": a.data} for a in artifacts]))
-
-asyncio.run(main())
-"""
-
-
-def test_report_published_as_prefect_artifacts(run_dir: Path) -> None:
-    """The flow's artifacts, read back from the Prefect database of the run's (ephemeral) API."""
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(run_dir.parent.parent / "prefect"),
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", READ_ARTIFACTS], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    artifacts = {a["key"]: a for a in json.loads(result.stdout.strip().splitlines()[-1])}
-    assert artifacts["gristmill-e2e-report"]["type"] == "markdown"
-    assert "## Funnel" in artifacts["gristmill-e2e-report"]["data"]
-    assert artifacts["gristmill-e2e-funnel"]["type"] == "table"
+def test_laptop_run_starts_no_prefect_server(run_dir: Path) -> None:
+    """Without PREFECT_API_URL the stages run in process: no temporary Prefect server, no Prefect home
+    (the flow's artifacts against a real server: test_prefect_server.py)."""
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "done"
+    assert not (run_dir.parent.parent / "prefect").exists()

@@ -160,4 +160,9 @@ def test_deploy_and_run_through_a_worker(server: tuple[str, dict[str, str]], tmp
     # link artifacts: Prefect stores them as Markdown links
     assert (run_dir / "report" / "report.html").as_uri() in by_key[f"{prefix}-report-html"].data
     assert "documents" in by_key[f"{prefix}-signals"].data and by_key[f"{prefix}-funnel"].type == "table"
+    assert by_key[f"{prefix}-report"].type == "markdown" and "## Funnel" in by_key[f"{prefix}-report"].data
+    # a progress artifact per stage with shards, at 100% once the stage is done
+    for stage in ("ingest", "signals", "dedup", "tokenize", "report"):
+        assert by_key[f"{prefix}-{stage}-progress"].type == "progress"
+        assert by_key[f"{prefix}-{stage}-progress"].data == 100
     assert (run_dir / "tokens" / "manifest.json").exists()

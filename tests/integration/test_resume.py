@@ -1,8 +1,8 @@
 """The same corpus, byte for byte, however the build went: SIGKILLed mid-stage and resumed, or on Ray.
 
-Every run here builds the same small input with the same flags, each in its own working directory with
-relative `in/` and `runs/` (so the configs, and the manifests' lineage hashes, are the same), and
-compares its outputs with one uninterrupted local run.
+Every run here builds the same input folder (run.json and the manifest name inputs by absolute path) with
+the same flags, each in its own working directory with a relative `runs/` (so the configs, and the
+manifests' lineage hashes, are the same), and compares its outputs with one uninterrupted local run.
 """
 
 from __future__ import annotations
@@ -26,20 +26,31 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 GRISTMILL = BIN / "gristmill"
 SAMPLE = REPO / "data" / "sample"
-RUN = ["run", "--input", "in", "--output", "runs", "--run-id", "r", "--workers", "2"]
+RUN = ["run", "--output", "runs", "--run-id", "r", "--workers", "2"]
 SETTINGS = ["--set", "tokenizer.vocab_size=512"]
-SLOW_SHARDS = {"SLOW_SHARD_BEFORE": "1.0", "PYTHONPATH": str(REPO / "tests" / "support" / "slow_shards")}
+SLOW_SHARDS = {
+    "SLOW_SHARD_BEFORE": "1.0",
+    "PYTHONPATH": os.pathsep.join(
+        p for p in (str(REPO / "tests" / "support" / "slow_shards"), os.environ.get("PYTHONPATH")) if p
+    ),
+}
 N_SHARDS = 4  # spam, udhr, and the WARC and WET files of cc/
 
 
 def _workdir(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    inputs = root / "in"
-    inputs.mkdir()
-    for name in ("spam.jsonl.zst", "udhr.jsonl.zst"):
-        shutil.copy(SAMPLE / name, inputs / name)
-    shutil.copytree(SAMPLE / "cc", inputs / "cc")
     return root
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """`--input` of every build here: one folder of the sample's files."""
+    folder = tmp_path_factory.mktemp("shared") / "in"
+    folder.mkdir()
+    for name in ("spam.jsonl.zst", "udhr.jsonl.zst"):
+        shutil.copy(SAMPLE / name, folder / name)
+    shutil.copytree(SAMPLE / "cc", folder / "cc")
+    return ["--input", str(folder)]
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +60,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
         yield env
 
 
-def _gristmill(work: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def _gristmill(
+    work: Path, env: dict[str, str], inputs: list[str], *args: str
+) -> subprocess.CompletedProcess[str]:
     try:
         result = subprocess.run(
-            [str(GRISTMILL), *RUN, *SETTINGS, *args],
+            [str(GRISTMILL), *RUN, *inputs, *SETTINGS, *args],
             cwd=work,
             env=env,
             capture_output=True,
@@ -80,10 +93,10 @@ def _assert_identical(run: Path, baseline: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory: pytest.TempPathFactory, server: dict[str, str]) -> Path:
+def baseline(tmp_path_factory: pytest.TempPathFactory, server: dict[str, str], inputs: list[str]) -> Path:
     """One uninterrupted local run."""
     work = _workdir(tmp_path_factory.mktemp("baseline"))
-    _gristmill(work, server)
+    _gristmill(work, server, inputs)
     return work / "runs" / "r"
 
 
@@ -94,13 +107,15 @@ def _stage_status(run: Path, stage: str) -> str | None:
         return None
 
 
-def _kill_mid_stage(work: Path, env: dict[str, str], stage: str, marker: str, log: Path) -> int:
+def _kill_mid_stage(
+    work: Path, env: dict[str, str], inputs: list[str], stage: str, marker: str, log: Path
+) -> int:
     """Start `gristmill run`, SIGKILL its whole process group once `stage` is running with some but not
     all shards done; return how many were done."""
     run = work / "runs" / "r"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [str(GRISTMILL), *RUN, *SETTINGS],
+            [str(GRISTMILL), *RUN, *inputs, *SETTINGS],
             cwd=work,
             env={**env, **SLOW_SHARDS},  # each shard waits 1 s before it starts
             stdout=out,
@@ -131,27 +146,27 @@ def _kill_mid_stage(work: Path, env: dict[str, str], stage: str, marker: str, lo
 
 
 def test_killed_run_resumes_to_identical_outputs(
-    baseline: Path, server: dict[str, str], tmp_path: Path
+    baseline: Path, server: dict[str, str], inputs: list[str], tmp_path: Path
 ) -> None:
     work = _workdir(tmp_path / "killed")
     run = work / "runs" / "r"
 
     # 1: killed in signals, some shards written
-    done = _kill_mid_stage(work, server, "signals", "signals/0*.parquet", tmp_path / "first.log")
+    done = _kill_mid_stage(work, server, inputs, "signals", "signals/0*.parquet", tmp_path / "first.log")
     assert _stage_status(run, "ingest") == "done" and _stage_status(run, "signals") == "running"
     # what a kill in the middle of writing a shard leaves behind: a partial temp file
     pending = sorted(set(range(N_SHARDS)) - {int(p.stem) for p in run.glob("signals/0*.parquet")})
     (run / "signals" / f".{pending[0]:05d}.parquet.tmp").write_bytes(b"PAR1 partial")
 
     # 2: resumes signals from its finished shards, then killed in dedup
-    _kill_mid_stage(work, server, "dedup", "dedup/signatures/*.parquet", tmp_path / "second.log")
+    _kill_mid_stage(work, server, inputs, "dedup", "dedup/signatures/*.parquet", tmp_path / "second.log")
     second = (tmp_path / "second.log").read_text()
     assert "ingest: already done in an earlier attempt, skipping" in second
     assert f"signals: {done} of {N_SHARDS} shards already done, resuming" in second
     assert _stage_status(run, "signals") == "done" and _stage_status(run, "dedup") == "running"
 
     # 3: runs to the end
-    third = _gristmill(work, server)
+    third = _gristmill(work, server, inputs)
     assert "of 4 shards already done, resuming" in third.stderr
     record = json.loads((run / "run.json").read_text())
     assert record["status"] == "done"
@@ -171,11 +186,11 @@ def ray_cluster() -> Iterator[str]:
 
 
 def test_ray_executor_gives_identical_outputs(
-    baseline: Path, server: dict[str, str], ray_cluster: str, tmp_path: Path
+    baseline: Path, server: dict[str, str], inputs: list[str], ray_cluster: str, tmp_path: Path
 ) -> None:
     work = _workdir(tmp_path / "ray")
     ray = ["--set", "executor.kind=ray", "--set", f"executor.address={ray_cluster}"]
-    result = _gristmill(work, server, *ray)
+    result = _gristmill(work, server, inputs, *ray)
     assert f"Ray: connected to {ray_cluster}" in result.stderr
     assert "signals: 4 shards on Ray" in result.stderr
     _assert_identical(work / "runs" / "r", baseline)

@@ -18,7 +18,8 @@ if BEFORE or AFTER:
 
     def _slow_call(task, index):  # type: ignore[no-untyped-def]
         time.sleep(BEFORE)
-        _call(task, index)
+        counts = _call(task, index)
         time.sleep(AFTER)
+        return counts
 
     runner._call = _slow_call
