@@ -44,8 +44,7 @@ from pipelines.ablation import (
 from pipelines.config import RunConfig
 from pipelines.run import RunDir
 from pipelines.run.files import sha256_file, write_json
-from pipelines.run.layout import MANIFEST_NAME
-from pipelines.stages.token_shards import lineage
+from pipelines.stages.token_shards import MANIFEST_NAME, lineage
 from training.config import TrainConfig
 
 log = logging.getLogger("gristmill")
@@ -88,7 +87,8 @@ def ablate(run_uri: str, config: AblationConfig) -> dict[str, Any]:
     ablation/results.json and the report. Returns the results."""
     run = RunDir(run_uri).pull()
     if not run.manifest.exists() or not run.tokenizer_json.exists():
-        raise ValueError(f"{run_uri}: not a finished run (no tokens/_manifest.json): run `gristmill run`")
+        missing = run.manifest.relative_to(run.root)
+        raise ValueError(f"{run_uri}: not a finished run (no {missing}): run `gristmill run` first")
     stored = run.record.load().get("config") or {}
     recorded = RunConfig.model_validate({k: v for k, v in stored.items() if k in RunConfig.model_fields})
     policy = stored_policy(run)

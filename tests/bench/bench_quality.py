@@ -43,6 +43,8 @@ sys.path[:0] = [str(TESTS / "support"), str(TESTS / "bench"), str(REPO)]
 from real_corpus import CACHE, _make_sample  # noqa: E402
 from shared_data import SHARED_DATA  # noqa: E402
 
+from pipelines.run.layout import RunLayout  # noqa: E402
+
 VERSION = 1
 SEED = 1234
 BOOKS = 20
@@ -140,7 +142,7 @@ def run_benchmark(work: Path) -> dict[str, Any]:
     inputs, eval_file = corpus()
     run = Path(os.environ.get("GRISTMILL_BENCH_ABLATION_RUN") or work / "runs" / "quality")
     build_seconds = 0.0
-    if not (run / "tokens" / "manifest.json").exists():
+    if not RunLayout(run).manifest.exists():
         args = [
             "run", "--input", *map(str, inputs), "--output", str(run.parent), "--run-id", run.name,
             "--set", "tokenizer.vocab_size=8192", "--set", "tokenize.validation_fraction=0.05",

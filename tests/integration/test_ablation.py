@@ -14,6 +14,7 @@ from gristmill_cli import gristmill
 from stage_helpers import run_stages
 
 from pipelines.run import RunDir
+from pipelines.stages.token_shards import MANIFEST_NAME
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample"
@@ -75,7 +76,7 @@ def test_every_variant_and_seed_trains_on_exactly_the_same_number_of_tokens(abla
         # the epochs: windows trained on over the windows of the variant's stream
         assert v["epochs"] == pytest.approx(STEPS * BATCH / v["train_windows"])
         assert v["repeated"] == (v["epochs"] > 1)
-        manifest = json.loads((run.ablation / "variants" / v["slug"] / "_manifest.json").read_text())
+        manifest = json.loads((run.ablation / "variants" / v["slug"] / MANIFEST_NAME).read_text())
         assert manifest["splits"]["train"]["tokens"] == v["train_tokens"]
         assert (
             run.ablation / "variants" / v["slug"] / manifest["tokenizer"]["path"]
