@@ -106,7 +106,8 @@ class FinalCorpusSplits:
     `gristmill tokenize` writes. The corpus masks are read in the process that uses them."""
 
     def __init__(self, run: RunLayout, validation_fraction: float) -> None:
-        self.run, self.validation_fraction = run, validation_fraction
+        self.run = RunLayout(run.root)  # its paths only: a RunDir of an S3 run does not pickle
+        self.validation_fraction = validation_fraction
         self.key = {"corpus": "final", "validation_fraction": validation_fraction}
         self._corpus: FinalCorpus | None = None
 

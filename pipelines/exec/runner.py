@@ -120,7 +120,8 @@ def run_shards(name: str, task: ShardTask, n_shards: int, workers: int = 0) -> i
     Progress (shards done of N, documents/s, MB/s, ETA) goes to `pipelines.exec.progress`.
     """
     check_interrupt()
-    pending = [i for i in range(n_shards) if not task.output(i).exists()]
+    done = getattr(task, "is_done", None) or (lambda i: task.output(i).exists())
+    pending = [i for i in range(n_shards) if not done(i)]
     if len(pending) < n_shards:
         log.info("%s: %d of %d shards already done, resuming", name, n_shards - len(pending), n_shards)
     with progress.StageProgress(name, n_shards, n_shards - len(pending)) as tracker:

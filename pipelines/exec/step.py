@@ -36,7 +36,7 @@ class ShardStep:
         self._index = -1  # the shard being processed
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_layout": None, "_shards": None}
+        return {**self.__dict__, "_layout": None}  # the driver's shard list travels with the step
 
     @property
     def run(self) -> RunLayout:
@@ -53,6 +53,22 @@ class ShardStep:
     def output(self, index: int) -> Path:
         """The file shard `index` writes last: its completion marker."""
         raise NotImplementedError
+
+    # What an S3 run fetches for a shard (`pipelines.run.mirror.ShardUpload`): `plan_files()` first, then
+    # `reads(i)`, paths relative to the run (`a|b`: a if it exists, else b). A step without `reads`
+    # (None) gets its node's mirror brought up to date instead. `driver_reads`: the patterns of the
+    # outputs the stage's driver reads after the shards (None: the shard folders).
+    reads: Any = None
+    driver_reads: tuple[str, ...] | None = None
+
+    def plan_files(self) -> list[str]:
+        """Files every shard of the step reads (plans, the tokenizer), fetched before `reads(i)`."""
+        return []
+
+    def text_reads(self, index: int) -> list[str]:
+        """The shard's text as later stages read it (clean/, else documents/) and its signals."""
+        name = self.shard(index)
+        return [f"clean/{name}|documents/{name}", f"signals/{name}"]
 
     def process(self, index: int) -> dict[str, int]:
         """Write shard `index`'s files; return its counts."""

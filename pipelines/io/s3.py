@@ -238,6 +238,18 @@ def head(uri: S3Uri) -> dict[str, Any] | None:
     return _call(f"HEAD {uri}", call)
 
 
+def read_range(uri: S3Uri, start: int, stop: int) -> bytes:
+    """Bytes [start, stop) of an object (fewer at its end): one ranged GET."""
+    if stop <= start:
+        return b""
+
+    def call() -> bytes:
+        response = client().get_object(Bucket=uri.bucket, Key=uri.key, Range=f"bytes={start}-{stop - 1}")
+        return response["Body"].read()
+
+    return _call(f"GET {uri} bytes {start}-{stop - 1}", call)
+
+
 def exists(uri: S3Uri) -> bool:
     return head(uri) is not None
 

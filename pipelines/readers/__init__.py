@@ -138,6 +138,17 @@ def plan_splits(path: str, split_bytes: int, options: ReadOptions | None = None)
         return [WHOLE]  # read_file reports it
 
 
+def plan_splits_by_head(name: str, head: bytes, size: int, split_bytes: int) -> list[Split] | None:
+    """The splits of a file planned from its first HEAD bytes and its size alone (JSONL: no need to
+    fetch an object on S3 to plan it), or None when planning needs the whole file."""
+    fmt = format_of(name)
+    if fmt is not _JSONL:
+        return None
+    if sniff(head) != fmt.content or size <= split_bytes:
+        return [WHOLE]
+    return jsonl.splits(head, size, split_bytes)
+
+
 def read_file(
     path: str, source: str, options: ReadOptions | None = None, split: Split = WHOLE
 ) -> Generator[Document | Quarantined, None, int | None]:

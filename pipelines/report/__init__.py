@@ -14,7 +14,7 @@ from typing import Any
 from pipelines.corpus import signal_files
 from pipelines.quality.policy import load_policy
 from pipelines.report import build, compare, render
-from pipelines.report.data import load_run
+from pipelines.report.data import READS, load_run
 from pipelines.run import RunDir
 from pipelines.run.files import parquet_file, write_atomic, write_json
 
@@ -60,6 +60,8 @@ def write_whatif(run: RunDir, policy_path: str | Path, workers: int = 0) -> tupl
 def write_diff(run: RunDir, other: RunDir, workers: int = 0) -> tuple[dict[str, Any], list[Path]]:
     """Compare two runs; write report/diff-<other run>.{json,md,html} into this run: config and policy
     changes first, then the figures that changed and documents whose keep/drop flipped."""
+    for opened in (run, other):
+        opened.fetch(READS)
     this_report = _existing_or_built(run, workers)
     other_report = _existing_or_built(other, workers)
     diff = compare.run_comparison(this_report, other_report)

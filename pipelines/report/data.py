@@ -135,8 +135,17 @@ def document_bytes_and_groups(run: RunDir) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(sizes), np.concatenate(groups)
 
 
+# What a report reads of a run (an S3 run pulls these into its mirror first): never documents/.
+READS = (
+    "_shards.json", "_policy.yaml", "signals/*", "clean/*", "quarantine/*", "dedup/removed.parquet",
+    "dedup/clusters.parquet", "dedup/summary.json", "tokenizer/*", "tokens/_manifest.json", "report/*",
+    "report/_doc_tokens/*",
+)  # fmt: skip
+
+
 def load_run(run: RunDir, workers: int = 0) -> RunData:
     """Read what a report needs from a run directory."""
+    run.fetch(READS)
     has_signals = bool(signal_files(run))
     signals = read_signals(run) if has_signals else None
     sizes, groups = document_bytes_and_groups(run) if has_signals else (None, None)

@@ -25,8 +25,10 @@ class RunDir(RunLayout):
     """One run directory: its paths (RunLayout), `record` (run.json) and `remote` (None when local).
 
     `root` is always a local folder: the run itself, or an S3 run's mirror. `uri` is what the user named.
-    Opening a URI reads nothing remote: `pull()` does. A mirror folder remembers its remote, so
-    `RunDir(str(run.root))` (what stages hand to worker processes) is backed by S3 again.
+    Making a RunDir of a URI reads nothing remote; `pull()` (opening the run) lists it and brings run.json
+    up to date; `fetch(patterns)` pulls the files a stage's driver plans with; shard tasks fetch what
+    they read themselves (`mirror.ShardUpload`); `pull_all()` pulls everything. A mirror folder remembers
+    its remote, so `RunDir(str(run.root))` (what stages hand to worker processes) is backed by S3 again.
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -43,7 +45,20 @@ class RunDir(RunLayout):
         self.record = RunRecord(self.run_json, push)
 
     def pull(self) -> RunDir:
-        """Bring an S3 run's mirror up to date (nothing to do for a local run)."""
+        """Open an S3 run: list it and bring run.json up to date (nothing to do for a local run)."""
+        if self.remote is not None:
+            self.remote.open()
+        return self
+
+    def fetch(self, patterns: tuple[str, ...] | list[str]) -> RunDir:
+        """Pull the files of an S3 run matching `patterns` (`mirror.matches`: `folder/*`, `folder/**` or a
+        path), new or changed ones only."""
+        if self.remote is not None:
+            self.remote.pull_matching(patterns)
+        return self
+
+    def pull_all(self) -> RunDir:
+        """Bring the whole mirror of an S3 run up to date."""
         if self.remote is not None:
             self.remote.pull()
         return self

@@ -21,6 +21,7 @@ data folder reads as one Parquet dataset.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -120,8 +121,13 @@ class RunLayout:
                 (self.root / folder).mkdir(parents=True, exist_ok=True)
 
     def shards(self) -> list[str]:
-        """The names of the run's shards (`NNNNN.parquet` of documents/), in shard order."""
-        return sorted(p.name for p in self.documents.glob("[0-9]*.parquet"))
+        """The names of the run's shards (`NNNNN.parquet` of documents/), in shard order: those on disk and
+        those _shards.json lists (an S3 run's mirror holds only what was fetched)."""
+        names = {p.name for p in self.documents.glob("[0-9]*.parquet")}
+        if self.shards_plan.exists():
+            planned = len(json.loads(self.shards_plan.read_text()))
+            names.update(f"{shard_name(i)}.parquet" for i in range(planned))
+        return sorted(names)
 
     def stage_files(self, stage: str) -> list[Path]:
         """Every file a stage wrote (what a stage that starts afresh deletes first)."""

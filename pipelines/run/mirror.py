@@ -5,13 +5,17 @@ Stages read and write local files only. A run on `s3://bucket/prefix` is mirrore
 remote, so a mirror folder handed to a worker process is backed by S3 again; `.gristmill/state/` holds
 one small file per synced file (size, mtime, sha256, ETag): a file whose size or mtime differs from its
 state changed locally and is pushed; an object whose ETag differs changed remotely and is pulled (the
-remote wins on a pull). A shard task sent to another machine (a multi-node Ray cluster) brings that
-machine's mirror up to date first (`ShardUpload`).
+remote wins on a pull).
+
+The mirror is filled lazily: opening a run (`open`) brings run.json up to date and lists the run; a
+stage's driver pulls what it plans with (`pull_matching`); each shard task fetches just the objects it
+reads (`ShardUpload`, `fetch`), on whatever machine it runs.
 """
 
 from __future__ import annotations
 
 import copy
+import fnmatch
 import json
 import logging
 import os
@@ -171,6 +175,45 @@ class RemoteRun:
             log.info("pulled %d files of %s into %s", len(todo), where, self.root)
         return len(todo)
 
+    def open(self) -> None:
+        """What opening a run reads: one listing of the run and run.json."""
+        self.pull(wanted=lambda rel: rel == "run.json")
+
+    def pull_matching(self, patterns: tuple[str, ...] | list[str]) -> int:
+        """Pull the files matching any of `patterns` (`matches`), listing only their folders; a pattern
+        without a wildcard (a run's metadata file, such as `_shards.json`) is fetched by name."""
+        exact = [p for p in patterns if "*" not in p]
+        globbed = [p for p in patterns if "*" in p]
+        fetched = self.fetch(exact) if exact else 0
+        if not globbed:
+            return fetched
+        folders = tuple(sorted({posix_dirname(p.split("*")[0]) for p in globbed}))
+        if "" in folders:
+            folders = ()
+        return fetched + self.pull(folders or None, lambda rel: any(matches(rel, p) for p in globbed))
+
+    def fetch(self, rels: list[str]) -> int:
+        """Download files of the run unless the mirror holds the object's current version (one HEAD
+        each); an entry `a|b` is the first of a and b that exists on S3, and an entry that exists
+        nowhere is skipped. Returns the number downloaded."""
+        fetched = 0
+        with self._pull_lock():
+            for entry in rels:
+                for rel in entry.split("|"):
+                    info = s3.head(self.uri.join(rel))
+                    if info is None:
+                        continue
+                    state, path = self._state(rel), self.root / rel
+                    if (
+                        state is None
+                        or state.get("etag") != str(info.get("ETag", "")).strip('"')
+                        or not path.exists()
+                    ):
+                        self._record(rel, path, s3.download(self.uri.join(rel), path))
+                        fetched += 1
+                    break
+        return fetched
+
     def pull_once(self, key: str, wanted: Callable[[str], bool] | None = None) -> int:
         """pull(wanted=...) unless a pull with this key already completed on this mirror (the shard
         tasks of one stage on one machine: the first pulls, the others wait for it, then skip)."""
@@ -257,21 +300,20 @@ class RemoteRun:
 
 
 class ShardUpload:
-    """A picklable executor task wrapping a stage's shard task for an S3 run: runs the shard, then
-    uploads its output (companion files first, the completion marker last).
+    """A picklable executor task wrapping a stage's shard task for an S3 run: fetches what the shard
+    reads, runs the shard, then uploads its output (companion files first, the completion marker last).
 
-    `output(i)` is the wrapped task's local marker: the mirror was pulled when the run was opened, so a
-    shard whose output object exists on S3 exists locally too and is skipped; a shard written locally but
-    not yet uploaded (a crash in between) is skipped as well and pushed by the stage's final sync.
+    A shard is done (`is_done`) when its marker exists locally or was listed on S3 when the wrapper was
+    made; a shard written locally but not yet uploaded (a crash in between) is skipped as well and pushed
+    by the stage's final sync.
 
-    Other machines (a multi-node Ray cluster): the wrapper carries the run's URI and the driver's
-    `node_id()`. On another node, before its shard, it brings that node's mirror up to date with one
-    incremental pull per stage and node (`RemoteRun.pull_once`: new or changed objects only, by ETag;
-    neither later stages' folders nor this stage's shard outputs) and, when that node's mirror is
-    elsewhere (another `$GRISTMILL_CACHE_DIR`), points the task's `run_root` at it. On the driver's node
-    nothing is pulled. After the shards the executor calls `finish()` on the driver, which pulls the
-    outputs the shards uploaded from other nodes (a listing of the shard folders when every shard ran on
-    the driver's node).
+    Reads: a step that declares them (`plan_files()`, then `reads(i)`: paths relative to the run) gets
+    exactly those objects fetched before its shard, on any machine. A step that does not, on a node other
+    than the driver's, gets that node's mirror brought up to date with one incremental pull per stage and
+    node (`RemoteRun.pull_once`: neither later stages' folders nor this stage's shard outputs). On another
+    node whose mirror is elsewhere (another `$GRISTMILL_CACHE_DIR`) the task's `run_root` points at that
+    mirror. After the shards the executor calls `finish()` on the driver, which pulls the outputs the
+    driver reads (the step's `driver_reads` patterns; by default the shard folders).
     """
 
     def __init__(self, task: Any, mirror_root: str, uri: str) -> None:
@@ -281,14 +323,30 @@ class ShardUpload:
         self.node = node_id()
         self.pull_key = uuid.uuid4().hex  # this stage's shards: each other node pulls once for all of them
         self.folders = _shard_folders(task, Path(mirror_root))
+        self.uploaded = _listed(uri, self.folders[0]) if self.folders else set()
 
     def output(self, index: int) -> Path:
         return Path(self.task.output(index))
 
+    def is_done(self, index: int) -> bool:
+        marker = self.output(index)
+        return marker.exists() or marker.relative_to(self.mirror_root).as_posix() in self.uploaded
+
     def __call__(self, index: int) -> object:
         task, root = self.task, Path(self.mirror_root)
-        if node_id() != self.node:
+        elsewhere = node_id() != self.node
+        if elsewhere:
             task, root = self._on_this_node()
+        remote = RemoteRun.of_mirror(root)
+        if remote is not None:
+            wanted = None
+            if callable(getattr(task, "reads", None)):
+                remote.fetch(list(task.plan_files()))
+                wanted = task.reads(index)
+            if wanted is not None:
+                remote.fetch(list(wanted))
+            elif elsewhere:
+                remote.pull_once(self.pull_key, self._reads)
         result = task(index)
         remote = RemoteRun.of_mirror(root)
         if remote is not None:
@@ -296,16 +354,20 @@ class ShardUpload:
         return result
 
     def finish(self) -> None:
-        """On the driver, after the shards: pull the shard outputs uploaded from other nodes."""
+        """On the driver, after the shards: pull the shard outputs the driver reads (uploaded from other
+        nodes, or by an earlier attempt)."""
         remote = RemoteRun.of_mirror(Path(self.mirror_root))
-        if remote is not None:
+        if remote is None:
+            return
+        patterns = getattr(self.task, "driver_reads", None)
+        if patterns is None:
             remote.pull(self.folders or None)
+        else:
+            remote.pull_matching(patterns)
 
     def _on_this_node(self) -> tuple[Any, Path]:
-        """On a node other than the driver's: the task pointed at this node's mirror, brought up to date
-        with what the stage's shards read."""
+        """On a node other than the driver's: the task pointed at this node's mirror."""
         remote = RemoteRun(self.uri)
-        remote.pull_once(self.pull_key, self._reads)
         RunLayout(remote.root).create()  # the folders the driver made (S3 keeps no empty folder)
         for folder in self.folders or ():
             (remote.root / folder).mkdir(parents=True, exist_ok=True)
@@ -334,6 +396,26 @@ class ShardUpload:
             return True
         later = [f for s in STAGES[STAGES.index(stage) + 1 :] for f in STAGE_FOLDERS[s]]
         return not rel.startswith(tuple(f"{f}/" for f in later))
+
+
+def matches(rel: str, pattern: str) -> bool:
+    """Whether a run path matches a pattern: `folder/*` is every file directly in the folder (a glob on
+    names), `folder/**` everything under it, anything else the path itself."""
+    if pattern.endswith("/**"):
+        return rel.startswith(pattern[:-2])
+    folder, _, name = pattern.rpartition("/")
+    rel_folder, _, rel_name = rel.rpartition("/")
+    return folder == rel_folder and fnmatch.fnmatchcase(rel_name, name)
+
+
+def posix_dirname(path: str) -> str:
+    return path.rpartition("/")[0]
+
+
+def _listed(uri: str, folder: str) -> set[str]:
+    """The run paths of the objects in one folder of a run on S3."""
+    run = s3.S3Uri.parse(uri.rstrip("/"))
+    return {o.key[len(run.prefix) :] for o in s3.list_objects(run.join(folder.strip("/") + "/"))}
 
 
 def _shard_folders(task: Any, root: Path) -> tuple[str, ...] | None:

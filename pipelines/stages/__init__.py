@@ -19,6 +19,7 @@ from typing import Any
 from pipelines.config import RunConfig
 from pipelines.exec import progress, runner
 from pipelines.run import RunDir
+from pipelines.run.layout import STAGE_FOLDERS
 from pipelines.stages import dedup, ingest, report, signals, token_shards, tokenizer_training
 
 log = logging.getLogger("gristmill")
@@ -30,15 +31,19 @@ class Stage:
     run: Callable[[RunDir, RunConfig, bool], dict[str, Any]]
     fresh_start: bool = True  # delete the stage's files before a run that is not a resume
     skip_when_done: bool = True  # with skip_done, a stage recorded as done is not run again
+    reads: tuple[str, ...] = ()  # what its driver plans with (`mirror.matches` patterns), pulled first
 
 
+SHARDS = "_shards.json"
+CORPUS = (SHARDS, "clean/*", "signals/*", "dedup/removed.parquet")  # the final corpus (corpus.FinalCorpus)
 STAGES = (
-    Stage("ingest", ingest.run),
-    Stage("signals", signals.run),
-    Stage("dedup", dedup.run),
-    Stage("tokenizer", tokenizer_training.run),
-    Stage("tokenize", token_shards.run),
+    Stage("ingest", ingest.run, reads=("_inputs.json", "_splits.json", SHARDS, "documents/_parts/*.json")),
+    Stage("signals", signals.run, reads=(SHARDS, "signals/*")),
+    Stage("dedup", dedup.run, reads=(SHARDS, "dedup/signatures/*", "dedup/bands/*")),
+    Stage("tokenizer", tokenizer_training.run, reads=CORPUS),
+    Stage("tokenize", token_shards.run, reads=(*CORPUS, "tokenizer/*", "tokens/*")),
     # the report always reflects the run as it is now; it keeps what-if pages and its token-count cache
+    # (it pulls what it reads itself, `pipelines.report.READS`, so that `gristmill report` does too)
     Stage("report", report.run, fresh_start=False, skip_when_done=False),
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
@@ -70,7 +75,11 @@ def run_stage(run: RunDir, name: str, config: RunConfig, skip_done: bool = False
     if stage.fresh_start and not resume:
         for path in run.stage_files(name):
             path.unlink()
+        if run.remote is not None:  # also what the mirror never fetched
+            for folder in STAGE_FOLDERS[name]:
+                run.remote.delete_prefix(folder)
     with run.stage(name) as summary, progress.listening(_shard_counts(run, name)):
+        run.fetch(stage.reads)
         summary.update(stage.run(run, config, resume))
     return summary
 

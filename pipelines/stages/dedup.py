@@ -101,6 +101,9 @@ class SignatureStep(ShardStep):
     def output(self, index: int) -> Path:
         return self.run.signatures / self.shard(index)
 
+    def reads(self, index: int) -> list[str]:
+        return self.text_reads(index)
+
     def process(self, index: int) -> dict[str, int]:
         cfg, name = self.config, self.shard(index)
         bands, rows = cfg.lsh()

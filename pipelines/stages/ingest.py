@@ -35,11 +35,23 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.config import RunConfig
+from pipelines.errors import UserError
 from pipelines.exec.runner import default_workers, run_shards
 from pipelines.exec.step import ShardStep
+from pipelines.io import s3
 from pipelines.io.fingerprint import changes, fingerprints
 from pipelines.io.inputs import expand_inputs, local_input
-from pipelines.readers import Document, Quarantined, ReadOptions, Split, format_of, plan_splits, read_file
+from pipelines.readers import (
+    Document,
+    Quarantined,
+    ReadOptions,
+    Split,
+    format_of,
+    plan_splits,
+    plan_splits_by_head,
+    read_file,
+)
+from pipelines.readers.base import HEAD
 from pipelines.run import RunDir
 from pipelines.run.files import atomic_path, parquet_file, parquet_writer, write_json
 from pipelines.run.layout import shard_name
@@ -130,7 +142,7 @@ def _stop_if_changed(run: RunDir, files: list[tuple[str, str]]) -> None:
         return
     if found := changes(recorded, fingerprints(files)):
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
-        raise ValueError(
+        raise UserError(
             f"input {found[0]}{more} since run {run.root.name} read it: start a new run with another "
             "--run-id, or rerun with --force-restart to discard this run's results"
         )
@@ -153,16 +165,35 @@ def plan_splits_of(run: RunDir, config: RunConfig, inputs: list[dict[str, Any]])
             raise ValueError(f"{run.root} was started with other ingest settings; use a new run id or output")
         return plan
     splittable = [i for i, entry in enumerate(inputs) if _may_split(entry["path"])]
-    sizes = [os.path.getsize(local_input(inputs[i]["path"])) for i in splittable]
-    size = split_bytes(config, sizes)
+    sizes = {i: _size(inputs[i]["path"]) for i in splittable}
+    size = split_bytes(config, list(sizes.values()))
     splits = []
     for i, entry in enumerate(inputs):
-        options = _options(config, entry)
-        parts = plan_splits(local_input(entry["path"]), size, options) if i in splittable else [Split()]
+        parts = (
+            _splits_of(entry["path"], sizes[i], size, _options(config, entry)) if i in sizes else [Split()]
+        )
         splits += [{"input": i, "start": s.start, "stop": s.stop} for s in parts]
     plan = {**settings, "split_bytes": size, "splits": splits}
     write_json(run.splits, plan)
     return plan
+
+
+def _size(path: str) -> int:
+    if not s3.is_s3(path):
+        return os.path.getsize(path)
+    info = s3.head(s3.S3Uri.parse(path))
+    return int(info["ContentLength"]) if info else 0
+
+
+def _splits_of(path: str, size: int, split_bytes: int, options: ReadOptions) -> list[Split]:
+    """The splits of one input; an S3 object is downloaded for planning only when its first bytes are not
+    enough (WARC walk, Parquet footer)."""
+    if s3.is_s3(path):
+        head = s3.read_range(s3.S3Uri.parse(path), 0, HEAD)
+        planned = plan_splits_by_head(path, head, size, split_bytes)
+        if planned is not None:
+            return planned
+    return plan_splits(local_input(path), split_bytes, options)
 
 
 def _may_split(path: str) -> bool:

@@ -79,6 +79,7 @@ class SignalsStep(ShardStep):
     """Clean, score and keep/drop the documents of one documents/ shard."""
 
     label = "signals"
+    driver_reads = ("signals/*",)  # the keep counts of the summary; not clean/
 
     def __init__(self, run_root: str, settings: SignalsConfig) -> None:
         super().__init__(run_root)
@@ -86,6 +87,9 @@ class SignalsStep(ShardStep):
 
     def output(self, index: int) -> Path:
         return self.run.signals / self.shard(index)
+
+    def reads(self, index: int) -> list[str]:
+        return [f"documents/{self.shard(index)}"]
 
     def process(self, index: int) -> dict[str, int]:
         name, settings = self.shard(index), self.settings

@@ -165,6 +165,10 @@ class TokenizeStep(ShardStep):
         selection: Selection | None = None,
     ) -> None:
         super().__init__(run_root)
+        if folder is not None and Path(folder).is_relative_to(run_root):  # so it moves with run_root
+            folder = Path(folder).relative_to(run_root).as_posix()
+        if isinstance(selection, FinalCorpusSplits):  # made again from run_root where the shard runs
+            selection = None
         self.config, self.folder, self.selection = config, folder, selection
         self._plan: list[dict[str, Any]] | None = None
 
@@ -173,7 +177,7 @@ class TokenizeStep(ShardStep):
 
     @property
     def out(self) -> Path:
-        return Path(self.folder) if self.folder else self.run.tokens
+        return self.run.root / self.folder if self.folder else self.run.tokens
 
     def plan(self) -> list[dict[str, Any]]:
         if self._plan is None:
@@ -182,6 +186,20 @@ class TokenizeStep(ShardStep):
 
     def output(self, index: int) -> Path:
         return self.out / token_shard_file(self.plan()[index])
+
+    def plan_files(self) -> list[str]:
+        files = ["tokenizer/tokenizer.json", "dedup/removed.parquet"]
+        if self.out.is_relative_to(self.run.root):
+            files.append((self.out / PLAN_NAME).relative_to(self.run.root).as_posix())
+        return files
+
+    def reads(self, index: int) -> list[str] | None:
+        """The final corpus's text and signals of the shard's segments (None for another selection:
+        the node's mirror is brought up to date instead)."""
+        if self.selection is not None:
+            return None
+        names = dict.fromkeys(name for name, _, _ in self.plan()[index]["segments"])
+        return [path for name in names for path in (f"clean/{name}|documents/{name}", f"signals/{name}")]
 
     def process(self, index: int) -> dict[str, int]:
         run, config, shard = self.run, self.config, self.plan()[index]

@@ -156,7 +156,7 @@ def test_s3_inputs_are_named_like_local_folders(s3_env: str, tmp_path: Path) -> 
     assert [source for _, source in remote] == local == ["crawl/a/y.txt", "crawl/a/z.jsonl", "crawl/b.jsonl"]
     assert remote[0][0] == f"s3://{BUCKET}/inputs/listing/crawl/a/y.txt"
     assert list_inputs([f"s3://{BUCKET}/inputs/listing/crawl/b.jsonl"]) == [
-        (f"s3://{BUCKET}/inputs/listing/crawl/b.jsonl", "b.jsonl")
+        (f"s3://{BUCKET}/inputs/listing/crawl/b.jsonl", "crawl/b.jsonl")
     ]
     with pytest.raises(ValueError, match="does not exist"):
         list_inputs([f"s3://{BUCKET}/inputs/listing/nothing/"])
@@ -201,22 +201,24 @@ def test_crash_mid_stage_keeps_finished_shards_and_resumes_elsewhere(
     run.start("crash", {}, inputs)
     with pytest.raises(RuntimeError, match="1 of 3 shards failed"):
         run_stages(run, "ingest", inputs=inputs, workers=1)
-    remote = _objects(s3_env, "runs/crash/")
-    assert {"documents/00000.parquet", "quarantine/00000.jsonl", "documents/00002.parquet"} <= set(remote)
-    assert "documents/00001.parquet" not in remote
+    remote = _objects(s3_env, "runs/crash/")  # the splits read so far: their parts, each marker last
+    parts = [f"documents/_parts/{stem}.{ext}" for stem in ("00000", "00002") for ext in ("json", "parquet")]
+    assert set(parts) <= set(remote) and "documents/_parts/00001.json" not in remote
     assert json.loads(_get(s3_env, "runs/crash/run.json"))["stages"]["ingest"]["status"] == "failed"
 
     monkeypatch.setattr(ingest, "local_input", real_input)
     monkeypatch.setenv("GRISTMILL_CACHE_DIR", str(tmp_path / "other-machine"))
     ran: list[int] = []
-    real_process = ingest.IngestStep.process
-    monkeypatch.setattr(ingest.IngestStep, "process", lambda self, i: ran.append(i) or real_process(self, i))
+    real_process = ingest.SplitStep.process
+    monkeypatch.setattr(ingest.SplitStep, "process", lambda self, i: ran.append(i) or real_process(self, i))
     again = RunDir(f"s3://{BUCKET}/runs/crash").pull()
     assert again.root != run.root and again.record.stage_status("ingest") == "failed"
     summary = run_stages(again, "ingest", inputs=inputs, workers=1)
     assert ran == [1] and summary["documents"] == 3
     assert json.loads(_get(s3_env, "runs/crash/run.json"))["stages"]["ingest"]["status"] == "done"
-    assert "documents/00001.parquet" in _objects(s3_env, "runs/crash/")
+    remote = _objects(s3_env, "runs/crash/")
+    assert {f"documents/0000{i}.parquet" for i in range(3)} <= set(remote)
+    assert not any(rel.startswith("documents/_parts/") for rel in remote)  # deleted once the shards exist
 
 
 # ------------------------------------------------------------------------------------------ corpus build
@@ -355,10 +357,12 @@ def test_s3_run_equals_local_run(e2e: dict[str, Any], s3_server: str) -> None:
 
 
 def test_s3_run_resumes_on_a_new_machine(e2e: dict[str, Any], s3_env: str, tmp_path: Path) -> None:
-    """Opening the run with an empty cache pulls it; every stage is done, every file is there."""
+    """Opening the run with an empty cache reads run.json; pulling it all brings every file."""
     from pipelines.run import RunDir
 
     run = RunDir(f"s3://{BUCKET}/runs/e2e").pull()
+    assert {p.relative_to(run.root).as_posix() for p in storage.iter_files(run.root)} == {"run.json"}
+    run.pull_all()
     assert run.root.is_relative_to(tmp_path / "cache")
     assert run.record.load()["status"] == "done"
     local = {p.relative_to(run.root).as_posix() for p in storage.iter_files(run.root)}

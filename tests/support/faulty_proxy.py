@@ -10,7 +10,8 @@ one of (in turn, so that every kind occurs):
   with the full Content-Length, half of the body, and the connection closed (no response at all when
   the body is empty, as for a PUT or a HEAD).
 
-``counts`` records every kind injected and the requests seen. Optionally ``corrupt_puts`` requests
+``counts`` records every kind injected and the requests seen; ``seen`` every request as (method,
+path). Optionally ``corrupt_puts`` requests
 that upload data get one body byte flipped on the way, with their ``x-amz-checksum-sha256`` header
 recomputed to match, so the server stores different bytes under a consistent checksum (what an upload
 checker must catch by comparing with the local file).
@@ -55,6 +56,7 @@ class FaultyProxy:
         self.kinds = kinds
         self.corrupt_puts = corrupt_puts
         self.counts: Counter[str] = Counter()
+        self.seen: list[tuple[str, str]] = []
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -120,6 +122,8 @@ class FaultyProxy:
 
             def _handle(self) -> None:
                 body = self._body()
+                with proxy._lock:
+                    proxy.seen.append((self.command, self.path))
                 kind = proxy._decide(self.command, bool(body))
                 if kind == "drop":
                     self._close()

@@ -28,7 +28,7 @@ def test_stage_writes_aligned_clean_text_and_signals(tmp_path: Path) -> None:
         cleaned = pq.read_table(run.clean / shard.name)
         signals = pq.read_table(run.signals / shard.name)
         assert documents.column("id") == cleaned.column("id") == signals.column("id")
-        assert set(SIGNALS) | {"id", "keep", "reasons"} == set(signals.column_names)
+        assert set(SIGNALS) | {"id", "source_id", "metadata", "keep", "reasons"} == set(signals.column_names)
         assert text_path(run, shard.name) == run.clean / shard.name
         lengths = signals.column("clean_chars").to_pylist()
         assert lengths == [len(t) for t in cleaned.column("text").to_pylist()]
