@@ -16,7 +16,7 @@ tools:
 demo: setup
 	rm -rf runs/demo
 	$(BIN)/gristmill run configs/demo.yaml
-	$(BIN)/gristmill train configs/demo.yaml --data runs/demo/tokens/manifest.json --output runs/demo/model
+	$(BIN)/gristmill train configs/demo.yaml --data runs/demo/tokens/_manifest.json --output runs/demo/model
 	$(BIN)/gristmill generate --checkpoint runs/demo/model --prompt "The old house" --max-new-tokens 80 --seed 0
 
 ## The test suite (what .ci/run calls).

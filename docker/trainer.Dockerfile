@@ -6,7 +6,7 @@
 #   docker build -f docker/trainer.Dockerfile -t gristmill-trainer:0.1.0 .
 # Run (one node, every GPU):
 #   docker run --gpus all gristmill-trainer:0.1.0 --standalone --nproc_per_node=gpu \
-#     -m training.train --data s3://BUCKET/runs/RUN/tokens/manifest.json --output s3://BUCKET/checkpoints/NAME ...
+#     -m training.train --data s3://BUCKET/runs/RUN/tokens/_manifest.json --output s3://BUCKET/checkpoints/NAME ...
 #
 # torch 2.13.0 from PyPI is the CUDA 13.0 build: its nvidia-* wheels carry cuBLAS, cuDNN and NCCL, so the
 # base is the small `base` flavour of the CUDA 13.0 image (CUDA runtime and the driver-compat settings the

@@ -152,7 +152,7 @@ def _publish_outputs(run: RunDir, run_id: str) -> None:
     create_markdown_artifact(
         "\n".join(lines), key=f"{key}-outputs", description=f"where the outputs of run {run_id} are"
     )
-    for name, rel in (("report-html", "report/report.html"), ("manifest", "tokens/manifest.json")):
+    for name, rel in (("report-html", "report/report.html"), ("manifest", "tokens/_manifest.json")):
         path, where = run.root / rel, _location(run, rel)
         create_link_artifact(
             link=path.as_uri() if run.remote is None and path.is_absolute() else where,

@@ -158,7 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         report = build_in_process(cfg, run_id)
     print("\n".join(summary_lines(report)))
     print(f"  run directory: {root}\n  report: {root}/report/report.html")
-    print(f"  shards: {root}/tokens/manifest.json")
+    print(f"  shards: {root}/tokens/_manifest.json")
     return 0
 
 
@@ -316,6 +316,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     from training.export import run
 
     return run(args)
+
+
+def cmd_export_text(args: argparse.Namespace) -> int:
+    from pipelines.export import export_text
+    from pipelines.run import RunDir
+
+    summary = export_text(RunDir(args.run).pull(), Path(args.output), args.format)
+    counts = ", ".join(f"{n:,} {split}" for split, n in summary["documents"].items()) or "no"
+    print(f"export-text: {counts} documents -> {args.output}/data/*.{args.format} (card: {args.output}/README.md)")
+    return 0
 
 
 def cmd_export_text(args: argparse.Namespace) -> int:

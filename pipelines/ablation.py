@@ -112,7 +112,7 @@ def rule_group(name: str, policy: Policy) -> frozenset[str]:
 
 
 def stored_policy(run: RunLayout) -> Policy | None:
-    """The policy the run's signals stage applied (signals/_policy.yaml), its rules free to name any
+    """The policy the run's signals stage applied (_policy.yaml), its rules free to name any
     stored signal column (plugins' too); None when the run has none."""
     files = signal_files(run)
     if not run.policy.exists() or not files:
@@ -135,7 +135,7 @@ def variant(name: str, policy: Policy | None) -> Variant:
         return Variant(name, "the final corpus, text without C4 line cleaning", cleaned=False)
     if name.startswith("-") and len(name) > 1:
         if policy is None:
-            raise ValueError(f"variant {name}: the run has no policy (signals/_policy.yaml)")
+            raise ValueError(f"variant {name}: the run has no policy (_policy.yaml)")
         readmit = rule_group(name[1:], policy)
         description = f"the final corpus plus documents dropped only by {', '.join(sorted(readmit))}"
         return Variant(name, description, readmit=readmit)

@@ -37,7 +37,7 @@ class TrainConfig:
     __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}
 
     data: list[str] = field(default_factory=list, metadata={
-        "help": "tokens/manifest.json of runs (local or s3://); several are mixed by weight",
+        "help": "tokens/_manifest.json of runs (local or s3://); several are mixed by weight",
         "required": True, "metavar": "MANIFEST"})  # fmt: skip
     data_weights: list[float | str] | None = field(default=None, metadata={
         "help": "training-token share per manifest: a number or a fraction like 1/3 (default: their "

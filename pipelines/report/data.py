@@ -96,7 +96,7 @@ def count_document_tokens(run: RunDir, workers: int = 0) -> np.ndarray | None:
         "tokenizer_sha256": sha256_file(run.tokenizer_json),
         "text": [text_path(run, name).parent.name for name in shards],
     }
-    key_file = cache / "_key.json"
+    key_file = run.doc_tokens_key
     if not key_file.exists() or json.loads(key_file.read_text()) != key:  # another tokenizer or text
         shutil.rmtree(cache, ignore_errors=True)
         cache.mkdir(parents=True)

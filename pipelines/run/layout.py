@@ -2,21 +2,26 @@
 
 ```
 <run>/run.json                      pipelines.run.record
-      documents/ NNNNN.parquet      stages.ingest     (+ _inputs.json, _splits.json, _shards.json: shard ->
-                                                     input file and block; _parts/ while it runs)
+      _inputs.json _splits.json _shards.json        stages.ingest (shard -> input file and block)
+      _policy.yaml                  stages.signals    (the policy that produced `keep`)
+      documents/ NNNNN.parquet      stages.ingest     (+ _parts/ while it runs)
       quarantine/ NNNNN.jsonl       stages.ingest
       clean/ NNNNN.parquet          stages.signals    (C4 line cleaning: the text later stages read)
-      signals/ NNNNN.parquet        stages.signals    (+ _policy.yaml)
+      signals/ NNNNN.parquet        stages.signals
       dedup/ signatures/ bands/     stages.dedup      (per shard)
              removed.parquet clusters.parquet summary.json   pipelines.dedup.cluster
       tokenizer/                    stages.tokenizer_training
-      tokens/ <split>-NNNNN.parquet stages.token_shards (+ _plan.json, manifest.json written last)
+      tokens/ <split>-NNNNN.parquet stages.token_shards (+ _plan.json, _manifest.json written last)
       report/                       stages.report     (+ _doc_tokens/: token counts per shard)
       ablation/ variants/ eval/ metrics/ results.json   flows.ablate (`gristmill ablate`, not a stage)
 ```
 Shard `i` of every per-shard stage is documents shard `i` (records of one input file, `ingest.shard_mb` of
-it at most); its files are named `shard_name(i)`. Files that are not data start with `_` so that each
-data folder reads as one Parquet dataset.
+it at most); its files are named `shard_name(i)`.
+
+Every data folder (documents/, clean/, signals/, dedup/signatures/, dedup/bands/, tokens/) reads as one
+dataset with `pyarrow.dataset` and `datasets.load_dataset("parquet", data_dir=...)`: it holds data files
+only, or metadata files whose names start with `_` (which pyarrow skips) beside shards named after their
+split (which `datasets` then reads alone, as in tokens/). A run's own metadata lives at its root.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ STAGE_OUTPUTS = {
     "signals": ("signals/", "clean/"),
     "dedup": ("dedup/removed.parquet", "dedup/clusters.parquet", "dedup/summary.json"),
     "tokenizer": ("tokenizer/tokenizer.json",),
-    "tokenize": ("tokens/manifest.json",),
+    "tokenize": ("tokens/_manifest.json",),
     "report": ("report/report.html", "report/report.md", "report/report.json"),
 }
 # Files a shard writes next to its completion marker (same stem), by the marker's folder.
@@ -55,7 +60,10 @@ SHARD_COMPANIONS = {
 }
 # Files that say "this stage's outputs are complete": written (and uploaded) after every data file.
 COMMIT_NAMES = ("manifest.json", "summary.json")
-STAGE_COMMIT_FILES = {"tokenize": ("tokens/manifest.json",)}
+MANIFEST_NAME = "_manifest.json"  # the token-shard manifest, in the shards' folder (docs/shard-format.md)
+STAGE_COMMIT_FILES = {"tokenize": (f"tokens/{MANIFEST_NAME}",)}
+# Files at the run's root each stage writes (deleted with its folders when the stage starts afresh).
+STAGE_FILES = {"ingest": ("_inputs.json", "_splits.json", "_shards.json"), "signals": ("_policy.yaml",)}
 # Regenerable intermediate data (tagged for the bucket's lifecycle rule, infra/terraform/s3.tf).
 INTERMEDIATE_PREFIXES = ("documents/", "clean/", "dedup/signatures/", "dedup/bands/")
 
@@ -89,14 +97,14 @@ class RunLayout:
         self.root = root
         self.run_json = root / "run.json"
         self.documents = root / "documents"
-        self.inputs = self.documents / "_inputs.json"
-        self.splits = self.documents / "_splits.json"
+        self.inputs = root / "_inputs.json"
+        self.splits = root / "_splits.json"
         self.parts = self.documents / "_parts"
-        self.shards_plan = self.documents / "_shards.json"
+        self.shards_plan = root / "_shards.json"
         self.quarantine = root / "quarantine"
         self.clean = root / "clean"
         self.signals = root / "signals"
-        self.policy = self.signals / "_policy.yaml"
+        self.policy = root / "_policy.yaml"
         self.dedup = root / "dedup"
         self.signatures = self.dedup / "signatures"
         self.bands = self.dedup / "bands"
@@ -108,9 +116,10 @@ class RunLayout:
         self.tokenizer_meta = self.tokenizer / "tokenizer.meta.json"
         self.tokens = root / "tokens"
         self.token_plan = self.tokens / "_plan.json"
-        self.manifest = self.tokens / "manifest.json"
+        self.manifest = self.tokens / MANIFEST_NAME
         self.report = root / "report"
         self.doc_tokens = self.report / "_doc_tokens"
+        self.doc_tokens_key = self.report / "_doc_tokens.json"  # what the cached counts were made with
         self.ablation = root / "ablation"
         self.ablation_results = self.ablation / "results.json"
 
@@ -136,4 +145,4 @@ class RunLayout:
             for folder in STAGE_FOLDERS[stage]
             for path in sorted((self.root / folder).rglob("*"))
             if path.is_file()
-        ]
+        ] + [path for name in STAGE_FILES.get(stage, ()) if (path := self.root / name).is_file()]

@@ -31,6 +31,7 @@ from pipelines.run.files import locked, write_atomic, write_json
 from pipelines.run.layout import (
     INTERMEDIATE_PREFIXES,
     SHARD_COMPANIONS,
+    STAGE_COMMIT_FILES,
     STAGE_FOLDERS,
     STAGES,
     RunLayout,
@@ -238,7 +239,7 @@ class RemoteRun:
             self._upload(self.rel(path), path)
 
     def _upload(self, rel: str, path: Path) -> None:
-        if rel == "tokens/manifest.json":
+        if rel in STAGE_COMMIT_FILES["tokenize"]:
             self._check_manifest_shards(path)
         tags = RETENTION_TAG if rel.startswith(INTERMEDIATE_PREFIXES) and not is_commit_file(rel) else None
         info = s3.upload(path, self.uri.join(rel), tags)
@@ -257,9 +258,8 @@ class RemoteRun:
                     or int(info["ContentLength"]) != shard["bytes"]
                     or meta.get(s3.SHA256_METADATA) != shard["sha256"]
                 ):
-                    raise s3.StorageError(
-                        f"not publishing tokens/manifest.json: {uri} is missing or differs from the manifest"
-                    )
+                    where = self.rel(manifest_path)
+                    raise s3.StorageError(f"not publishing {where}: {uri} is missing or differs from it")
 
     def delete_prefix(self, rel: str) -> None:
         """Delete every object under a folder of the run (and the mirror's state of them)."""

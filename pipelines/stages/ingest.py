@@ -2,14 +2,14 @@
 
 Two passes of parallel tasks:
 
-1. **Splits** (`SplitStep`). The input files (documents/_inputs.json) are cut into splits
+1. **Splits** (`SplitStep`). The input files (_inputs.json) are cut into splits
    (`readers.plan_splits`: byte ranges of uncompressed JSONL and WARC/WET, runs of Parquet row groups,
-   other files whole; pinned in documents/_splits.json). Split k is read into documents/_parts/:
+   other files whole; pinned in _splits.json). Split k is read into documents/_parts/:
    NNNNN.parquet (its documents, positions counted from the split's start), NNNNN.quarantine.jsonl, and
    last NNNNN.json (positions read, rows per shard block, counts: the completion marker).
 2. **Shards** (`ShardStep`). The records of input file f whose byte offset (in the decompressed file;
    a Parquet row group's offset) falls in block b = offset // shard_mb form documents shard (f, b),
-   numbered in input order (documents/_shards.json). Each shard is written from the parts that hold its
+   numbered in input order (_shards.json). Each shard is written from the parts that hold its
    records, positions made absolute (those of the file's earlier splits added), as
    documents/NNNNN.parquet (id, source, source_id, url, metadata, text) and quarantine/NNNNN.jsonl.
    The parts are deleted at the end.
@@ -101,7 +101,7 @@ def run(run: RunDir, config: RunConfig, resume: bool) -> dict[str, Any]:
 
 
 def plan_inputs(run: RunDir, config: RunConfig) -> list[dict[str, Any]]:
-    """List the input files of a run with their reading settings and pin them in documents/_inputs.json.
+    """List the input files of a run with their reading settings and pin them in _inputs.json.
 
     A local file is pinned by its absolute path, an S3 object by its `s3://` URI (downloaded to the
     cache by the tasks that read it, so any machine can run or resume them).
@@ -157,7 +157,7 @@ def split_bytes(config: RunConfig, sizes: list[int]) -> int:
 
 
 def plan_splits_of(run: RunDir, config: RunConfig, inputs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The splits of every input file, pinned in documents/_splits.json (kept on a resume)."""
+    """The splits of every input file, pinned in _splits.json (kept on a resume)."""
     settings = {"read": _read_settings(config), "shard_bytes": _shard_bytes(config)}
     if run.splits.exists():
         plan = json.loads(run.splits.read_text())
@@ -224,7 +224,7 @@ def _options(config: RunConfig, entry: dict[str, Any]) -> ReadOptions:
 
 
 class SplitStep(ShardStep):
-    """Read split `k` of documents/_splits.json into documents/_parts/."""
+    """Read split `k` of _splits.json into documents/_parts/."""
 
     label = "ingest split"
     driver_reads = ("documents/_parts/*.json",)  # the split summaries ShardWriter's plan is made of
@@ -234,7 +234,7 @@ class SplitStep(ShardStep):
         self.config = config
 
     def plan_files(self) -> list[str]:
-        return ["documents/_inputs.json", "documents/_splits.json"]
+        return ["_inputs.json", "_splits.json"]
 
     def reads(self, index: int) -> list[str]:
         return []  # the input file itself: `local_input`
@@ -321,7 +321,7 @@ def _part_table(batch: list[Document]) -> pa.Table:
 
 def plan_shards(run: RunDir) -> list[dict[str, Any]]:
     """The documents shards: per input file, in block order, the part rows of each block and the
-    position offset of their split; pinned in documents/_shards.json. Splits after one that stopped early
+    position offset of their split; pinned in _shards.json. Splits after one that stopped early
     are left out; a file without any record still gets one (empty) shard."""
     plan = json.loads(run.splits.read_text())
     by_input: dict[int, list[int]] = {}
@@ -347,13 +347,13 @@ def plan_shards(run: RunDir) -> list[dict[str, Any]]:
 
 
 class ShardWriter(ShardStep):
-    """Write documents shard `i` (documents/_shards.json) from the parts that hold its records."""
+    """Write documents shard `i` (_shards.json) from the parts that hold its records."""
 
     label = "ingest shard"
     driver_reads = ()
 
     def plan_files(self) -> list[str]:
-        return ["documents/_inputs.json", "documents/_shards.json"]
+        return ["_inputs.json", "_shards.json"]
 
     def reads(self, index: int) -> list[str]:
         parts = json.loads(self.run.shards_plan.read_text())[index]["parts"]

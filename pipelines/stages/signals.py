@@ -5,7 +5,7 @@ documents/NNNNN.parquet -> clean/NNNNN.parquet (id, text: C4's line cleaning, wh
                            written last: its existence marks the shard done. source_id and metadata
                            are carried from documents/, so every row joins back to the user's record.
 Shards are read and written in row batches, so memory does not grow with the size of a shard. The
-policy used is copied to signals/_policy.yaml so a report can tell which thresholds produced `keep`.
+policy used is copied to the run's _policy.yaml so a report can tell which thresholds produced `keep`.
 """
 
 from __future__ import annotations

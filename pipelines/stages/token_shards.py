@@ -1,4 +1,4 @@
-"""Token shards and manifest.json, per docs/shard-format.md (the contract training reads).
+"""Token shards and _manifest.json, per docs/shard-format.md (the contract training reads).
 
 The tokenize stage runs in three steps:
 
@@ -11,7 +11,7 @@ The tokenize stage runs in three steps:
    encodes them and writes `<split>-NNNNN.parquet` atomically; that file is the task's completion
    marker, so a resumed stage only tokenizes the shards that are missing.
 3. manifest (one process): documents, tokens, bytes and sha256 of every shard, read back from the files,
-   written last and atomically to tokens/manifest.json.
+   written last and atomically to tokens/_manifest.json.
 
 Everything the shards and the manifest hold is a function of the corpus, the tokenizer and the config,
 never of which worker or which attempt wrote a shard, so an interrupted and resumed run gives the same
@@ -47,7 +47,7 @@ from pipelines.run.files import (
     write_json,
     write_parquet,
 )
-from pipelines.run.layout import RunLayout
+from pipelines.run.layout import MANIFEST_NAME, RunLayout
 from tokenizer import EOT, encode_ids, load
 
 log = logging.getLogger("gristmill")
@@ -56,7 +56,7 @@ FORMAT = "gristmill.tokens"
 FORMAT_VERSION = 1
 SPLITS = ("train", "validation")
 PLAN_VERSION = 1
-PLAN_NAME, MANIFEST_NAME = "_plan.json", "manifest.json"  # in the shards' folder
+PLAN_NAME = "_plan.json"  # in the shards' folder, beside MANIFEST_NAME
 DEFAULT_BYTES_PER_TOKEN = 4.0  # planning estimate when tokenizer.meta.json has no measurement
 ENCODE_ROWS = 512  # documents per encode task (encode_ids bounds each call by characters)
 
@@ -355,7 +355,7 @@ def write_token_shards(
     folder: Path | None = None,
 ) -> dict[str, Any]:
     """Tokenize the selected documents of a run (default: the final corpus) into `folder` (default:
-    tokens/) and write its manifest.json last.
+    tokens/) and write its _manifest.json last.
 
     With `resume`, shards already written under the same plan (same selection, tokenizer and settings)
     are kept and only the missing ones are tokenized; otherwise the folder's shards are deleted first.
@@ -415,7 +415,7 @@ def build_manifest(
     shards: list[dict[str, Any]],
     folder: Path | None = None,
 ) -> dict[str, Any]:
-    """manifest.json of the shards in `folder` (default: tokens/) from the plan and the shard files
+    """_manifest.json of the shards in `folder` (default: tokens/) from the plan and the shard files
     (counts from the files, not the plan)."""
     out = folder or run.tokens
     tokenizer = load(run.tokenizer_json)

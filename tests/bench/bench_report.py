@@ -44,7 +44,7 @@ def _tiled_run(real: RunDir, root: Path, n_docs: int) -> RunDir:
     docs = docs.set_column(3, "text", pc.utf8_slice_codeunits(docs.column("text"), 0, 300))
     run = RunDir(root).create()
     run.start(root.name, {}, ["tiled"])
-    shutil.copy(real.signals / "_policy.yaml", run.signals / "_policy.yaml")
+    shutil.copy(real.policy, run.policy)
     for shard, start in enumerate(range(0, n_docs, SHARD_ROWS)):
         rows = pa.array([i % signals.num_rows for i in range(start, min(start + SHARD_ROWS, n_docs))])
         ids = pa.array([f"tiled:{i}" for i in range(start, start + len(rows))])
@@ -78,7 +78,7 @@ def _load_seconds(html: Path) -> float | None:
 
 def test_report_scales_to_a_million_documents(tmp_path: Path) -> None:
     real = _real_run(tmp_path / "real")
-    policy = load_policy(real.signals / "_policy.yaml").model_dump()
+    policy = load_policy(real.policy).model_dump()
     for rule in policy["rules"]:
         if rule["signal"] == "word_count" and rule["min"] is not None:
             rule["min"] *= 2

@@ -135,7 +135,7 @@ def test_signals_policy_and_dedup_outputs(run_dir: Path) -> None:
 
 
 def test_tokenizer_and_manifest(run_dir: Path) -> None:
-    manifest = json.loads((run_dir / "tokens" / "manifest.json").read_text())
+    manifest = json.loads((run_dir / "tokens" / "_manifest.json").read_text())
     assert manifest["format"] == "gristmill.tokens" and manifest["dtype"] == "uint16"
     assert manifest["tokenizer"]["sha256"] == file_sha256(run_dir / "tokenizer" / "tokenizer.json")
     assert manifest["tokenizer"]["vocab_size"] == 1024
@@ -168,7 +168,7 @@ def test_train_with_torchrun_then_generate(run_dir: Path) -> None:
     gristmill(
         "train",
         "--data",
-        str(run_dir / "tokens" / "manifest.json"),
+        str(run_dir / "tokens" / "_manifest.json"),
         "--nproc",
         "2",
         "--max-steps",

@@ -156,7 +156,7 @@ def test_deploy_and_run_through_a_worker(server: tuple[str, dict[str, str]], tmp
     for suffix in ("ingest", "signals", "dedup", "tokenizer", "tokenize", "report", "funnel", "outputs"):
         assert f"{prefix}-{suffix}" in by_key, sorted(by_key)
     run_dir = tmp_path / "runs" / run_id
-    assert str(run_dir / "tokens" / "manifest.json") in by_key[f"{prefix}-outputs"].data
+    assert str(run_dir / "tokens" / "_manifest.json") in by_key[f"{prefix}-outputs"].data
     # link artifacts: Prefect stores them as Markdown links
     assert (run_dir / "report" / "report.html").as_uri() in by_key[f"{prefix}-report-html"].data
     assert "documents" in by_key[f"{prefix}-signals"].data and by_key[f"{prefix}-funnel"].type == "table"
@@ -165,4 +165,4 @@ def test_deploy_and_run_through_a_worker(server: tuple[str, dict[str, str]], tmp
     for stage in ("ingest", "signals", "dedup", "tokenize", "report"):
         assert by_key[f"{prefix}-{stage}-progress"].type == "progress"
         assert by_key[f"{prefix}-{stage}-progress"].data == 100
-    assert (run_dir / "tokens" / "manifest.json").exists()
+    assert (run_dir / "tokens" / "_manifest.json").exists()

@@ -258,7 +258,7 @@ def e2e(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
             env=env,
             cwd=work,
         )
-        first_manifest = _get(s3_server, "runs/e2e/tokens/manifest.json")
+        first_manifest = _get(s3_server, "runs/e2e/tokens/_manifest.json")
         default_policy = REPO / "pipelines" / "resources" / "policy.yaml"
         whatif = gristmill("report", run_uri, "--policy", str(default_policy), env=env, cwd=work)
         tokenize = gristmill("tokenize", "--output", run_uri, *RUN_ARGS, env=env, cwd=work)
@@ -297,7 +297,7 @@ def test_s3_run_writes_every_output_to_s3(e2e: dict[str, Any], s3_server: str) -
         "report/report.html",
         "report/report.json",
         "report/report.md",
-        "tokens/manifest.json",
+        "tokens/_manifest.json",
     ):
         assert rel in objects, rel
     assert "report/whatif-policy.html" in objects  # what-if on an S3 run
@@ -311,7 +311,7 @@ def test_s3_run_writes_every_output_to_s3(e2e: dict[str, Any], s3_server: str) -
     s3 = client(s3_server)
     tags = s3.get_object_tagging(Bucket=BUCKET, Key="runs/e2e/documents/00000.parquet")["TagSet"]
     assert tags == [{"Key": "gristmill-retention", "Value": "intermediate"}]
-    assert s3.get_object_tagging(Bucket=BUCKET, Key="runs/e2e/tokens/manifest.json")["TagSet"] == []
+    assert s3.get_object_tagging(Bucket=BUCKET, Key="runs/e2e/tokens/_manifest.json")["TagSet"] == []
     assert s3.get_object_tagging(Bucket=BUCKET, Key="runs/e2e/signals/00000.parquet")["TagSet"] == []
 
 
@@ -320,14 +320,14 @@ def test_manifest_shards_exist_with_their_checksums(e2e: dict[str, Any], s3_serv
 
 
 def _assert_manifest_complete(endpoint: str, prefix: str) -> dict[str, Any]:
-    manifest = json.loads(_get(endpoint, f"{prefix}tokens/manifest.json"))
+    manifest = json.loads(_get(endpoint, f"{prefix}tokens/_manifest.json"))
     listed = {shard["path"]: shard for split in manifest["splits"].values() for shard in split["shards"]}
     assert len(listed) >= 2
     for name, shard in listed.items():
         data = _get(endpoint, f"{prefix}tokens/{name}")
         assert len(data) == shard["bytes"] and hashlib.sha256(data).hexdigest() == shard["sha256"], name
     on_s3 = {name for name in _objects(endpoint, f"{prefix}tokens/") if not name.startswith("_")}
-    assert on_s3 == {*listed, "manifest.json"}  # no partial or unlisted shard (`_*`: stage metadata)
+    assert on_s3 == set(listed)  # no partial or unlisted shard (`_*`: stage metadata and the manifest)
     return manifest
 
 
@@ -342,8 +342,8 @@ def test_s3_run_equals_local_run(e2e: dict[str, Any], s3_server: str) -> None:
             remote = e2e["work"] / "remote.parquet"
             remote.write_bytes(_get(s3_server, f"{prefix}{folder}/{name}"))
             assert pq.read_table(remote, columns=columns).equals(pq.read_table(local / folder / name)), name
-    remote_manifest = json.loads(_get(s3_server, f"{prefix}tokens/manifest.json"))
-    local_manifest = json.loads((local / "tokens" / "manifest.json").read_text())
+    remote_manifest = json.loads(_get(s3_server, f"{prefix}tokens/_manifest.json"))
+    local_manifest = json.loads((local / "tokens" / "_manifest.json").read_text())
     assert remote_manifest["lineage"]["run_id"] == local_manifest["lineage"]["run_id"] == "e2e"
     for manifest in (remote_manifest, local_manifest):
         manifest.pop("lineage")  # the inputs' URIs differ (s3:// vs a folder), and the config hash with them
@@ -367,7 +367,7 @@ def test_s3_run_resumes_on_a_new_machine(e2e: dict[str, Any], s3_env: str, tmp_p
     assert run.record.load()["status"] == "done"
     local = {p.relative_to(run.root).as_posix() for p in storage.iter_files(run.root)}
     assert local == set(_objects(s3_env, "runs/e2e/"))
-    assert (run.tokens / "manifest.json").read_bytes() == _get(s3_env, "runs/e2e/tokens/manifest.json")
+    assert (run.manifest).read_bytes() == _get(s3_env, "runs/e2e/tokens/_manifest.json")
 
 
 def test_no_credentials_in_outputs_or_logs(e2e: dict[str, Any], s3_server: str) -> None:
@@ -399,5 +399,5 @@ def test_faults_were_injected_and_the_run_still_completed(e2e: dict[str, Any], s
 def test_tokenize_again_on_s3_republishes_the_same_manifest(e2e: dict[str, Any], s3_server: str) -> None:
     """`gristmill tokenize` on the S3 run deletes the remote manifest, rewrites the shards and publishes
     the manifest again after them: the same bytes, every shard listed and valid."""
-    assert _get(s3_server, "runs/e2e/tokens/manifest.json") == e2e["first_manifest"]
+    assert _get(s3_server, "runs/e2e/tokens/_manifest.json") == e2e["first_manifest"]
     _assert_manifest_complete(s3_server, "runs/e2e/")

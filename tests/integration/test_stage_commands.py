@@ -45,8 +45,8 @@ def test_stage_commands_match_the_flow(runs: tuple) -> None:
     assert (flow / "tokenizer" / "tokenizer.json").read_bytes() == (
         staged / "tokenizer" / "tokenizer.json"
     ).read_bytes()
-    flow_manifest = json.loads((flow / "tokens" / "manifest.json").read_text())
-    staged_manifest = json.loads((staged / "tokens" / "manifest.json").read_text())
+    flow_manifest = json.loads((flow / "tokens" / "_manifest.json").read_text())
+    staged_manifest = json.loads((staged / "tokens" / "_manifest.json").read_text())
     assert flow_manifest["splits"] == staged_manifest["splits"]  # same shards, byte for byte (sha256)
     for folder in ("report/report.html", "report/report.json", "report/report.md", "run.json"):
         assert (staged / folder).exists()
@@ -54,7 +54,7 @@ def test_stage_commands_match_the_flow(runs: tuple) -> None:
 
 def test_rerun_with_same_run_id_skips_done_stages(runs: tuple) -> None:
     work, flow, _, _ = runs
-    before = (flow / "tokens" / "manifest.json").read_bytes()
+    before = (flow / "tokens" / "_manifest.json").read_bytes()
     second = gristmill(
         "run",
         "--input",
@@ -69,7 +69,7 @@ def test_rerun_with_same_run_id_skips_done_stages(runs: tuple) -> None:
     )
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stderr.count("already done in an earlier attempt") == 5
-    assert (flow / "tokens" / "manifest.json").read_bytes() == before
+    assert (flow / "tokens" / "_manifest.json").read_bytes() == before
 
 
 def test_rerun_with_other_inputs_is_refused(runs: tuple) -> None:
@@ -91,4 +91,4 @@ def test_rerun_with_other_inputs_is_refused(runs: tuple) -> None:
 
 def test_run_prints_a_summary(runs: tuple) -> None:
     *_, stdout = runs
-    assert "gristmill run flow" in stdout and "drops:" in stdout and "report:" in stdout
+    assert "gristmill run flow" in stdout and "removed by the policy" in stdout and "report:" in stdout

@@ -5,20 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 # What a build writes, minus what holds timings or absolute paths (run.json, report/*, dedup/summary.json,
-# documents/_inputs.json).
+# _inputs.json).
 COMPARED = (
     "documents/*.parquet",
     "quarantine/*.jsonl",
     "clean/*.parquet",
     "signals/*.parquet",
-    "signals/_policy.yaml",
+    "_policy.yaml",
     "dedup/signatures/*.parquet",
     "dedup/bands/*.parquet",
     "dedup/removed.parquet",
     "dedup/clusters.parquet",
     "tokenizer/tokenizer.json",
     "tokens/*.parquet",
-    "tokens/manifest.json",
+    "tokens/_manifest.json",
 )
 
 
@@ -29,5 +29,5 @@ def run_outputs(root: Path, extra: tuple[str, ...] = ()) -> dict[str, bytes]:
         for pattern in (*COMPARED, *extra)
         for p in root.glob(pattern)
     }
-    assert "tokens/manifest.json" in found and "dedup/removed.parquet" in found, sorted(found)
+    assert "tokens/_manifest.json" in found and "dedup/removed.parquet" in found, sorted(found)
     return found

@@ -136,7 +136,7 @@ def test_tokenize_shards_follow_the_contract(base: Path, tmp_path: Path) -> None
 
     run = _copy(base, tmp_path / "run")
     manifest = run_stages(run, "tokenize", tokenize=CONFIG, workers=2)
-    data = json.loads((run.tokens / "manifest.json").read_text())
+    data = json.loads((run.manifest).read_text())
     assert manifest["shards"] == sum(len(s["shards"]) for s in data["splits"].values()) >= 4
     assert data["dtype"] == "uint16" and data["tokenizer"]["eot_id"] == 0
     tok = load(run.tokenizer / "tokenizer.json", literal_special_tokens=True)
@@ -158,7 +158,7 @@ def test_tokenize_shards_follow_the_contract(base: Path, tmp_path: Path) -> None
         # shards near the target (planned from bytes per token), the last of a split smaller
         assert all(s["tokens"] < 2.5 * CONFIG.shard_target_tokens for s in split["shards"])
     # training's reader accepts it
-    loaded = load_manifest(str(run.tokens / "manifest.json"))
+    loaded = load_manifest(str(run.manifest))
     verify_shards(loaded, "train")
     index = SplitIndex(loaded, "train")
     assert index.n_tokens == data["splits"]["train"]["tokens"] + data["splits"]["train"]["documents"]
@@ -191,7 +191,7 @@ def test_literal_special_token_text_stays_text(base: Path, tmp_path: Path) -> No
         run.documents / "00009.parquet",
     )
     write_token_shards(run, CONFIG.model_copy(update={"validation_fraction": 0.0}), {})
-    data = json.loads((run.tokens / "manifest.json").read_text())
+    data = json.loads((run.manifest).read_text())
     ids = _read_shards(run.tokens, data)["x:1"]
     assert 0 not in ids and 1 not in ids
     assert load(run.tokenizer / "tokenizer.json").decode(ids) == text
@@ -219,13 +219,13 @@ def test_vocabulary_over_65536_is_stored_as_uint32(base: Path, tmp_path: Path) -
         run.documents / "00009.parquet",
     )
     write_token_shards(run, CONFIG.model_copy(update={"validation_fraction": 0.0}), {})
-    data = json.loads((run.tokens / "manifest.json").read_text())
+    data = json.loads((run.manifest).read_text())
     assert data["dtype"] == "uint32" and data["tokenizer"]["vocab_size"] == tok.get_vocab_size()
     shard = run.tokens / data["splits"]["train"]["shards"][-1]["path"]
     assert str(pq.read_schema(shard).field("input_ids").type) == "list<element: uint32>"
     ids = _read_shards(run.tokens, data)["big:1"]
     assert tok.token_to_id("zqxtok65999") in ids and max(ids) > 65_535
-    index = SplitIndex(load_manifest(str(run.tokens / "manifest.json")), "train")
+    index = SplitIndex(load_manifest(str(run.manifest)), "train")
     stream, _ = RowGroupReader(index).read(index.n_tokens - len(ids) - 1, index.n_tokens)
     assert stream.tolist() == [*ids, 0]
 
@@ -262,7 +262,7 @@ def test_killed_tokenize_resumes_to_identical_bytes(base: Path, tmp_path: Path) 
     assert "tokens/s" in out
     expected = _files(whole.tokens)
     shards = [n for n in expected if n.endswith(".parquet")]
-    assert len(shards) >= 4 and "manifest.json" in expected
+    assert len(shards) >= 4 and "_manifest.json" in expected
 
     # one worker, a pause after each finished shard: kill the whole process group after the first
     proc = _tokenize_cli(crashed.root, env={"SLOW_SHARD_AFTER": "30", "PYTHONPATH": str(SLOW_SHARDS)})
@@ -274,7 +274,7 @@ def test_killed_tokenize_resumes_to_identical_bytes(base: Path, tmp_path: Path) 
     proc.communicate()
     survived = _files(crashed.tokens)
     done = [n for n in survived if n.endswith(".parquet")]
-    assert "manifest.json" not in survived and 1 <= len(done) < len(shards)
+    assert "_manifest.json" not in survived and 1 <= len(done) < len(shards)
     assert crashed.record.stage_status("tokenize") == "running"
     mtimes = {n: (crashed.tokens / n).stat().st_mtime_ns for n in done}
 
