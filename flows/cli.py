@@ -324,16 +324,6 @@ def cmd_export_text(args: argparse.Namespace) -> int:
 
     summary = export_text(RunDir(args.run).pull(), Path(args.output), args.format)
     counts = ", ".join(f"{n:,} {split}" for split, n in summary["documents"].items()) or "no"
-    print(f"export-text: {counts} documents -> {args.output}/data/*.{args.format} (card: {args.output}/README.md)")
-    return 0
-
-
-def cmd_export_text(args: argparse.Namespace) -> int:
-    from pipelines.export import export_text
-    from pipelines.run import RunDir
-
-    summary = export_text(RunDir(args.run).pull(), Path(args.output), args.format)
-    counts = ", ".join(f"{n:,} {split}" for split, n in summary["documents"].items()) or "no"
     out = args.output.rstrip("/")
     print(f"export-text: {counts} documents -> {out}/data/*.{args.format} (dataset card: {out}/README.md)")
     return 0
