@@ -246,6 +246,14 @@ class KVCache:
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
 
+def document_mask(doc_ids: Tensor) -> Tensor:
+    """Boolean attention mask [B, 1, T, T] for packed sequences: query i sees key j <= i of the
+    same document (``doc_ids`` [B, T]), so no position attends across examples."""
+    t = doc_ids.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=doc_ids.device).tril()
+    return ((doc_ids[:, :, None] == doc_ids[:, None, :]) & causal).unsqueeze(1)
+
+
 def _causal_mask(q_len: int, k_len: int, start_pos: int, device: torch.device) -> Tensor | None:
     """Boolean mask letting query i (at position start_pos+i) see keys 0..start_pos+i."""
     if q_len == 1:
@@ -268,22 +276,32 @@ class Attention(nn.Module):
         self.wo = nn.Linear(config.n_heads * config.head_dim, config.d_model, bias=False)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, kv_cache: KVCache | None = None, start_pos: int = 0
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        kv_cache: KVCache | None = None,
+        start_pos: int = 0,
+        attn_mask: Tensor | None = None,
     ) -> Tensor:
+        """``attn_mask`` (bool, [B, 1, T, T], True: may attend) replaces the causal mask. Head
+        counts come from the projections' outputs, so a tensor-parallel rank runs its own heads."""
         b, t, _ = x.shape
-        q = self.wq(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.wk(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.wv(x).view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q = self.wq(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+        k = self.wk(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(b, t, -1, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, start_pos, k, v)
         gqa = self.n_kv_heads != self.n_heads
-        if k.shape[2] == t:  # no earlier positions: the plain causal fast path
+        if attn_mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=gqa)
+        elif k.shape[2] == t:  # no earlier positions: the plain causal fast path
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
             mask = _causal_mask(t, k.shape[2], start_pos, x.device)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
-        return self.wo(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+        return self.wo(y.transpose(1, 2).reshape(b, t, -1))
 
 
 class SwiGLU(nn.Module):
@@ -310,9 +328,15 @@ class Block(nn.Module):
         self.mlp = SwiGLU(config)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, kv_cache: KVCache | None = None, start_pos: int = 0
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        kv_cache: KVCache | None = None,
+        start_pos: int = 0,
+        attn_mask: Tensor | None = None,
     ) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, kv_cache, start_pos)
+        x = x + self.attn(self.attn_norm(x), cos, sin, kv_cache, start_pos, attn_mask)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -373,19 +397,22 @@ class Transformer(nn.Module):
         targets: Tensor | None = None,
         kv_cache: KVCache | None = None,
         start_pos: int = 0,
+        doc_ids: Tensor | None = None,
     ) -> tuple[Tensor | None, Tensor | None]:
         """Without ``targets``: (logits [B, T, vocab_size] for tokens at positions ``start_pos ..``,
         None). With them: (None, mean cross-entropy over the targets that are not -100), computed
-        without materialising the logits."""
+        without materialising the logits. ``doc_ids`` [B, T] (packed sequences): a position
+        attends only to earlier positions with the same id (:func:`document_mask`)."""
         _, t = idx.shape
         cos, sin = self.rotary(start_pos, t)
         x = self.tok_emb(idx)
+        mask = document_mask(doc_ids) if doc_ids is not None else None
         recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
             if recompute and kv_cache is None:
-                x = checkpoint(block, x, cos, sin, use_reentrant=False)
+                x = checkpoint(block, x, cos, sin, None, 0, mask, use_reentrant=False)
             else:
-                x = block(x, cos, sin, kv_cache, start_pos)
+                x = block(x, cos, sin, kv_cache, start_pos, mask)
         hidden = self.norm(x)
         if targets is None:
             return self.lm_head(hidden)[..., : self.config.vocab_size], None

@@ -28,9 +28,7 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from training import storage
 from training.checkpoint import (
@@ -74,6 +71,14 @@ from training.manifest import (
 )
 from training.mfu import flops_per_token, peak_flops
 from training.model import PRESETS, ModelConfig, Transformer, build_model, with_rope_scaling
+from training.parallel import (
+    DistInfo,
+    Parallel,
+    ParallelError,
+    clip_grad_norm,
+    parallelize,
+    setup_distributed,
+)
 from training.schedule import build_scheduler, scheduler_state
 
 __all__ = ["TrainingError", "main", "train"]
@@ -92,7 +97,7 @@ def _resolved(cfg: TrainConfig, world_size: int) -> TrainConfig:
         raise TrainingError("--data and --output are required")
     if cfg.batch_size % (world_size * cfg.grad_accum):
         raise TrainingError(
-            f"--batch-size {cfg.batch_size} must be divisible by world size {world_size} "
+            f"--batch-size {cfg.batch_size} must be divisible by the data-parallel ranks {world_size} "
             f"x --grad-accum {cfg.grad_accum}"
         )
     warmup = cfg.max_steps // 10 if cfg.warmup_steps is None else cfg.warmup_steps
@@ -102,54 +107,6 @@ def _resolved(cfg: TrainConfig, world_size: int) -> TrainConfig:
 
 
 # ---------------------------------------------------------------- distributed setup
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int
-    world_size: int
-    local_rank: int
-    local_world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def available_cpus() -> int:
-    """CPUs this process may use: its affinity set, capped by a cgroup v2 CPU quota if there is one."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            cpus = min(cpus, math.ceil(int(quota) / int(period)))
-    except (OSError, ValueError):
-        pass
-    return max(1, cpus)
-
-
-def setup_distributed(timeout_s: float = 1800) -> DistInfo:
-    """Join the torchrun process group when launched by torchrun (collectives wait at most
-    ``timeout_s``); pick the device and thread count."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        torch.set_float32_matmul_precision("high")  # TF32 matmuls for fp32 runs
-    else:
-        device = torch.device("cpu")
-    torch.set_num_threads(max(1, available_cpus() // local_world_size))
-    if "WORLD_SIZE" in os.environ and not dist.is_initialized():
-        timeout = timedelta(seconds=timeout_s)
-        if device.type == "cuda":
-            dist.init_process_group(backend="nccl", device_id=device, timeout=timeout)
-        else:
-            dist.init_process_group(backend="gloo", timeout=timeout)
-    return DistInfo(rank, world_size, local_rank, local_world_size, device)
 
 
 def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
@@ -176,59 +133,6 @@ def build_optimizer(
             (decay if param.ndim >= 2 and "tok_emb" not in name else no_decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
-
-
-@dataclass
-class Parallel:
-    """The model as trained: ``forward`` runs a training micro-batch, ``sync(last)`` says whether
-    gradients are reduced after this micro-batch's backward."""
-
-    model: Transformer  # parameters, state dicts, evaluation
-    forward: Callable[..., Any]
-    sync: Callable[[bool], contextlib.AbstractContextManager[Any]]
-    autocast: bool
-
-
-def parallelize(model: Transformer, cfg: TrainConfig, info: DistInfo) -> Parallel:
-    """Apply activation checkpointing, FSDP2 or DDP, and torch.compile as asked."""
-    model.activation_checkpointing = cfg.activation_checkpointing
-    bf16 = cfg.dtype == "bf16"
-    if cfg.parallel == "fsdp":
-        if not dist.is_initialized():
-            raise TrainingError("--parallel fsdp needs a process group: launch with torchrun")
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-        mesh = init_device_mesh(info.device.type, (info.world_size,))
-        policy = (
-            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-            if bf16
-            else MixedPrecisionPolicy()
-        )
-        for block in model.blocks:
-            if cfg.compile:
-                block.compile()
-            fully_shard(block, mesh=mesh, mp_policy=policy)
-        fully_shard(model, mesh=mesh, mp_policy=policy)
-
-        @contextlib.contextmanager
-        def fsdp_sync(last: bool) -> Any:
-            model.set_requires_gradient_sync(last)  # type: ignore[operator]
-            yield
-
-        return Parallel(model, model, fsdp_sync, autocast=False)
-    if dist.is_initialized() and info.world_size > 1:
-        ddp = DistributedDataParallel(  # buffers (rotary tables) are the same on every rank
-            model,
-            device_ids=[info.local_rank] if info.device.type == "cuda" else None,
-            broadcast_buffers=False,
-        )
-        forward = torch.compile(ddp) if cfg.compile else ddp
-        return Parallel(
-            model, forward, lambda last: contextlib.nullcontext() if last else ddp.no_sync(), bf16
-        )
-    forward = torch.compile(model) if cfg.compile else model
-    return Parallel(model, forward, lambda last: contextlib.nullcontext(), bf16)
 
 
 def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
@@ -262,7 +166,10 @@ def train_step(
                 )
             (loss / cfg.grad_accum).backward()
         loss_sum += loss.detach().float()
-    grad_norm = _local(nn.utils.clip_grad_norm_(par.model.parameters(), cfg.grad_clip))
+    if cfg.tp > 1:  # DTensors of two meshes and plain tensors: clipped by our own norm
+        grad_norm = clip_grad_norm(par.model.parameters(), cfg.grad_clip)
+    else:
+        grad_norm = _local(nn.utils.clip_grad_norm_(par.model.parameters(), cfg.grad_clip))
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -278,7 +185,7 @@ def evaluate(
     totals = torch.zeros(len(sources), 2, dtype=torch.float64, device=info.device)
     for k, source in enumerate(sources):
         indices = validation_windows(
-            len(source), cfg.eval_batches * cfg.batch_size, cfg.batch_size, info.rank, info.world_size
+            len(source), cfg.eval_batches * cfg.batch_size, cfg.batch_size, info.dp_rank, info.dp_size
         )
         for start in range(0, len(indices), micro_batch):
             inputs, targets = source.gather(indices[start : start + micro_batch])
@@ -473,7 +380,7 @@ def _seed_everything(seed: int) -> None:
 
 
 def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> None:
-    cfg = _resolved(cfg, info.world_size)
+    cfg = _resolved(cfg, info.dp_size)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -504,7 +411,7 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> None:
     )
     schedule = make_schedule([len(s) for s in sources], weights, cfg.batch_size, cfg.seed, shuffle)
     if info.is_main:
-        _warn_about_reads(shuffle, sources, cfg, info.world_size)
+        _warn_about_reads(shuffle, sources, cfg, info.dp_size)
     val_sources = [
         WindowSource(m, "validation", cfg.seq_len, cache, cfg.loader_workers)
         if m.has_split("validation")
@@ -513,7 +420,7 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> None:
     ]
     val_counts = [len(v) if v is not None else 0 for v in val_sources]
     val_live = (
-        [v for v in val_sources if v is not None and len(v) >= info.world_size] if cfg.eval_every > 0 else []
+        [v for v in val_sources if v is not None and len(v) >= info.dp_size] if cfg.eval_every > 0 else []
     )
     if cfg.eval_every > 0 and not val_live and info.is_main:
         print("no validation windows in the manifest(s); validation is skipped", flush=True)
@@ -546,7 +453,15 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> None:
     if init is not None:
         init.load(model)
     n_params = model.num_parameters()
-    par = parallelize(model, cfg, info)
+    par = parallelize(
+        model,
+        info,
+        cfg.parallel,
+        cfg.dtype,
+        cfg.compile,
+        cfg.activation_checkpointing,
+        cfg.sequence_parallel,
+    )
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, info.device)
     scheduler = build_scheduler(optimizer, cfg.max_steps, cfg.warmup_steps, cfg.min_lr_ratio)
     if saved_state is not None and latest is not None:
@@ -563,16 +478,18 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> None:
         if rng is not None:
             set_rng_state(rng, info.device)
 
-    logs = RunLogs(store, info.rank, info.world_size, start_step, cfg.trace)
+    # the ranks of one tensor-parallel group read the same windows: the first one traces them
+    logs = RunLogs(store, info.rank, info.world_size, start_step, cfg.trace and info.rank % info.tp == 0)
     profiler = ProfilerWindow(cfg.profile_start, cfg.profile_steps, info.device, logs.root, info.rank)
-    micro_batch = cfg.batch_size // info.world_size // cfg.grad_accum
+    micro_batch = cfg.batch_size // info.dp_size // cfg.grad_accum
     tokens_per_step = cfg.batch_size * cfg.seq_len
     flops_token = flops_per_token(model_config, cfg.seq_len)
     peak, peak_source = peak_flops(info.device, cfg.dtype, cfg.peak_flops)
     if info.is_main:
         print(
-            f"model {n_params:,} parameters | {info.world_size} rank(s) on {info.device} ({cfg.parallel}, "
-            f"{cfg.dtype}{', compiled' if cfg.compile else ''}) | "
+            f"model {n_params:,} parameters | {info.world_size} rank(s) on {info.device} ({cfg.parallel}"
+            f"{f', tp {info.tp}' if info.tp > 1 else ''}, {cfg.dtype}"
+            f"{', compiled' if cfg.compile else ''}) | "
             f"{' + '.join(f'{len(s):,}' for s in sources)} train windows | start step {start_step} of "
             f"{cfg.max_steps} | peak {peak / 1e12 if peak else float('nan'):.3g} TFLOP/s ({peak_source})",
             flush=True,
@@ -586,6 +503,7 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> None:
             "seq_len": cfg.seq_len,
             "seed": cfg.seed,
             "world_size": info.world_size,
+            "tp": info.tp,
             "parallel": cfg.parallel,
             "order": schedule.shuffle.to_json(),
             "position": schedule.position(step),
@@ -624,8 +542,8 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> None:
     stream = BatchStream(
         sources,
         schedule,
-        info.rank,
-        info.world_size,
+        info.dp_rank,
+        info.dp_size,
         start_step,
         cfg.stop_at,
         cfg.prefetch_steps,
@@ -718,7 +636,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> None:
     ``cfg.output``. Process-wide torch settings (threads, deterministic algorithms) are restored
     afterwards, for callers that train in-process."""
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    info = setup_distributed(cfg.dist_timeout_s)
+    info = setup_distributed(cfg.dist_timeout_s, cfg.tp)
     try:
         _run(cfg, resume, info)
     finally:
@@ -733,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg, resume = parse_args(argv)
     try:
         train(cfg, resume)
-    except (TrainingError, DataError, CheckpointError, storage.StorageError) as exc:
+    except (TrainingError, ParallelError, DataError, CheckpointError, storage.StorageError) as exc:
         prefix = f"[rank {os.environ['RANK']}] " if "RANK" in os.environ else ""
         print(f"{prefix}error: {exc}", file=sys.stderr, flush=True)
         return 1
