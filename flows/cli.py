@@ -79,6 +79,8 @@ def _common_config(args: argparse.Namespace, base: dict[str, Any] | None = None)
         ("run_id", "run_id"),
         ("workers", "executor.workers"),
         ("policy", "signals.policy"),
+        ("text_key", "ingest.text_key"),
+        ("id_key", "ingest.id_key"),
     ):
         value = getattr(args, flag, None)
         if value is not None:
@@ -503,6 +505,8 @@ def _add_config_args(p: argparse.ArgumentParser, inputs: bool = True, run_id: bo
     p.add_argument("config", nargs="?", help="run config YAML (defaults: `gristmill config`)")
     if inputs:
         p.add_argument("--input", nargs="+", metavar="URI", help="input files or folders (local or s3://)")
+        p.add_argument("--text-key", metavar="KEY", help="field or column of the text (default: text)")
+        p.add_argument("--id-key", metavar="KEY", help="field or column of a record's own id (default: id)")
     p.add_argument("--workers", type=int, help="worker processes (0: every core)")
     p.add_argument("--policy", help="policy YAML (default: the bundled one)")
     p.add_argument(

@@ -73,7 +73,7 @@ class IngestConfig(Section):
         "(lowered so that every worker gets splits; results never depend on it)",
     )
     shard_mb: float = Field(
-        32,
+        16,
         gt=0,
         description="documents/ shard size: the records of one input file whose byte offset (in the "
         "decompressed file) falls in one shard_mb block are one shard, the unit of every later stage",

@@ -167,3 +167,24 @@ def test_ingest_without_metadata(corpus: Path, tmp_path: Path) -> None:
     documents = pq.read_table(run.documents, columns=["source_id", "metadata"])
     assert set(documents.column("metadata").to_pylist()) == {None}
     assert documents.column("source_id").to_pylist()[0] == "book-0"
+
+
+def test_text_and_id_keys_from_the_command_line(tmp_path: Path) -> None:
+    """The Stack's layout (`content`, an id under `meta`): --text-key and --id-key reach the ingest."""
+    from flows.cli import _common_config, build_parser
+
+    stack = tmp_path / "stack.jsonl"
+    rows = [
+        {"content": f"def f{i}(x):\n    return x + {i}\n" * 20, "meta": {"repo": f"r/{i}"}} for i in range(3)
+    ]
+    stack.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = build_parser().parse_args(
+        ["run", "--input", str(stack), "--text-key", "content", "--id-key", "meta.repo", "--workers", "1"]
+    )
+    config = _common_config(args)
+    assert (config.ingest.text_key, config.ingest.id_key) == ("content", "meta.repo")
+    run = RunDir(tmp_path / "r").create()
+    build(run, config, "ingest")
+    documents = pq.read_table(run.documents).to_pylist()
+    assert [d["source_id"] for d in documents] == ["r/0", "r/1", "r/2"]
+    assert documents[0]["text"] == rows[0]["content"] and json.loads(documents[0]["metadata"]) == {"meta": {}}
