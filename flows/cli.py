@@ -696,6 +696,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = bool(getattr(args, "debug", False))
     _setup_logging(under_prefect=args.command == "run" and _under_prefect())
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     stop_on_signals()  # SIGINT (also when started with it ignored) and SIGTERM: Interrupted
     try:
         return int(args.func(args) or 0)
@@ -722,6 +723,9 @@ def main(argv: list[str] | None = None) -> int:
         if type(exc).__name__ != "TerminationSignal":
             raise
         return _interrupted(args, signal.SIGTERM)
+    finally:  # main() called in a process that goes on (tests)
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

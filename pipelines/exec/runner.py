@@ -19,6 +19,7 @@ import os
 import queue
 import signal
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,15 +210,41 @@ def _worker_init(messages: Any) -> None:
     the worker's first log line). Ctrl-C reaches the whole process group: a worker ignores SIGINT and
     dies on SIGTERM (not the parent's handler), so the parent alone decides, and stops the pool.
     """
+    _leave_stops_to_parent()
+    logger = logging.getLogger("gristmill")
+    logger.handlers = [logging.handlers.QueueHandler(messages)]
+    logger.propagate = False
+    progress.worker_channel(messages)
+
+
+def _leave_stops_to_parent() -> None:
+    """In a forked child: ignore SIGINT, die on SIGTERM, then take the stop signals blocked at fork."""
     global _stop_signal
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     _stop_signal = None
-    logger = logging.getLogger("gristmill")
-    logger.handlers = [logging.handlers.QueueHandler(messages)]
-    logger.propagate = False
-    progress.worker_channel(messages)
+
+
+def in_child(fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(*args)` in one forked child process, its result pickled back. Ctrl-C, SIGTERM or a timeout
+    stop the child instead of waiting for it to finish."""
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"),
+                               initializer=_leave_stops_to_parent)  # fmt: skip
+    try:
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            future = pool.submit(fn, *args)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        while not wait([future], timeout=0.5).done:
+            check_interrupt()
+        result = future.result()
+        pool.shutdown()
+    except BaseException:
+        _terminate(pool)
+        raise
+    return result
 
 
 def _forward(messages: Any, tracker: progress.StageProgress) -> None:

@@ -11,8 +11,6 @@ the sample are used instead; with none of those either, bytes per token is not m
 from __future__ import annotations
 
 import logging
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import pyarrow.compute as pc
 
 from pipelines.config import RunConfig, TokenizerTrainingConfig
 from pipelines.corpus import FinalCorpus, split_of, unit_hash
+from pipelines.exec.runner import in_child
 from pipelines.run import RunDir
 from pipelines.run.files import sha256_file, write_json
 from pipelines.run.layout import RunLayout
@@ -189,5 +188,4 @@ def train_in_child(*args: Any) -> dict[str, Any]:
     (the flow runs every stage in one process) free of that pool, so the tokenize stage's forked
     workers can still encode on every core.
     """
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
-        return pool.submit(train, *args).result()
+    return in_child(train, *args)

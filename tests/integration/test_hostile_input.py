@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -320,3 +321,142 @@ def test_changed_input_stops_a_resumed_run(small_run: tuple[Path, tuple[str, ...
 
 
 # ------------------------------------------------------------ CLI errors: run ids, output, repeated inputs
+
+
+def _cli_error(work: Path, *args: str, user: int | None = None) -> str:
+    """`gristmill ARGS` as a process that must fail as a user error: exit 2 within 10 s (no retry),
+    nothing on stdout, one line `gristmill: error: ...` on stderr; returns that line."""
+    as_user: dict[str, Any] = {} if user is None else {"user": user, "group": user, "extra_groups": []}
+    command = ["timeout", "-k", "5", "60", str(GRISTMILL), *args]
+    start = time.monotonic()
+    result = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=90, **as_user)
+    seconds = time.monotonic() - start
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+    assert len(lines) == 1 and lines[0].startswith("gristmill: error: "), result.stderr[-3000:]
+    assert result.stdout == "" and seconds < 10, (result.stdout, seconds)
+    return lines[0]
+
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Any:
+    """`cli(*args)`: the CLI's `main` in this process, in a folder with one small input folder `in/` and
+    an empty `runs/`; asserts exit 2, nothing on stdout, one `gristmill: error:` line, and returns it."""
+    from flows.cli import main
+
+    (tmp_path / "in").mkdir()
+    records = b"".join(_record(_text(500, seed)) + b"\n" for seed in range(3))
+    (tmp_path / "in" / "a.jsonl").write_bytes(records)
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+
+    def error(*args: str) -> str:
+        capsys.readouterr()
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and out == "", (code, out, err)
+        assert len(lines) == 1 and lines[0].startswith("gristmill: error: "), err
+        return lines[0]
+
+    error.work = tmp_path  # type: ignore[attr-defined]
+    return error
+
+
+def _written(work: Path) -> list[str]:
+    """Everything under `work` besides the input folder."""
+    return sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.parts[len(work.parts)] != "in")
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        ["--run-id", "../escaped"],
+        ["--run-id", "a/b"],
+        ["--run-id", "/tmp/abs"],
+        ["--run-id", ""],
+        ["--run-id", ".hidden"],
+        ["--set", 'run_id="with\\0nul"'],
+    ],
+    ids=lambda flag: repr(flag[-1]),
+)
+def test_unsafe_run_ids_are_refused_before_anything_is_written(cli: Any, flag: list[str]) -> None:
+    line = cli("run", "--input", "in", "--output", "runs", *flag)
+    assert "invalid run id" in line and "letters, digits" in line
+    assert "invalid run id" in cli("filter", "--input", "in", "--run", "runs/..")
+    assert _written(cli.work) == ["runs"]
+
+
+def test_missing_input_fails_at_once_without_a_run_directory(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jsonl").write_bytes(_record(_text(500, 0)) + b"\n")
+    line = _cli_error(tmp_path, "run", "--input", "in", "missing", "--output", "runs", "--run-id", "r")
+    assert line == f"gristmill: error: input path does not exist: '{tmp_path / 'missing'}'"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no runs/, no runs/r
+
+
+@pytest.mark.parametrize(
+    ("inputs", "reason"),
+    [
+        (["in", "in/"], "is given twice"),
+        (["in", "./in"], "is given twice"),
+        (["in", "in/a.jsonl"], "read twice"),
+    ],
+)
+def test_repeated_inputs_are_refused(cli: Any, inputs: list[str], reason: str) -> None:
+    assert reason in cli("run", "--input", *inputs, "--run", "runs/r")
+    assert _written(cli.work) == ["runs"]
+
+
+@pytest.fixture
+def locked(tmp_path: Path) -> Iterator[Path]:
+    """A folder this process cannot write in: read-only, and immutable (chattr +i) when the tests run as
+    root, whom permissions do not stop."""
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.geteuid() == 0 and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode:
+        pytest.skip("running as root on a file system without chattr +i")
+    try:
+        yield folder
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)
+
+
+def test_read_only_output_is_refused(cli: Any, locked: Path) -> None:
+    line = cli("run", "--input", "in", "--run", f"{locked}/r")
+    assert f"cannot write in {locked} (" in line, line
+    assert list(locked.iterdir()) == []
+
+
+def test_output_below_a_file_is_refused(cli: Any) -> None:
+    (cli.work / "file").write_text("not a folder")
+    assert "is not a folder" in cli("run", "--input", "in", "--run", "file/runs/r")
+    assert _written(cli.work) == ["file", "runs"]
+
+
+def test_bad_config_and_policy_are_one_line(cli: Any) -> None:
+    (cli.work / "typo.yaml").write_text("rules:\n  - {name: short, signal: word_count, mn: 50}\n")
+    run = ("run", "--input", "in", "--run", "runs/r")
+    assert "invalid policy" in cli(*run, "--policy", "typo.yaml")
+    assert "cannot read policy" in cli(*run, "--policy", "missing.yaml")
+    assert "dedup.threshold" in cli(*run, "--set", "dedup.threshold=7")
+    assert "--set takes section.field=value" in cli(*run, "--set", "dedup.threshold")
+    assert _written(cli.work) == ["runs", "typo.yaml"]
+
+
+def test_stage_commands_and_status_need_an_existing_run(cli: Any) -> None:
+    assert "not a run directory" in cli("tokenize", "--run", "runs/nonexistent")
+    assert "not a run directory" in cli("dedup", "--run", "runs/nonexistent")
+    assert "not a run directory" in cli("status", "runs/nonexistent")
+    assert _written(cli.work) == ["runs"]
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    result = subprocess.run([str(GRISTMILL), "run", "--input", "missing", "--run", "runs/r", "--debug"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=90)  # fmt: skip
+    assert result.returncode == 2 and "Traceback (most recent call last)" in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"gristmill: error: input path does not exist: '{tmp_path / 'missing'}'"
