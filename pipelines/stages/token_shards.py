@@ -59,6 +59,7 @@ PLAN_VERSION = 1
 PLAN_NAME = "_plan.json"  # in the shards' folder, beside MANIFEST_NAME
 DEFAULT_BYTES_PER_TOKEN = 4.0  # planning estimate when tokenizer.meta.json has no measurement
 ENCODE_ROWS = 512  # documents per encode task (encode_ids bounds each call by characters)
+ENCODE_CHARS = 32 << 20  # and at most about this many characters (long documents: fewer of them)
 
 
 def token_dtype(vocab_size: int) -> pa.DataType:
@@ -267,7 +268,8 @@ class _RowGroups:
 
 
 def _documents(run: RunLayout, shard: dict[str, Any], selection: Selection) -> Any:
-    """(ids, texts) batches of the shard's documents, at most ENCODE_ROWS each, in input order."""
+    """(ids, texts) batches of the shard's documents in input order, each at most ENCODE_ROWS documents
+    and ENCODE_CHARS characters (or one document)."""
     ids: list[str] = []
     texts: list[str] = []
     for name, first, stop in shard["segments"]:
@@ -288,11 +290,22 @@ def _documents(run: RunLayout, shard: dict[str, Any], selection: Selection) -> A
             table = table.filter(mask)
             ids += table.column("id").to_pylist()
             texts += [t or "" for t in table.column("text").to_pylist()]
-            while len(ids) >= ENCODE_ROWS:
-                yield ids[:ENCODE_ROWS], texts[:ENCODE_ROWS]
-                ids, texts = ids[ENCODE_ROWS:], texts[ENCODE_ROWS:]
+            while (n := _batch_size(texts)) < len(texts):
+                yield ids[:n], texts[:n]
+                ids, texts = ids[n:], texts[n:]
     if ids:
         yield ids, texts
+
+
+def _batch_size(texts: list[str]) -> int:
+    """How many of `texts` make the next batch: ENCODE_ROWS, or fewer when they reach ENCODE_CHARS; all
+    of them when they fit."""
+    chars = 0
+    for n, text in enumerate(texts[:ENCODE_ROWS], 1):
+        chars += len(text)
+        if chars >= ENCODE_CHARS:
+            return n
+    return ENCODE_ROWS if len(texts) >= ENCODE_ROWS else len(texts)
 
 
 def _table(ids: list[str], token_lists: list[np.ndarray], schema: pa.Schema, dtype: pa.DataType) -> pa.Table:
