@@ -14,9 +14,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from stage_helpers import run_stages
 
 from pipelines.readers import Document, Quarantined, ReadOptions, Split, plan_splits, read_file
 from pipelines.readers.jsonl import BLOCK
+from pipelines.run import RunDir
 
 
 @pytest.fixture(autouse=True)
@@ -172,3 +174,24 @@ def test_parquet_page_with_a_wrong_checksum_is_quarantined(tmp_path: Path) -> No
     [bad] = quarantined
     assert (bad.reason, bad.position) == ("corrupt_file", "row 100")
     assert "rows 100-199 of row group 1" in bad.detail and "checksum" in bad.detail.lower()
+
+
+def test_ingest_counts_documents_it_cut(tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "a.jsonl").write_bytes(line("short") + b"\n" + line("long " * 500) + b"\n")
+    limits = {"max_document_bytes": 1000}
+    run = RunDir(tmp_path / "quarantined").create()
+    summary = run_stages(run, "ingest", inputs=[str(inputs)], ingest=limits, workers=1)
+    assert (summary["documents"], summary["truncated"], summary["quarantine_reasons"]) == (
+        1,
+        0,
+        {"too_large": 1},
+    )
+    run = RunDir(tmp_path / "cut").create()
+    summary = run_stages(
+        run, "ingest", inputs=[str(inputs)], ingest={**limits, "too_large": "truncate"}, workers=1
+    )
+    assert (summary["documents"], summary["truncated"], summary["quarantined"]) == (2, 1, 0)
+    texts = pq.read_table(run.documents / "00000.parquet").column("text").to_pylist()
+    assert texts == ["short", ("long " * 500)[:1000]]
