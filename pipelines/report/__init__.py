@@ -45,7 +45,7 @@ def _slug(text: str) -> str:
 
 def write_whatif(run: RunDir, policy_path: str | Path, workers: int = 0) -> tuple[dict[str, Any], list[Path]]:
     """Apply another policy to the run's stored signals; write report/whatif-<policy>.{json,md,html}."""
-    data = load_run(run, workers)
+    data = load_run(run, workers, text_sizes=False)
     if data.signals is None:
         raise ValueError(f"{run.root} has no signals to re-apply a policy to")
     comparison = compare.policy_comparison(data, load_policy(policy_path, data.signals.column_names))

@@ -146,7 +146,30 @@ def _sum(values: np.ndarray | None, mask: np.ndarray | None = None) -> int | Non
 
 def _stable_order(ids: list[str]) -> list[str]:
     """A seeded, reproducible shuffle (so examples do not all come from the first input file)."""
-    return sorted(ids, key=lambda i: hashlib.sha256(i.encode()).digest())
+    return sorted(ids, key=_order_key)
+
+
+def _order_key(doc_id: str) -> bytes:
+    return hashlib.sha256(doc_id.encode()).digest()[:8]
+
+
+def order_keys(ids: np.ndarray) -> np.ndarray:
+    """`_stable_order`'s key of every id as uint64, computed once for a whole table."""
+    return np.frombuffer(b"".join(map(_order_key, ids)), dtype=">u8").astype(np.uint64)
+
+
+def first_rows_in_order(keys: np.ndarray, mask: np.ndarray, k: int) -> np.ndarray:
+    """The rows of the first `k` ids under `mask` in `_stable_order` (`keys`: their `order_keys`),
+    without sorting all of them."""
+    rows = np.flatnonzero(mask)
+    if len(rows) > k:
+        rows = rows[np.argpartition(keys[rows], k)[:k]]
+    return rows[np.argsort(keys[rows], kind="stable")]
+
+
+def first_in_order(ids: np.ndarray, keys: np.ndarray, mask: np.ndarray, k: int) -> list[str]:
+    """The first `k` ids under `mask` in `_stable_order`."""
+    return [str(ids[r]) for r in first_rows_in_order(keys, mask, k)]
 
 
 def _share(part: int, whole: int) -> float | None:
@@ -173,6 +196,7 @@ def rules(data: RunData, failures: dict[str, np.ndarray]) -> list[dict[str, Any]
     total = int(sizes.sum())
     nbytes = data.bytes if data.bytes is not None else np.zeros(len(sizes), np.int64)
     ids = signals.column("id").to_numpy(zero_copy_only=False)
+    keys = order_keys(ids)
     matrix = np.stack(list(failures.values()), axis=1)
     n_failed = matrix.sum(axis=1)
     keep = n_failed == 0
@@ -197,7 +221,7 @@ def rules(data: RunData, failures: dict[str, np.ndarray]) -> list[dict[str, Any]
             entry["allow"] = rule.allow
         signal = entry["signal"] if entry["signal"] != "lang" else None
         values = as_float(signals, signal) if signal else None
-        entry["examples"] = [{"id": i} for i in _stable_order(list(ids[mask]))[:EXAMPLES_PER_RULE]]
+        entry["examples"] = [{"id": i} for i in first_in_order(ids, keys, mask, EXAMPLES_PER_RULE)]
         entry["borderline"] = [{"id": i} for i in _borderline(ids, keep, values, rule)]
         for example in entry["examples"] + entry["borderline"]:
             wanted.add(example["id"])

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from pipelines.quality.policy import Policy
-from pipelines.report.build import EXAMPLES_PER_RULE, _share, _stable_order
+from pipelines.report.build import EXAMPLES_PER_RULE, _share, _stable_order, first_rows_in_order, order_keys
 from pipelines.report.data import RunData, texts_of
 from pipelines.run import RunDir
 
@@ -71,6 +71,7 @@ def policy_comparison(data: RunData, other: Policy) -> dict[str, Any]:
     changes = policy_changes(data.policy, other)
     changed_names = {c["setting"].split(".")[1] for c in changes if c["setting"].startswith("rules.")}
     empty = np.zeros(rows, bool)
+    order: list[tuple[np.ndarray, np.ndarray]] = []  # ids and their order keys, made when first needed
     table, unchanged = [], 0
     for name in dict.fromkeys([*base, *new]):
         b, n = base.get(name), new.get(name)
@@ -79,9 +80,11 @@ def policy_comparison(data: RunData, other: Policy) -> dict[str, Any]:
             continue
         bd, nd = (int(m.sum()) if m is not None else None for m in (b, n))
         bs, ns = (int(sizes[m].sum()) if m is not None else None for m in (b, n))
-        flipped = _flipped(
-            data, base, new, base_keep, new_keep, empty if b is None else b, empty if n is None else n
-        )
+        b_fails, n_fails = empty if b is None else b, empty if n is None else n
+        if not order:
+            ids = data.signals.column("id").to_numpy(zero_copy_only=False)
+            order.append((ids, order_keys(ids)))
+        flipped = _flipped(data, base, new, base_keep, new_keep, b_fails, n_fails, order[0])
         table.append(
             {
                 "rule": name,
@@ -122,20 +125,22 @@ def _flipped(
     new_keep: np.ndarray,
     base_fails: np.ndarray,
     new_fails: np.ndarray,
+    order: tuple[np.ndarray, np.ndarray],
 ) -> dict[str, list[dict[str, Any]]]:
     """Up to EXAMPLES_PER_RULE documents this rule newly drops (kept before) and newly keeps (this rule
-    among the reasons it was dropped before), with both policies' reasons and an excerpt."""
-    ids = data.signals.column("id").to_numpy(zero_copy_only=False)
-    row_of: dict[str, int] = {}
+    among the reasons it was dropped before), with both policies' reasons and an excerpt. `order`: the
+    ids and their `order_keys`."""
+    ids, keys = order
     picked: dict[str, list[str]] = {}
+    row_of: dict[str, int] = {}
     for kind, mask in (
         ("newly_dropped", base_keep & ~new_keep & new_fails),
         ("newly_kept", ~base_keep & new_keep & base_fails),
     ):
-        rows = np.flatnonzero(mask)
+        rows = first_rows_in_order(keys, mask, EXAMPLES_PER_RULE)
         row_of.update({str(ids[r]): int(r) for r in rows})
-        picked[kind] = _stable_order([str(ids[r]) for r in rows])[:EXAMPLES_PER_RULE]
-    texts = texts_of(data.run, {i for chosen in picked.values() for i in chosen})
+        picked[kind] = [str(ids[r]) for r in rows]
+    texts = texts_of(data.run, set(row_of))
     return {
         kind: [
             {

@@ -143,12 +143,13 @@ READS = (
 )  # fmt: skip
 
 
-def load_run(run: RunDir, workers: int = 0) -> RunData:
-    """Read what a report needs from a run directory."""
+def load_run(run: RunDir, workers: int = 0, text_sizes: bool = True) -> RunData:
+    """Read what a report needs from a run directory (`text_sizes`: also the UTF-8 bytes and input group
+    of every document, which a what-if does not use)."""
     run.fetch(READS)
     has_signals = bool(signal_files(run))
     signals = read_signals(run) if has_signals else None
-    sizes, groups = document_bytes_and_groups(run) if has_signals else (None, None)
+    sizes, groups = document_bytes_and_groups(run) if has_signals and text_sizes else (None, None)
     return RunData(
         run=run,
         record=run.record.load(),
