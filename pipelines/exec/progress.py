@@ -263,7 +263,7 @@ class _Bar:
             file=file,
             dynamic_ncols=True,
             leave=True,
-            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} shards, {postfix}",
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n}/{total} shards{postfix}",  # tqdm adds ", "
         )
 
     def __call__(self, snapshot: Snapshot) -> None:

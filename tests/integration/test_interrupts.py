@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -27,6 +28,7 @@ SAMPLE = REPO / "data" / "sample"
 SETTINGS = ["--workers", "2", "--set", "tokenizer.vocab_size=512"]
 SLOW_SHARDS = {
     "SLOW_SHARD_BEFORE": "0.5",
+    "GRISTMILL_PROGRESS_SECONDS": "0.2",  # plain progress lines (stderr is no terminal) every 0.2 s
     "PYTHONPATH": os.pathsep.join(
         p for p in (str(REPO / "tests" / "support" / "slow_shards"), os.environ.get("PYTHONPATH")) if p
     ),
@@ -63,10 +65,14 @@ def baseline(tmp_path_factory: pytest.TempPathFactory, inputs: Path) -> Path:
     run = work / "runs" / "r"
     result = subprocess.run(
         [str(GRISTMILL), "run", "--input", str(inputs), "--run", str(run), *SETTINGS],
-        env=_env(), capture_output=True, text=True, timeout=300,
+        env=_env(GRISTMILL_PROGRESS="bar"), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
-    assert "Prefect" not in result.stderr and not (work / ".prefect").exists()
+    assert "Prefect" not in result.stderr
+    # the bar of every stage with shards: k of N, rates; "ingest shards" is ingest's second pass
+    for stage in ("ingest shards", "signals", "dedup signatures", "tokenize", "report token counts"):
+        assert re.search(rf"{stage}: 100%\|[^\n]*\| (\d+)/\1 shards, [\d,]+ documents, [\d,]+ docs/s",
+                         result.stderr), (stage, result.stderr[-3000:])  # fmt: skip
     return run
 
 
@@ -129,10 +135,12 @@ def test_interrupted_runs_exit_fast_and_resume_to_identical_outputs(
     run = tmp_path / "runs" / "r"
     command = [str(GRISTMILL), "run", "--input", str(inputs), "--run", str(run), *SETTINGS]
     resume = f"gristmill run --run {run}"
+    progress_lines = []
     for attempt, (stage, marker, signum, group) in enumerate(CASES):
         log = tmp_path / f"attempt-{attempt}.log"
         code, seconds = _interrupt(command, run, stage, marker, signum, group, log)
         lines = log.read_text().splitlines()
+        progress_lines += [line for line in lines if re.search(r": \d of 4 shards, [\d,]+ documents", line)]
         assert code == 128 + signum, lines[-5:]
         target = "the group" if group else "the main process"
         assert seconds < EXIT_SECONDS, f"{signal.Signals(signum).name} to {target}: {seconds:.1f} s"
@@ -143,6 +151,8 @@ def test_interrupted_runs_exit_fast_and_resume_to_identical_outputs(
         assert record["status"] == "interrupted" and record["stages"][stage]["status"] == "interrupted"
         # later attempts: the printed command, without --input
         command = [str(GRISTMILL), *resume.split()[1:], *SETTINGS]
+
+    assert progress_lines, "no periodic progress line while the shards ran"
 
     status = subprocess.run([str(GRISTMILL), "status", str(run)], capture_output=True, text=True, timeout=60)
     assert "report     interrupted" in status.stdout and "ingest     done" in status.stdout, status.stdout
