@@ -195,3 +195,13 @@ def test_ingest_counts_documents_it_cut(tmp_path: Path) -> None:
     assert (summary["documents"], summary["truncated"], summary["quarantined"]) == (2, 1, 0)
     texts = pq.read_table(run.documents / "00000.parquet").column("text").to_pylist()
     assert texts == ["short", ("long " * 500)[:1000]]
+
+
+def test_parquet_and_csv_documents_over_the_limit(tmp_path: Path) -> None:
+    texts = ["small", "x" * 3000, "small again"]
+    pq.write_table(pa.table({"text": texts}), tmp_path / "rows.parquet")
+    (tmp_path / "rows.csv").write_text("text\n" + "\n".join(texts) + "\n")
+    for name in ("rows.parquet", "rows.csv"):
+        docs, quarantined = read(tmp_path / name, max_document_bytes=1000)
+        assert [d.text for d in docs] == ["small", "small again"]
+        assert [(q.reason, q.position) for q in quarantined] == [("too_large", "row 1")]
