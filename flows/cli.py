@@ -110,13 +110,10 @@ def _absolute_inputs(cfg: Config) -> Config:
 
 
 def _recorded(root: str) -> dict[str, Any]:
-    """run.json of the run directory `root` (an S3 run: only that file is fetched), or {}."""
+    """run.json of the run directory `root` (opening an S3 run fetches only that file), or {}."""
     from pipelines.run import RunDir
 
-    run = RunDir(root)
-    if run.remote is not None:
-        run.remote.pull(wanted=lambda rel: rel == "run.json")
-    return run.record.load()
+    return RunDir(root).pull().record.load()
 
 
 def _force_restart(root: str) -> None:
