@@ -27,6 +27,7 @@ from flows.config import Config, TrainConfig, describe, load_config, parse_overr
 from flows.launch import train_command
 from training.config import (
     HelpFormatter,
+    SFTConfig,
     add_eval_arguments,
     add_export_arguments,
     add_generate_arguments,
@@ -442,6 +443,21 @@ def _add_ablate_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_ablate)
 
 
+def cmd_sft(args: argparse.Namespace) -> int:
+    from training.config import SFTConfig, to_argv
+
+    names = {f.name for f in dataclasses.fields(SFTConfig)}
+    cfg = SFTConfig(**{k: v for k, v in vars(args).items() if k in names})
+    nproc = f"--nproc_per_node={cfg.nproc}"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", nproc, "-m", "training.sft"]
+    command += [*to_argv(cfg), *(["--resume"] if args.resume else [])]
+    if args.dry_run:
+        print(shlex.join(command))
+        return 0
+    log.info("launching: %s", shlex.join(command))
+    return subprocess.call(command)
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     print(describe())
     return 0
@@ -617,6 +633,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-documents", type=int, default=None, help="evaluate the first N documents only")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     add_eval_arguments(p).set_defaults(func=cmd_eval)
+
+    p = sub.add_parser(
+        "sft",
+        help="instruction-tune a checkpoint on JSONL conversations with torchrun",
+        description="Runs `python -m training.sft` under torchrun: the chat template's tokens are added "
+        "to the checkpoint's tokenizer, the loss is on the assistant's tokens, examples are packed with "
+        "attention masked per example (docs/training.md).",
+        formatter_class=HelpFormatter,
+    )
+    add_train_arguments(p, settings=SFTConfig)
+    p.add_argument("--nproc", type=int, default=1, help="processes per node (torchrun --nproc_per_node)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --output")
+    p.add_argument("--dry-run", action="store_true", help="print the torchrun command instead of running it")
+    p.set_defaults(func=cmd_sft)
 
     p = sub.add_parser("config", help="print every config field with its default and meaning")
     p.set_defaults(func=cmd_config)

@@ -136,15 +136,7 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            choices = typing.get_args(hints[f.name])
-            if typing.get_origin(hints[f.name]) is Literal and value not in choices:
-                raise ValueError(f"{f.name}: {value!r} is not one of {', '.join(choices)}")
-            for bound, (check, word) in _BOUNDS.items():
-                if bound in f.metadata and value is not None and not check(value, f.metadata[bound]):
-                    raise ValueError(f"{f.name}: must be {word} {f.metadata[bound]}, got {value}")
+        check_fields(self)
         if self.rope_scaling is not None and self.resume_from is None:
             raise ValueError("rope_scaling: scales the context of a pretrained model; give resume_from")
         if self.data_lanes is not None and self.batch_size % self.data_lanes:
@@ -154,6 +146,73 @@ class TrainConfig:
                 raise ValueError(f"{len(self.data)} data manifests but {len(self.data_weights)} data_weights")
             for weight in self.data_weights:
                 as_fraction(weight)
+
+
+def check_fields(config: Any) -> None:
+    """Check a settings dataclass's choices (``Literal`` fields) and bounds (``ge``/``gt``/``le``)."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        choices = typing.get_args(hints[f.name])
+        if typing.get_origin(hints[f.name]) is Literal and value not in choices:
+            raise ValueError(f"{f.name}: {value!r} is not one of {', '.join(choices)}")
+        for bound, (check, word) in _BOUNDS.items():
+            if bound in f.metadata and value is not None and not check(value, f.metadata[bound]):
+                raise ValueError(f"{f.name}: must be {word} {f.metadata[bound]}, got {value}")
+
+
+@dataclass
+class SFTConfig:
+    """Instruction tuning (`gristmill sft`, `python -m training.sft`) of a pretrained checkpoint."""
+
+    checkpoint: str | None = _field(
+        None, "pretrained checkpoint: a step dir or a training output's latest (local or s3://)",
+        required=True, metavar="CKPT",
+    )  # fmt: skip
+    data: list[str] = field(default_factory=list, metadata={
+        "help": "JSONL files of conversations: `messages` [{role, content}] or `prompt`/`response` "
+        "(local or s3://; .gz/.zst too)", "required": True, "metavar": "URI"})  # fmt: skip
+    output: str | None = _field(None, "checkpoint folder or s3:// prefix", required=True)
+    nproc: int = _field(1, "processes per node (torchrun --nproc_per_node)", ge=1, launcher=True)
+    seq_len: int | None = _field(
+        None, "tokens per training window (default: the checkpoint's training --seq-len)", ge=8
+    )
+    packing: bool = _field(
+        True, "pack several examples per window, attention masked per example (else one per window, padded)"
+    )
+    validation_fraction: float = _field(
+        0.05, "share of examples held out for validation (by a hash of their position)", ge=0, le=0.5
+    )
+    batch_size: int = _field(16, "windows per optimizer step, over all processes", ge=1)
+    grad_accum: int = _field(1, "micro-batches per optimizer step on each process", ge=1)
+    max_steps: int = _field(200, "optimizer steps (sets the LR schedule)", ge=1)
+    stop_at: int | None = _field(
+        None, "end this invocation after this step with a checkpoint (default: max_steps)", ge=1
+    )
+    lr: float = _field(3e-4, "peak learning rate", gt=0)
+    warmup_steps: int | None = _field(None, "linear warm-up steps (default: 5% of max_steps)", ge=0)
+    min_lr_ratio: float = _field(0.1, "cosine decay floor as a fraction of lr", ge=0, le=1)
+    weight_decay: float = _field(0.0, "AdamW weight decay (matrices only)", ge=0)
+    grad_clip: float = _field(1.0, "max global gradient norm", gt=0)
+    dtype: Literal["fp32", "bf16"] = _field("fp32", "compute precision, as in pretraining")
+    parallel: Literal["ddp", "fsdp"] = _field("ddp", "data parallelism under torchrun, as in pretraining")
+    tp: int = _field(1, "tensor-parallel ranks per model replica, as in pretraining", ge=1)
+    compile: bool = _field(False, "torch.compile the model")
+    activation_checkpointing: bool = _field(False, "recompute block activations in backward")
+    deterministic: bool = _field(False, "torch.use_deterministic_algorithms (bitwise repeatable runs)")
+    seed: int = _field(0, "seed of the window order and the new token rows' noise-free init")
+    eval_every: int = _field(50, "steps between validation-loss evaluations (0: never)", ge=0)
+    eval_windows: int = _field(64, "validation windows per evaluation (the first ones)", ge=1)
+    log_every: int = _field(10, "steps between log lines", ge=1)
+    save_every: int = _field(100, "steps between checkpoints (0: only at the end)", ge=0)
+    keep_last: int = _field(2, "newest checkpoints kept", ge=1)
+    dist_timeout_s: int = _field(1800, "seconds a collective may wait, setup included", ge=1)
+    staging_dir: str | None = _field(
+        None, "local staging folder for S3 checkpoints and logs (default: under $TMPDIR)"
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 LAUNCHER_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("launcher"))
@@ -188,12 +247,15 @@ def _option(hint: Any) -> dict[str, Any]:
     return {"type": hint}
 
 
-def add_arguments(parser: argparse.ArgumentParser, overrides: bool = False) -> None:
-    """One ``--field-name`` option per field. ``overrides=False`` (``python -m training.train``): the
-    dataclass defaults, required fields required, launcher fields left out; ``True`` (``gristmill
-    train``): every field, absent from the namespace unless given, to lay over a config."""
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
+def add_arguments(
+    parser: argparse.ArgumentParser, overrides: bool = False, settings: type = TrainConfig
+) -> None:
+    """One ``--field-name`` option per field of ``settings`` (TrainConfig, SFTConfig).
+    ``overrides=False`` (``python -m training.train``): the dataclass defaults, required fields
+    required, launcher fields left out; ``True`` (``gristmill train``): every field, absent from the
+    namespace unless given, to lay over a config."""
+    hints = typing.get_type_hints(settings)
+    for f in dataclasses.fields(settings):
         if f.metadata.get("launcher") and not overrides:
             continue
         help = f.metadata["help"].replace("%", "%%")
@@ -247,8 +309,11 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--seed", type=int, default=None, help="random seed (default: nondeterministic)")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, cuda:N")
     add_context_arguments(p)
-    p.add_argument("--chat", action="store_true",
-                   help="format the prompt as a user message with the chat template (an sft checkpoint)")
+    p.add_argument(
+        "--chat",
+        action="store_true",
+        help="format the prompt as a user message with the chat template (an sft checkpoint)",
+    )
     p.add_argument("--system", default=None, help="with --chat: a system message before the prompt")
     return p
 
@@ -271,12 +336,24 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def add_context_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Rotary scaling and quantization at inference (generate, eval, export)."""
-    p.add_argument("--rope-scaling", choices=ROPE_SCALING_CHOICES, default=None,
-                   help="stretch rotary positions beyond the trained context (default: the checkpoint's)")
-    p.add_argument("--rope-factor", type=float, default=None,
-                   help="with --rope-scaling: the new context as a multiple of the trained one")
-    p.add_argument("--quantize", choices=("int8", "int4"), default=None,
-                   help="weight-only quantization: int8 per channel, int4 in groups of 64 (torchao)")
+    p.add_argument(
+        "--rope-scaling",
+        choices=ROPE_SCALING_CHOICES,
+        default=None,
+        help="stretch rotary positions beyond the trained context (default: the checkpoint's)",
+    )
+    p.add_argument(
+        "--rope-factor",
+        type=float,
+        default=None,
+        help="with --rope-scaling: the new context as a multiple of the trained one",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=("int8", "int4"),
+        default=None,
+        help="weight-only quantization: int8 per channel, int4 in groups of 64 (torchao)",
+    )
     return p
 
 
