@@ -66,8 +66,9 @@ def _setup_logging(under_prefect: bool) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
         log.addHandler(handler)
     log.setLevel(logging.INFO)
-    display = os.environ.get("GRISTMILL_PROGRESS") or ("bar" if sys.stderr.isatty() else "lines")
-    progress.configure(display)
+    # a bar only on a terminal and outside Prefect (whose console handler does not write around it)
+    bar = sys.stderr.isatty() and not under_prefect
+    progress.configure(os.environ.get("GRISTMILL_PROGRESS") or ("bar" if bar else "lines"))
 
 
 def _common_config(args: argparse.Namespace, base: dict[str, Any] | None = None) -> Config:
