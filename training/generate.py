@@ -79,7 +79,7 @@ def set_context(
         config = config.with_overrides(max_seq_len=max_seq_len)
     if config != model.config:
         model.config = config
-        model.rotary = RotaryEmbedding(config).to(model.tok_emb.weight.device)
+        model.rotary = RotaryEmbedding(config).to(model.norm.weight.device)
 
 
 def load_checkpoint(
@@ -160,7 +160,7 @@ def generate(
         raise ValueError("prompt_ids must not be empty")
     max_len = model.config.max_seq_len
     prompt_ids = prompt_ids[-(max_len - 1) :]
-    device = model.tok_emb.weight.device
+    device = model.norm.weight.device
     cache = model.new_kv_cache(batch_size=1, max_len=max_len)
     idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     pos = 0

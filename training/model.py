@@ -388,7 +388,7 @@ class Transformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        weight = self.tok_emb.weight
+        weight = self.norm.weight  # the activations' device and dtype, whatever the embedding's format
         return KVCache(self.config, batch_size, max_len, device=weight.device, dtype=weight.dtype)
 
     def forward(

@@ -14,7 +14,7 @@ from token_shards import TEXT
 from training.evaluate import evaluate_texts
 from training.generate import load_checkpoint
 from training.generate import main as generate_main
-from training.quantize import quantize_model, weight_bytes
+from training.quantize import PackedInt4Embedding, quantize_model, weight_bytes
 
 
 @pytest.fixture(scope="module")
@@ -35,16 +35,32 @@ def test_quantized_weights_are_smaller_and_lose_little(checkpoint: Path) -> None
     for mode in ("int8", "int4"):
         loaded = load_checkpoint(checkpoint, quantize=mode)
         model = loaded.model
-        assert model.lm_head.weight is model.tok_emb.weight  # still one tensor for both
+        if mode == "int8":
+            assert model.lm_head.weight is model.tok_emb.weight  # still one tensor for both
+        else:
+            assert (
+                isinstance(model.tok_emb, PackedInt4Embedding) and model.lm_head.embedding[0] is model.tok_emb
+            )
         assert type(model.blocks[0].attn.wq.weight).__name__ != "Parameter"  # a torchao tensor
         loss = evaluate_texts(model, loaded.tokenizer, texts, 64, "cpu")["loss"]
         results[mode] = (weight_bytes(model), loss)
     int8_bytes, int8_loss = results["int8"]
     int4_bytes, int4_loss = results["int4"]
     assert int8_bytes < 0.55 * bf16_bytes  # the -45% target, against 16-bit weights
-    assert int4_bytes < 0.75 * int8_bytes
+    assert int4_bytes < 0.35 * bf16_bytes  # -65% on this 2-layer model; the benchmark checks the -70% target
     assert abs(int8_loss - base) / base < 0.01
     assert abs(int4_loss - base) / base < 0.05
+
+
+def test_packed_int4_embedding_round_trips_within_its_step() -> None:
+    weight = torch.randn(50, 128, generator=torch.Generator().manual_seed(0))
+    packed = PackedInt4Embedding(weight, group_size=64, block_rows=16)
+    assert packed.codes.dtype == torch.uint8 and packed.codes.shape == (50, 64)
+    rows = packed(torch.arange(50))
+    step = (weight.reshape(50, 2, 64).amax(-1) - weight.reshape(50, 2, 64).amin(-1)) / 15
+    assert ((rows - weight).abs().reshape(50, 2, 64) <= step.unsqueeze(-1) * 0.52 + 1e-2).all()
+    hidden = torch.randn(3, 128)
+    torch.testing.assert_close(packed.logits(hidden), hidden @ rows.t(), atol=1e-4, rtol=1e-4)
 
 
 def test_quantized_generation_and_bad_mode(checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
