@@ -274,7 +274,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if args.policy and args.against:
         raise SystemExit("error: --policy (what-if) and --against (diff) are separate reports: give one")
-    run = RunDir(args.run).pull()  # an s3:// run is pulled into its local mirror
+    run = RunDir(args.run).pull()  # an s3:// run: run.json; the report fetches what it reads
     against = RunDir(args.against).pull() if args.against else None
     for path, opened in ((args.run, run), (args.against, against)):
         if opened is not None and not opened.run_json.exists():
@@ -323,7 +323,7 @@ def cmd_export_text(args: argparse.Namespace) -> int:
     from pipelines.export import export_text
     from pipelines.run import RunDir
 
-    summary = export_text(RunDir(args.run).pull(), Path(args.output), args.format)
+    summary = export_text(RunDir(args.run).pull_all(), Path(args.output), args.format)
     counts = ", ".join(f"{n:,} {split}" for split, n in summary["documents"].items()) or "no"
     out = args.output.rstrip("/")
     print(f"export-text: {counts} documents -> {out}/data/*.{args.format} (dataset card: {out}/README.md)")
