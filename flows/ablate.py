@@ -86,7 +86,7 @@ class AblationError(RuntimeError):
 def ablate(run_uri: str, config: AblationConfig) -> dict[str, Any]:
     """Build the variants of a finished run, train and evaluate every variant x seed, write
     ablation/results.json and the report. Returns the results."""
-    run = RunDir(run_uri).pull()
+    run = RunDir(run_uri).pull_all()
     if not run.manifest.exists() or not run.tokenizer_json.exists():
         missing = run.manifest.relative_to(run.root)
         raise ValueError(f"{run_uri}: not a finished run (no {missing}): run `gristmill run` first")
