@@ -44,7 +44,6 @@ from pipelines.ablation import (
 from pipelines.config import RunConfig
 from pipelines.run import RunDir
 from pipelines.run.files import sha256_file, write_json
-from pipelines.run.layout import MANIFEST_NAME
 from pipelines.stages.token_shards import MANIFEST_NAME, lineage
 from training.config import TrainConfig
 
