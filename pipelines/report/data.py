@@ -139,7 +139,7 @@ def document_bytes_and_groups(run: RunDir) -> tuple[np.ndarray, np.ndarray]:
 READS = (
     "_shards.json", "_policy.yaml", "signals/*", "clean/*", "quarantine/*", "dedup/removed.parquet",
     "dedup/clusters.parquet", "dedup/summary.json", "tokenizer/*", "tokens/_manifest.json", "report/*",
-    "report/_doc_tokens/*",
+    "report/_doc_tokens/*", "ablation/results.json",
 )  # fmt: skip
 
 
