@@ -1,10 +1,11 @@
 """Input files: what a list of local paths or `s3://` URIs expands to, named the same way for both.
 
 A folder (or an S3 prefix) is walked recursively: keys sorted; hidden parts, `*.md` and `LICENSE*`
-skipped. Each file is named by its path relative to the deepest folder that holds every listed file of
-its storage (the local disk, or one bucket), prefixed by that folder's name: `web/pages-00.jsonl.gz`
-whether the input was `web/`, `web/pages-00.jsonl.gz` or `./web`, and the same for a local copy and an
-S3 copy of the same files. That name is the `source` of its documents' ids. A file name's bytes that are
+skipped; each file is named `<folder name>/<relative path>`. A file given directly is named like it is
+when its folder is given: `<parent folder name>/<file name>`. So `web/pages-00.jsonl.gz` whether the
+input was `web/`, `./web/pages-00.jsonl.gz` or `s3://bucket/crawl/web/`, and a local copy and an S3 copy
+of the same files get the same names (a bucket's root is named by the bucket). That name is the
+`source` of its documents' ids. A file name's bytes that are
 not UTF-8 appear percent-encoded in its source (`caf%E9.jsonl`; a name that already reads so is then the
 same source, refused as a repeated one); its path keeps the real bytes.
 """
@@ -37,37 +38,21 @@ def list_inputs(uris: list[str]) -> list[tuple[str, str]]:
 def expand_inputs(uris: list[str]) -> list[tuple[str, str, int]]:
     """`(path, source, i)` for every file of the inputs: `i` is the index in `uris` of the input it
     came from (see `list_inputs`)."""
-    found: list[tuple[str, int]] = []
+    found: list[tuple[str, str, int]] = []
     for i, uri in enumerate(uris):
-        found += [(path, i) for path in (_list_s3(uri) if s3.is_s3(uri) else _list_local(uri))]
-    names = _names([path for path, _ in found])
+        pairs = _list_s3(uri) if s3.is_s3(uri) else _list_local(uri)
+        found += [(path, _utf8_name(source), i) for path, source in pairs]
     seen: dict[str, str] = {}
-    for path, _ in found:
-        if (source := names[path]) in seen:
+    for path, source, _ in found:
+        if source in seen:
             raise UserError(f"inputs {seen[source]!r} and {path!r} have the same source name {source!r}")
         seen[source] = path
-    return [(path, names[path], i) for path, i in found]
+    return found
 
 
-def _names(paths: list[str]) -> dict[str, str]:
-    """Each path's source: relative to the deepest folder holding every path of its storage, prefixed by
-    that folder's name (a bucket's root is named by the bucket)."""
-    groups: dict[str, list[tuple[str, str]]] = {}
-    for path in paths:
-        if s3.is_s3(path):
-            location = s3.S3Uri.parse(path)
-            key = f"/{location.bucket}/{location.key}"
-            groups.setdefault(f"s3://{location.bucket}", []).append((path, key))
-        else:
-            groups.setdefault("", []).append((path, Path(path).as_posix()))
-    names = {}
-    for members in groups.values():
-        folders = [posixpath.dirname(key) for _, key in members]
-        root = posixpath.commonpath(folders) if len(folders) > 1 else folders[0]
-        prefix = posixpath.basename(root)
-        for path, key in members:
-            names[path] = _utf8_name(posixpath.join(prefix, posixpath.relpath(key, root)))
-    return names
+def _named(folder: str, rel: str) -> str:
+    """`<folder>/<rel>`, or `rel` alone for a folder without a name (the file system's root)."""
+    return posixpath.join(folder, rel) if folder else rel
 
 
 _UNDECODABLE = re.compile("[\udc80-\udcff]")  # how os.fsdecode holds a byte that is not UTF-8
@@ -78,11 +63,18 @@ def _utf8_name(name: str) -> str:
     return _UNDECODABLE.sub(lambda m: f"%{ord(m.group()) - 0xDC00:02X}", name)
 
 
-def _list_local(uri: str) -> list[str]:
+def _list_local(uri: str) -> list[tuple[str, str]]:
     if os.path.isdir(uri):
-        return [str(Path(uri, rel).resolve()) for rel in _walk(uri)]
+        root = os.path.basename(os.path.abspath(uri))
+        return [(str(Path(uri, rel).resolve()), _named(root, rel)) for rel in _walk(uri)]
     if os.path.lexists(uri):
-        return [str(Path(uri).resolve())]
+        path = os.path.abspath(uri)
+        return [
+            (
+                str(Path(uri).resolve()),
+                _named(os.path.basename(os.path.dirname(path)), os.path.basename(path)),
+            )
+        ]
     raise UserError(f"input path does not exist: {uri!r}")
 
 
@@ -99,21 +91,23 @@ def _walk(top: str) -> list[str]:
     return sorted(found)
 
 
-def _list_s3(uri: str) -> list[str]:
+def _list_s3(uri: str) -> list[tuple[str, str]]:
     """An existing object is one file; otherwise (or with a trailing `/`) the URI is a folder, listed with
     the local folder rules."""
     location = s3.S3Uri.parse(uri)
     if location.key and not location.key.endswith("/") and s3.exists(location):
-        return [str(location)]
+        parent, _, name = location.key.rpartition("/")
+        return [(str(location), _named(parent.rsplit("/", 1)[-1] or location.bucket, name))]
+    root = location.key.rstrip("/").rsplit("/", 1)[-1] or location.bucket
     found = []
     for obj in s3.list_objects(location):
         rel = obj.key[len(location.prefix) :]
         parts = rel.split("/")
         if parts[-1] and not any(p.startswith(".") for p in parts) and not _skipped(parts[-1]):
-            found.append((rel, str(location.join(rel))))
+            found.append((str(location.join(rel)), _named(root, rel)))
     if not found:
         raise UserError(f"input path does not exist: {uri!r} (no object or objects under it)")
-    return [path for _, path in sorted(found)]
+    return sorted(found, key=lambda pair: pair[1])
 
 
 def local_input(path: str) -> str:

@@ -188,3 +188,21 @@ def test_text_and_id_keys_from_the_command_line(tmp_path: Path) -> None:
     documents = pq.read_table(run.documents).to_pylist()
     assert [d["source_id"] for d in documents] == ["r/0", "r/1", "r/2"]
     assert documents[0]["text"] == rows[0]["content"] and json.loads(documents[0]["metadata"]) == {"meta": {}}
+
+
+def test_report_examples_carry_the_records_own_ids(runs: dict[str, RunDir]) -> None:
+    from pipelines.report import write_report
+
+    run = runs["1 MB, 2 workers"]
+    report = write_report(run, 1)
+    own = {
+        r["id"]: r["source_id"] for r in pq.read_table(run.signals, columns=["id", "source_id"]).to_pylist()
+    }
+    examples = [e for rule in report["rules"] for e in rule["examples"]]
+    assert examples and all(e["source_id"] == own[e["id"]] for e in examples)
+    assert any(e["source_id"] for e in examples)
+    pairs = report["duplicates"]["examples"]
+    assert pairs and all(p["source_id"] == own[p["id"]] for p in pairs)
+    html = (run.report / "report.html").read_text()
+    named = next(e for e in examples if e["source_id"])
+    assert f"{named['id']} (id {named['source_id']})" in html

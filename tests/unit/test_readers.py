@@ -100,18 +100,22 @@ def test_list_inputs_names_sorted_and_skips(tmp_path: Path, monkeypatch: pytest.
         (str(root / "sub/deep/e.warc.gz"), "sample/sub/deep/e.warc.gz"),
     ]
     assert list_inputs([str(root)]) == expected
-    # A trailing slash, a relative path or naming the files one by one gives the same sources.
+    # A trailing slash or a relative path gives the same sources; a file named directly is named after
+    # its folder, as when the folder is given (a nested one after its own folder).
     assert list_inputs([str(root) + "/"]) == expected
-    assert list_inputs([str(root / rel) for rel in inputs]) == sorted(expected, key=lambda p: inputs.index(p[1][7:]))
     assert list_inputs([str(root / "b.jsonl")]) == [expected[1]]
+    assert list_inputs([str(root / "sub/deep/e.warc.gz")]) == [(expected[3][0], "deep/e.warc.gz")]
     monkeypatch.chdir(tmp_path)
     assert list_inputs(["sample"]) == list_inputs(["./sample/"]) == expected
-    # Inputs in two folders: named from the folder holding both.
-    top = tmp_path.name
     assert [s for _, s in list_inputs(["sample", "other/single.jsonl"])] == [
-        *(f"{top}/{s}" for _, s in expected), f"{top}/other/single.jsonl"
+        *(s for _, s in expected),
+        "other/single.jsonl",
     ]
-    assert list_inputs([str(single)]) == [(str(single), "other/single.jsonl")]
+    assert (
+        list_inputs([str(single)])
+        == list_inputs([str(single.parent)])
+        == [(str(single), "other/single.jsonl")]
+    )
     assert list_inputs([]) == []
 
 
@@ -120,15 +124,13 @@ def test_list_inputs_missing_path(tmp_path: Path) -> None:
         list_inputs([str(tmp_path / "nope")])
 
 
-def test_list_inputs_same_file_twice(tmp_path: Path) -> None:
+def test_list_inputs_duplicate_source_names(tmp_path: Path) -> None:
     for parent in ("one", "two"):
         (tmp_path / parent / "data").mkdir(parents=True)
         (tmp_path / parent / "data" / "web.jsonl").write_text("x")
     one, two = tmp_path / "one" / "data", tmp_path / "two" / "data"
-    top = tmp_path.name
-    assert [s for _, s in list_inputs([str(one), str(two)])] == [
-        f"{top}/one/data/web.jsonl", f"{top}/two/data/web.jsonl"
-    ]
+    with pytest.raises(ValueError, match=r"same source name 'data/web\.jsonl'"):
+        list_inputs([str(one), str(two)])
     with pytest.raises(ValueError, match=r"same source name 'data/web\.jsonl'"):
         list_inputs([str(one), str(one / "web.jsonl")])
     with pytest.raises(ValueError, match="same source name"):
