@@ -186,8 +186,10 @@ def test_literal_special_token_text_stays_text(base: Path, tmp_path: Path) -> No
 
     text = f"A page that quotes {EOT} and {PAD} in its text."
     pq.write_table(
-        pa.table({"id": ["x:1"], "source": ["x"], "source_id": [None], "url": [None], "metadata": [None],
-                  "text": [text]}, schema=DOCUMENT_SCHEMA),  # fmt: skip
+        pa.table(
+            dict(id=["x:1"], source=["x"], source_id=[None], url=[None], metadata=[None], text=[text]),
+            schema=DOCUMENT_SCHEMA,
+        ),
         run.documents / "00009.parquet",
     )
     write_token_shards(run, CONFIG.model_copy(update={"validation_fraction": 0.0}), {})
@@ -212,8 +214,14 @@ def test_vocabulary_over_65536_is_stored_as_uint32(base: Path, tmp_path: Path) -
 
     pq.write_table(
         pa.table(
-            {"id": ["big:1"], "source": ["x"], "source_id": [None], "url": [None], "metadata": [None],
-             "text": ["word zqxtok65999 word zqxtok3"]},  # fmt: skip
+            {
+                "id": ["big:1"],
+                "source": ["x"],
+                "source_id": [None],
+                "url": [None],
+                "metadata": [None],
+                "text": ["word zqxtok65999 word zqxtok3"],
+            },
             schema=DOCUMENT_SCHEMA,
         ),
         run.documents / "00009.parquet",
