@@ -132,7 +132,7 @@ def _read_shards(tokens: Path, manifest: dict) -> dict[str, list[int]]:
 
 def test_tokenize_shards_follow_the_contract(base: Path, tmp_path: Path) -> None:
     from training.manifest import load_manifest, verify_shards
-    from training.shards import RowGroupReader, SplitIndex
+    from training.shards import RowGroupCache, SplitIndex
 
     run = _copy(base, tmp_path / "run")
     manifest = run_stages(run, "tokenize", tokenize=CONFIG, workers=2)
@@ -162,7 +162,7 @@ def test_tokenize_shards_follow_the_contract(base: Path, tmp_path: Path) -> None
     verify_shards(loaded, "train")
     index = SplitIndex(loaded, "train")
     assert index.n_tokens == data["splits"]["train"]["tokens"] + data["splits"]["train"]["documents"]
-    tokens, _ = RowGroupReader(index).read(0, 100)
+    tokens, _ = RowGroupCache(index).read(0, 100)
     first = data["splits"]["train"]["shards"][0]["path"]
     assert tokens[:20].tolist() == pq.read_table(run.tokens / first).column("input_ids")[0].as_py()[:20]
 
@@ -201,7 +201,7 @@ def test_literal_special_token_text_stays_text(base: Path, tmp_path: Path) -> No
 
 def test_vocabulary_over_65536_is_stored_as_uint32(base: Path, tmp_path: Path) -> None:
     from training.manifest import load_manifest
-    from training.shards import RowGroupReader, SplitIndex
+    from training.shards import RowGroupCache, SplitIndex
 
     run = _copy(base, tmp_path / "run")
     tok = load(run.tokenizer / "tokenizer.json")
@@ -234,7 +234,7 @@ def test_vocabulary_over_65536_is_stored_as_uint32(base: Path, tmp_path: Path) -
     ids = _read_shards(run.tokens, data)["big:1"]
     assert tok.token_to_id("zqxtok65999") in ids and max(ids) > 65_535
     index = SplitIndex(load_manifest(str(run.manifest)), "train")
-    stream, _ = RowGroupReader(index).read(index.n_tokens - len(ids) - 1, index.n_tokens)
+    stream, _ = RowGroupCache(index).read(index.n_tokens - len(ids) - 1, index.n_tokens)
     assert stream.tolist() == [*ids, 0]
 
 
