@@ -128,7 +128,8 @@ def serializable_config(mode: str, device: torch.device, group_size: int = INT4_
 
 def quantize_model(model: nn.Module, mode: str, group_size: int = INT4_GROUP_SIZE) -> nn.Module:
     """Quantize ``model``'s linear and embedding weights in place (``mode``: int8 or int4) on the
-    device they are on, for inference only. int4 on CUDA runs in bfloat16 (the model is cast)."""
+    device they are on, for inference only. int4 runs in bfloat16 (the model is cast; rotary
+    tables stay float32): torchao's int4 kernels take bfloat16, and so do its scales."""
     from torchao.quantization import quantize_
 
     if mode not in QUANTIZE_MODES:
@@ -139,8 +140,10 @@ def quantize_model(model: nn.Module, mode: str, group_size: int = INT4_GROUP_SIZ
             if isinstance(module, nn.Linear | nn.Embedding) and module.weight.shape[-1] % group_size:
                 raise ValueError(f"int4: {name} has {module.weight.shape[-1]} input channels, not a "
                                  f"multiple of the group size {group_size}")  # fmt: skip
-        if device.type == "cuda":
-            model.to(torch.bfloat16)
+        model.to(torch.bfloat16)
+        rotary = getattr(model, "rotary", None)
+        if rotary is not None:
+            model.rotary = type(rotary)(model.config).to(device)
     lm_head, tok_emb = getattr(model, "lm_head", None), getattr(model, "tok_emb", None)
     tied = lm_head is not None and tok_emb is not None and lm_head.weight is tok_emb.weight
     model.requires_grad_(False)

@@ -296,6 +296,13 @@ def _write_quarantine(store: CheckpointStore, logs: RunLogs, records: list[dict[
         (Path(store.output) / "quarantine.jsonl").write_text(lines, encoding="utf-8")
 
 
+def _on(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """A host tensor on ``device``: pinned, then copied without blocking (CUDA)."""
+    if tensor is None or device.type != "cuda":
+        return tensor if tensor is None else tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def _step(
     par: Any,
     windows: Windows,
@@ -312,15 +319,11 @@ def _step(
     micro = np.array_split(mine, cfg.grad_accum)
     loss_sum = torch.zeros((), device=info.device)
     for m, part in enumerate(micro):
-        inputs, targets, doc_ids = windows.batch(part, cfg.packing)
+        inputs, targets, doc_ids = (_on(t, info.device) for t in windows.batch(part, cfg.packing))
         weight = windows.scored_targets(part) / total  # this micro-batch's share of the global mean
         with par.sync(m == len(micro) - 1):
             with _autocast(info.device, par.autocast):
-                _, loss = par.forward(
-                    inputs.to(info.device, non_blocking=True),
-                    targets.to(info.device, non_blocking=True),
-                    doc_ids=None if doc_ids is None else doc_ids.to(info.device, non_blocking=True),
-                )
+                _, loss = par.forward(inputs, targets, doc_ids=doc_ids)
             (loss * weight * info.dp_size).backward()  # DDP and FSDP average over the dp ranks
         loss_sum += loss.detach().float() * weight
     if info.tp > 1:

@@ -172,3 +172,38 @@ def test_chat_generation_and_exported_chat_template(
             ours = encode_chat(loaded.tokenizer, messages, loaded.eot_id, add_generation_prompt=prompt).ids
             theirs = hf.apply_chat_template(messages, add_generation_prompt=prompt, return_dict=True)
             assert list(theirs["input_ids"]) == ours
+
+
+BLOCKED = (
+    "pipelines",
+    "flows",
+    "tokenizer",
+    "prefect",
+    "datatrove",
+    "pydantic",
+    "yaml",
+    "torchao",
+    "transformers",
+)
+ISOLATED = f"""
+import sys
+
+class Blocked:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {BLOCKED!r}:
+            raise ImportError(f"{{name}} is not part of the training install")
+
+sys.meta_path.insert(0, Blocked())
+import training.evaluate, training.parallel, training.quantize, training.sft, training.sft_data, training.chat
+from training.sft import main
+assert main(["--help"]) == 0
+"""
+
+
+def test_post_training_modules_import_with_the_training_install_only() -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", ISOLATED], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    assert proc.returncode == 0 and "--checkpoint" in proc.stdout, proc.stderr[-3000:]
