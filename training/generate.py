@@ -31,10 +31,10 @@ from torch import Tensor
 from training.chat import END, ROLES, encode_chat, has_chat_tokens
 from training.checkpoint import CheckpointError, load_model_weights, resolve
 from training.config import HelpFormatter, add_generate_arguments
+from training.loop import TrainingError
 from training.manifest import sha256_hex
 from training.model import ModelConfig, RotaryEmbedding, Transformer, with_rope_scaling
 from training.storage import StorageError
-from training.train import TrainingError
 
 
 @dataclass

@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -29,11 +28,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tokenizers import Tokenizer
 from torch import nn
 
-from training import storage
+from training import loop, storage
 from training.chat import CHAT_TEMPLATE, CHAT_TOKENS, add_chat_tokens
 from training.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -42,17 +40,15 @@ from training.checkpoint import (
     CheckpointStore,
     load_model_weights,
     resolve,
-    rng_state,
-    set_rng_state,
 )
 from training.config import HelpFormatter, SFTConfig, add_arguments
 from training.logs import RunLogs
+from training.loop import TrainingError
 from training.manifest import DataError, sha256_hex
 from training.model import ModelConfig, Transformer
-from training.parallel import DistInfo, ParallelError, clip_grad_norm, parallelize, setup_distributed
-from training.schedule import build_scheduler, scheduler_state
+from training.parallel import DistInfo, ParallelError, clip_grad_norm, parallelize
+from training.schedule import build_scheduler
 from training.sft_data import Windows, global_batch, pack, read_examples
-from training.train import TrainingError, build_optimizer
 
 __all__ = ["grow_vocabulary", "main", "sft"]
 
@@ -97,16 +93,6 @@ def _start(
     tokenizer = Tokenizer.from_str(tokenizer_bytes.decode("utf-8"))
     add_chat_tokens(tokenizer)
     return grow_vocabulary(model, tokenizer.get_vocab_size()), config, tokenizer
-
-
-def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized():
-        dist.all_reduce(tensor)
-    return tensor
-
-
-def _autocast(device: torch.device, enabled: bool) -> Any:
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def _resolved(cfg: SFTConfig, info: DistInfo, seq_len: int) -> SFTConfig:
@@ -193,17 +179,12 @@ def _run(cfg: SFTConfig, resume: bool, info: DistInfo) -> None:
         cfg.activation_checkpointing,
         sequence_parallel=False,
     )
-    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, info.device)
+    optimizer = loop.build_optimizer(model, cfg.lr, cfg.weight_decay, info.device)
     scheduler = build_scheduler(optimizer, cfg.max_steps, int(cfg.warmup_steps or 0), cfg.min_lr_ratio)
     start_step = 0
     if saved_state is not None and latest is not None:
-        rng = store.load(latest, model, optimizer, info.device)
-        scheduler.load_state_dict(
-            {**saved_state["scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)}
-        )
+        loop.restore(store, latest, model, optimizer, scheduler, saved_state, info.device)
         start_step = int(saved_state["step"])
-        if rng is not None:
-            set_rng_state(rng, info.device)
     logs = RunLogs(store, info.rank, info.world_size, start_step, trace=False)
     if info.is_main:
         _write_quarantine(store, logs, examples.quarantined)
@@ -219,7 +200,6 @@ def _run(cfg: SFTConfig, resume: bool, info: DistInfo) -> None:
 
     def save(step: int) -> None:
         state = {
-            "step": step,
             "seed": cfg.seed,
             "global_batch_size": cfg.batch_size,
             "seq_len": seq_len,
@@ -228,19 +208,13 @@ def _run(cfg: SFTConfig, resume: bool, info: DistInfo) -> None:
             "tp": info.tp,
             "parallel": cfg.parallel,
             "position": {"windows_consumed": step * cfg.batch_size},
-            "scheduler": scheduler_state(scheduler),
         }
-        files = {
-            "config.json": (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
-            "train_state.json": (json.dumps(state, indent=2, sort_keys=True) + "\n").encode(),
-            "tokenizer.json": tokenizer_json,
-        }
-        uri = store.save(step, model, optimizer, files, rng_state(info.device), cfg.keep_last)
-        logs.sync()
-        if info.is_main:
-            print(f"saved checkpoint {uri}", flush=True)
+        loop.save_checkpoint(
+            store, logs, info, step, model, optimizer, scheduler, config, state, tokenizer_json, cfg.keep_last
+        )
 
-    pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    # each data-parallel rank's share of the global mean loss (tensor-parallel ranks hold the same share)
+    pending = loop.PendingSteps(store, divisor=info.tp)
     window_start = time.perf_counter()
     model.train()
     try:
@@ -249,25 +223,17 @@ def _run(cfg: SFTConfig, resume: bool, info: DistInfo) -> None:
             lr = optimizer.param_groups[0]["lr"]
             loss, norm = _step(par, train_windows, rows, optimizer, scheduler, cfg, info)
             done = step + 1
-            pending.append((done, loss, norm))
+            pending.add(done, loss, norm)
             last = done == cfg.stop_at
             log_now = done % cfg.log_every == 0 or last or done == start_step + 1
             eval_now = cfg.eval_every > 0 and len(val_windows) > 0 and (done % cfg.eval_every == 0 or last)
             save_now = (cfg.save_every and done % cfg.save_every == 0) or last
             if not (log_now or eval_now or save_now):
                 continue
-            losses = (_all_reduce(torch.stack([p[1] for p in pending])) / info.tp).tolist()
-            norms = torch.stack([p[2] for p in pending]).tolist()
-            steps = [p[0] for p in pending]
-            pending.clear()
-            for s, value, n in zip(steps, losses, norms, strict=True):
-                if not (math.isfinite(value) and math.isfinite(n)):
-                    raise TrainingError(
-                        f"non-finite loss at step {s} (loss={value}, grad_norm={n}); stopping"
-                    )
+            losses, norms = pending.settle()
             if log_now:
                 elapsed = time.perf_counter() - window_start
-                rate = len(steps) / max(elapsed, 1e-9)
+                rate = len(losses) / max(elapsed, 1e-9)
                 record = {"type": "train", "step": done, "loss": losses[-1], "lr": lr, "grad_norm": norms[-1]}
                 logs.metric({**record, "steps_per_s": rate})
                 window_start = time.perf_counter()
@@ -322,7 +288,7 @@ def _step(
         inputs, targets, doc_ids = (_on(t, info.device) for t in windows.batch(part, cfg.packing))
         weight = windows.scored_targets(part) / total  # this micro-batch's share of the global mean
         with par.sync(m == len(micro) - 1):
-            with _autocast(info.device, par.autocast):
+            with loop.autocast(info.device, par.autocast):
                 _, loss = par.forward(inputs, targets, doc_ids=doc_ids)
             (loss * weight * info.dp_size).backward()  # DDP and FSDP average over the dp ranks
         loss_sum += loss.detach().float() * weight
@@ -350,7 +316,7 @@ def _evaluate(par: Any, windows: Windows, cfg: SFTConfig, info: DistInfo) -> flo
         if not count:
             continue
         inputs, targets, doc_ids = windows.batch(part, cfg.packing)
-        with _autocast(info.device, par.autocast):
+        with loop.autocast(info.device, par.autocast):
             _, loss = par.model(
                 inputs.to(info.device),
                 targets.to(info.device),
@@ -358,7 +324,7 @@ def _evaluate(par: Any, windows: Windows, cfg: SFTConfig, info: DistInfo) -> flo
             )
         totals[0] += loss.double() * count
         totals[1] += count
-    _all_reduce(totals)
+    loop.all_reduce(totals)
     par.model.train()
     return float(totals[0] / totals[1].clamp(min=1))
 
@@ -366,16 +332,7 @@ def _evaluate(par: Any, windows: Windows, cfg: SFTConfig, info: DistInfo) -> flo
 def sft(cfg: SFTConfig, resume: bool = False) -> None:
     """Run instruction tuning (inside or outside torchrun); ``resume`` continues from the latest
     checkpoint in ``cfg.output``."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    info = setup_distributed(cfg.dist_timeout_s, cfg.tp)
-    try:
-        _run(cfg, resume, info)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        torch.set_num_threads(threads)
-        if torch.are_deterministic_algorithms_enabled() != deterministic:
-            torch.use_deterministic_algorithms(deterministic)
+    loop.run_distributed(_run, cfg, resume, cfg.dist_timeout_s, cfg.tp)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -409,9 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         storage.StorageError,
         FileNotFoundError,
     ) as exc:
-        prefix = f"[rank {os.environ['RANK']}] " if "RANK" in os.environ else ""
-        print(f"{prefix}error: {exc}", file=sys.stderr, flush=True)
-        return 1
+        return loop.cli_error(exc)
     return 0
 
 

@@ -19,9 +19,7 @@ lines added since the last checkpoint are uploaded with every checkpoint, the wh
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import math
 import os
 import random
@@ -46,8 +44,6 @@ from training.checkpoint import (
     CheckpointStore,
     load_model_weights,
     resolve,
-    rng_state,
-    set_rng_state,
 )
 from training.config import LAUNCHER_FIELDS, TrainConfig, as_fraction, parse_args
 from training.data import (
@@ -60,6 +56,17 @@ from training.data import (
     validation_windows,
 )
 from training.logs import ProfilerWindow, RunLogs, cuda_memory
+from training.loop import (
+    PendingSteps,
+    TrainingError,
+    all_reduce,
+    autocast,
+    build_optimizer,
+    cli_error,
+    restore,
+    run_distributed,
+    save_checkpoint,
+)
 from training.manifest import (
     DataError,
     IntegrityError,
@@ -77,15 +84,10 @@ from training.parallel import (
     ParallelError,
     clip_grad_norm,
     parallelize,
-    setup_distributed,
 )
-from training.schedule import build_scheduler, scheduler_state
+from training.schedule import build_scheduler
 
 __all__ = ["TrainingError", "main", "train"]
-
-
-class TrainingError(RuntimeError):
-    """Training cannot continue (bad arguments, incompatible resume, non-finite loss)."""
 
 
 # ---------------------------------------------------------------- arguments
@@ -109,34 +111,12 @@ def _resolved(cfg: TrainConfig, world_size: int) -> TrainConfig:
 # ---------------------------------------------------------------- distributed setup
 
 
-def _all_reduce(tensor: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized():
-        dist.all_reduce(tensor)
-    return tensor
-
-
 def _barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
 
 
 # ---------------------------------------------------------------- model, parallelism, optimizer
-
-
-def build_optimizer(
-    model: nn.Module, lr: float, weight_decay: float, device: torch.device
-) -> torch.optim.AdamW:
-    """AdamW with weight decay on weight matrices only (not norms, biases or embeddings)."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (decay if param.ndim >= 2 and "tok_emb" not in name else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda")
-
-
-def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def _local(tensor: torch.Tensor) -> torch.Tensor:
@@ -160,7 +140,7 @@ def train_step(
     loss_sum = torch.zeros((), device=device)
     for m in range(cfg.grad_accum):
         with par.sync(m == cfg.grad_accum - 1):
-            with _autocast(device, par.autocast):
+            with autocast(device, par.autocast):
                 _, loss = par.forward(
                     inputs[m * micro : (m + 1) * micro], targets[m * micro : (m + 1) * micro]
                 )
@@ -189,11 +169,11 @@ def evaluate(
         )
         for start in range(0, len(indices), micro_batch):
             inputs, targets = source.gather(indices[start : start + micro_batch])
-            with _autocast(info.device, par.autocast):
+            with autocast(info.device, par.autocast):
                 _, loss = par.model(inputs.to(info.device), targets.to(info.device))
             totals[k, 0] += loss.double() * targets.numel()
             totals[k, 1] += targets.numel()
-    _all_reduce(totals)
+    all_reduce(totals)
     par.model.train()
     return (totals[:, 0] / totals[:, 1].clamp(min=1)).tolist()
 
@@ -465,18 +445,13 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> None:
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, info.device)
     scheduler = build_scheduler(optimizer, cfg.max_steps, cfg.warmup_steps, cfg.min_lr_ratio)
     if saved_state is not None and latest is not None:
-        rng = store.load(latest, model, optimizer, info.device)
-        scheduler.load_state_dict(
-            {**saved_state["scheduler"], "lr_lambdas": [None] * len(optimizer.param_groups)}
-        )
+        restore(store, latest, model, optimizer, scheduler, saved_state, info.device)
         peak = scheduler.base_lrs[0]
         if info.is_main and not math.isclose(peak, cfg.lr):
             print(
                 f"resuming the checkpoint's LR schedule (peak {peak:g}); --lr {cfg.lr:g} is ignored",
                 flush=True,
             )
-        if rng is not None:
-            set_rng_state(rng, info.device)
 
     # the ranks of one tensor-parallel group read the same windows: the first one traces them
     logs = RunLogs(store, info.rank, info.world_size, start_step, cfg.trace and info.rank % info.tp == 0)
@@ -497,7 +472,6 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> None:
 
     def save(step: int) -> None:
         state = {
-            "step": step,
             "tokens_seen": step * tokens_per_step,
             "global_batch_size": cfg.batch_size,
             "seq_len": cfg.seq_len,
@@ -507,37 +481,13 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> None:
             "parallel": cfg.parallel,
             "order": schedule.shuffle.to_json(),
             "position": schedule.position(step),
-            "scheduler": scheduler_state(scheduler),
         }
-        files = {
-            "config.json": (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
-            "train_state.json": (json.dumps(state, indent=2, sort_keys=True) + "\n").encode(),
-            "tokenizer.json": tokenizer_json,
-        }
-        uri = store.save(step, model, optimizer, files, rng_state(info.device), cfg.keep_last)
-        logs.sync()
-        if info.is_main:
-            print(f"saved checkpoint {uri}", flush=True)
+        save_checkpoint(
+            store, logs, info, step, model, optimizer, scheduler, config, state, tokenizer_json, cfg.keep_last
+        )
 
-    pending_loss: list[torch.Tensor] = []
-    pending_norm: list[torch.Tensor] = []
-    pending_steps: list[int] = []
-
-    def settle() -> tuple[list[float], list[float]]:
-        """All-reduce the pending per-step losses; stop on a non-finite loss or gradient norm."""
-        if not pending_loss:
-            return [], []
-        losses = (_all_reduce(torch.stack(pending_loss)) / info.world_size).tolist()
-        norms = torch.stack(pending_norm).tolist()
-        steps = list(pending_steps)
-        pending_loss.clear(), pending_norm.clear(), pending_steps.clear()
-        for step, loss, norm in zip(steps, losses, norms, strict=True):
-            if not (math.isfinite(loss) and math.isfinite(norm)):
-                raise TrainingError(
-                    f"non-finite loss at step {step} (loss={loss}, grad_norm={norm}); stopping without "
-                    f"saving. Last good checkpoint, left untouched: {store.latest() or 'none'}"
-                )
-        return losses, norms
+    # each rank's mean loss, summed over the ranks (tensor-parallel ranks hold the same loss)
+    pending = PendingSteps(store, divisor=info.world_size)
 
     stream = BatchStream(
         sources,
@@ -569,16 +519,14 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> None:
                 logs.upload(profile)
                 window_start += time.perf_counter() - profiled
             logs.trace.write(done, batch.windows, batch.sources)
-            pending_loss.append(loss)
-            pending_norm.append(grad_norm)
-            pending_steps.append(done)
+            pending.add(done, loss, grad_norm)
             last = done == cfg.stop_at
             log_now = done % cfg.log_every == 0 or last or done == start_step + 1
             eval_now = bool(val_live) and (done % cfg.eval_every == 0 or done == cfg.max_steps)
             save_now = (cfg.save_every and done % cfg.save_every == 0) or last
             if not (log_now or eval_now or save_now):
                 continue
-            losses, norms = settle()
+            losses, norms = pending.settle()
             window_losses += losses
             if log_now:
                 elapsed = time.perf_counter() - window_start
@@ -633,18 +581,8 @@ def _run(cfg: TrainConfig, resume: bool, info: DistInfo) -> None:
 
 def train(cfg: TrainConfig, resume: bool = False) -> None:
     """Run training (inside or outside torchrun); ``resume`` continues from the latest checkpoint in
-    ``cfg.output``. Process-wide torch settings (threads, deterministic algorithms) are restored
-    afterwards, for callers that train in-process."""
-    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    info = setup_distributed(cfg.dist_timeout_s, cfg.tp)
-    try:
-        _run(cfg, resume, info)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-        torch.set_num_threads(threads)
-        if torch.are_deterministic_algorithms_enabled() != deterministic:
-            torch.use_deterministic_algorithms(deterministic)
+    ``cfg.output``."""
+    run_distributed(_run, cfg, resume, cfg.dist_timeout_s, cfg.tp)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -652,9 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train(cfg, resume)
     except (TrainingError, ParallelError, DataError, CheckpointError, storage.StorageError) as exc:
-        prefix = f"[rank {os.environ['RANK']}] " if "RANK" in os.environ else ""
-        print(f"{prefix}error: {exc}", file=sys.stderr, flush=True)
-        return 1
+        return cli_error(exc)
     return 0
 
 

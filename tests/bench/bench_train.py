@@ -36,10 +36,10 @@ sys.path[:0] = [str(TESTS / "support"), str(REPO)]
 from token_shards import TEXT, build_token_run  # noqa: E402
 
 from training.data import WindowSource  # noqa: E402
+from training.loop import build_optimizer  # noqa: E402
 from training.manifest import load_manifest  # noqa: E402
 from training.model import PRESETS, Transformer  # noqa: E402
 from training.parallel import available_cpus  # noqa: E402
-from training.train import build_optimizer  # noqa: E402
 from training.train import main as train_main  # noqa: E402
 
 SEQ_LEN = 256
