@@ -45,7 +45,7 @@ class DocumentTokens(ShardStep):
         return self.run.doc_tokens / self.shard(index)
 
     def process(self, index: int) -> dict[str, int]:
-        tokenizer = load(self.run.tokenizer_json)
+        tokenizer = load(self.run.tokenizer_json, literal_special_tokens=True)  # as the tokenize stage
         counts: list[int] = []
         ids: list[str] = []
         source = text_path(self.run, self.shard(index))  # the text the tokenize stage would see
@@ -95,6 +95,7 @@ def count_document_tokens(run: RunDir, workers: int = 0) -> np.ndarray | None:
     key = {
         "tokenizer_sha256": sha256_file(run.tokenizer_json),
         "text": [text_path(run, name).parent.name for name in shards],
+        "special_tokens": "literal",  # counts made before special-token strings were counted as text are stale
     }
     key_file = run.doc_tokens_key
     if not key_file.exists() or json.loads(key_file.read_text()) != key:  # another tokenizer or text

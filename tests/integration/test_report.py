@@ -54,7 +54,12 @@ def _stricter(path: Path, factor: int = 4) -> Path:
 def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunDir, RunDir, Path]:
     work = tmp_path_factory.mktemp("report")
     sample = REPO / "data" / "sample"
-    first = _build_run(work / "first", [sample / "web.jsonl.zst", sample / "spam.jsonl.zst"])
+    # short messages that quote the end-of-text token: the pipeline encodes it as text, so must the report
+    quotes = work / "quotes.jsonl"
+    quotes.write_text(
+        "".join(json.dumps({"text": f"reply {i} <|endoftext|> ok"}) + "\n" for i in range(3)), encoding="utf-8"
+    )
+    first = _build_run(work / "first", [sample / "web.jsonl.zst", sample / "spam.jsonl.zst", quotes])
     stricter = _stricter(work / "min-words-200.yaml")
     second = _build_run(work / "second", [sample / "web.jsonl.zst", sample / "udhr.jsonl.zst"], stricter)
     return first, second, work
@@ -66,7 +71,7 @@ def _signals(run: RunDir) -> list[dict]:
 
 def _tokens_by_id(run: RunDir) -> dict[str, int]:
     """Token counts computed here, independently of the report code, on the text later stages read."""
-    tokenizer = load(run.tokenizer / "tokenizer.json")
+    tokenizer = load(run.tokenizer / "tokenizer.json", literal_special_tokens=True)
     docs = [
         row
         for path in sorted(run.documents.glob("*.parquet"))
@@ -138,7 +143,7 @@ def test_rules_rank_by_tokens_with_shares_families_sources_and_languages(runs: t
         for d in pq.read_table(p, columns=["id", "source"]).to_pylist()
     }
     by_source = {s["source"]: s for s in report["sources"]}
-    assert len(by_source) == 2 and {Path(s).name for s in by_source} == {"web.jsonl.zst", "spam.jsonl.zst"}
+    assert {Path(s).name for s in by_source} == {"web.jsonl.zst", "spam.jsonl.zst", "quotes.jsonl"}
     for source, entry in by_source.items():
         mine = [r for r in rows if documents[r["id"]] == source]
         assert entry["documents_in"] == len(mine)
