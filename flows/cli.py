@@ -281,9 +281,11 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise SystemExit(f"error: {path} is not a run directory (no run.json)")
     if args.policy:
         comparison, paths = write_whatif(run, args.policy, args.workers or 0)
-        print(f"what-if {args.policy}: kept documents {comparison['kept_documents_before']:,} -> "
-              f"{comparison['kept_documents_after']:,} ({comparison['newly_dropped']:,} newly dropped, "
-              f"{comparison['newly_kept']:,} newly kept)")
+        print(
+            f"what-if {args.policy}: kept documents {comparison['kept_documents_before']:,} -> "
+            f"{comparison['kept_documents_after']:,} ({comparison['newly_dropped']:,} newly dropped, "
+            f"{comparison['newly_kept']:,} newly kept)"
+        )
     elif against is not None:
         _, paths = write_diff(run, against, args.workers or 0)
     else:

@@ -95,7 +95,7 @@ def count_document_tokens(run: RunDir, workers: int = 0) -> np.ndarray | None:
     key = {
         "tokenizer_sha256": sha256_file(run.tokenizer_json),
         "text": [text_path(run, name).parent.name for name in shards],
-        "special_tokens": "literal",  # counts made before special-token strings were counted as text are stale
+        "special_tokens": "literal",  # special-token strings counted as text (older caches are stale)
     }
     key_file = run.doc_tokens_key
     if not key_file.exists() or json.loads(key_file.read_text()) != key:  # another tokenizer or text

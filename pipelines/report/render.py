@@ -182,8 +182,12 @@ def _named(doc_id: str, source_id: str | None) -> str:
 def _examples(rule: dict[str, Any]) -> Details:
     def table(items: list[dict[str, Any]]) -> Table:
         rows = [
-            [_named(i["id"], i.get("source_id")), i.get("value"), ", ".join(i.get("reasons") or []) or "kept",
-             Excerpt(i.get("excerpt"))]
+            [
+                _named(i["id"], i.get("source_id")),
+                i.get("value"),
+                ", ".join(i.get("reasons") or []) or "kept",
+                Excerpt(i.get("excerpt")),
+            ]
             for i in items
         ]
         return Table(["id", rule.get("signal") or "value", "failed rules", "excerpt"], rows)
@@ -294,8 +298,13 @@ def _duplicates(d: dict[str, Any]) -> Section:
         blocks.append(Table(["kept document", "cluster size", "removed", "lowest similarity"], rows))
     headers = ["removed", "kept as", "kind", "similarity", "removed text", "kept text"]
     rows = [
-        [_named(e["id"], e.get("source_id")), _named(e["duplicate_of"], e.get("duplicate_of_source_id")),
-         e.get("kind", ""), e["similarity"], *_pair_texts(e)]
+        [
+            _named(e["id"], e.get("source_id")),
+            _named(e["duplicate_of"], e.get("duplicate_of_source_id")),
+            e.get("kind", ""),
+            e["similarity"],
+            *_pair_texts(e),
+        ]
         for e in d["examples"]
     ]
     return Section("Duplicates", [*blocks, Table(headers, rows, formats=("html",))])

@@ -115,9 +115,7 @@ class SignalsStep(ShardStep):
                 table = signals_table(ids, list(rows), {c: batch.column(c) for c in carried})
                 table = policy.apply(with_plugins(table, plugins, texts, list(cleaned), errors))
                 signals_writer.write_table(table)
-                clean_writer.write_table(
-                    pa.table({"id": ids, "text": list(cleaned)}, schema=CLEAN_SCHEMA)
-                )
+                clean_writer.write_table(pa.table({"id": ids, "text": list(cleaned)}, schema=CLEAN_SCHEMA))
                 documents += len(rows)
                 kept += sum(table.column("keep").to_pylist())
                 chars += sum(map(len, texts))

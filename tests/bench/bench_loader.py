@@ -102,8 +102,12 @@ def build_corpus(root: Path, tokens: int = CORPUS_TOKENS, seed: int = 0) -> Path
         "format": "gristmill.tokens",
         "format_version": 1,
         "dtype": "uint16",
-        "tokenizer": {"path": "../tokenizer/tokenizer.json", "sha256": "0" * 64, "vocab_size": VOCAB,
-                      "eot_id": 0},  # no tokenizer file: the reader does not open it
+        "tokenizer": {
+            "path": "../tokenizer/tokenizer.json",
+            "sha256": "0" * 64,
+            "vocab_size": VOCAB,
+            "eot_id": 0,
+        },  # no tokenizer file: the reader does not open it
         "splits": {"train": {"documents": len(lengths), "tokens": int(lengths.sum()), "shards": shards}},
     }
     manifest_path.write_text(json.dumps(manifest))

@@ -56,9 +56,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunDir, RunDir, Path
     sample = REPO / "data" / "sample"
     # short messages that quote the end-of-text token: the pipeline encodes it as text, so must the report
     quotes = work / "quotes.jsonl"
-    quotes.write_text(
-        "".join(json.dumps({"text": f"reply {i} <|endoftext|> ok"}) + "\n" for i in range(3)), encoding="utf-8"
-    )
+    lines = [json.dumps({"text": f"reply {i} <|endoftext|> ok"}) + "\n" for i in range(3)]
+    quotes.write_text("".join(lines), encoding="utf-8")
     first = _build_run(work / "first", [sample / "web.jsonl.zst", sample / "spam.jsonl.zst", quotes])
     stricter = _stricter(work / "min-words-200.yaml")
     second = _build_run(work / "second", [sample / "web.jsonl.zst", sample / "udhr.jsonl.zst"], stricter)

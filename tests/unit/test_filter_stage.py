@@ -36,9 +36,7 @@ def test_stage_writes_aligned_clean_text_and_signals(tmp_path: Path) -> None:
         assert any(len(c) < len(r) for c, r in zip(cleaned.column("text").to_pylist(), raw, strict=True))
     # the cleaning settings came from the config: no kept line has fewer than 4 words (in scripts without
     # spaces, characters count as words)
-    lines = [
-        line for t in pq.read_table(run.clean).column("text").to_pylist() for line in t.splitlines()
-    ]
+    lines = [line for t in pq.read_table(run.clean).column("text").to_pylist() for line in t.splitlines()]
     assert any(len(line.split()) == 4 for line in lines)
     assert all(len(line.split()) >= 4 for line in lines if not has_no_space_script(line))
     # later stages read the cleaned text of the kept documents
