@@ -60,6 +60,8 @@ def _setup_logging(under_prefect: bool) -> None:
     from pipelines.exec import progress
 
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "gristmill")
+    # a stage run outside a flow run (stage commands, in-process builds) logs to stderr only, silently
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     if not under_prefect and not log.handlers:
         handler = _TqdmHandler(sys.stderr)

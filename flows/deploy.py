@@ -31,7 +31,10 @@ from flows.config import PATH_FIELDS, Config, DeploymentConfig
 
 ENTRYPOINT = "flows.build_corpus.build_corpus"
 WORK_POOL_TEMPLATE = Path(__file__).resolve().parents[1] / "infra" / "prefect" / "work-pool.json"
-FLOW_RUN_ENV = {"PREFECT_LOGGING_EXTRA_LOGGERS": "gristmill"}
+FLOW_RUN_ENV = {
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "gristmill",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+}
 
 
 def base_job_template(kind: str) -> dict[str, Any]:

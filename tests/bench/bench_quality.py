@@ -4,7 +4,7 @@ at the same number of training tokens?
 Builds a mixed-quality corpus from ../shared/data, runs `gristmill run` on it, then `gristmill ablate`
 with variants raw, policy, policy+dedup and -fineweb, and prints the table (docs/ablation.md).
 
-The corpus (written once to $GRISTMILL_BENCH_CACHE/quality-v1/, about a minute):
+The corpus (written once to $GRISTMILL_BENCH_CACHE/quality-v2/, about a minute):
 
 - web.jsonl: the 1,033 trafilatura evaluation pages rendered to text with all their boilerplate
   (inscriptis: menus, cookie banners, footers, one block per line, as a crawl's WET text has them);
@@ -45,12 +45,13 @@ from shared_data import SHARED_DATA  # noqa: E402
 
 from pipelines.run.layout import RunLayout  # noqa: E402
 
-VERSION = 1
+VERSION = 2  # 2: WikiText articles without blank lines, headings as plain lines
 SEED = 1234
 BOOKS = 20
 WIKI_IN_CORPUS = 40
 WIKI_FIXES = ((" @,@ ", ","), (" @.@ ", "."), (" @-@ ", "-"), ("<unk>", ""), (" ,", ","), (" .", "."))
 WIKI_HEADING = re.compile(r"^ = [^=].* = $", re.MULTILINE)
+WIKI_SECTION = re.compile(r"^(?:= )+(.*?)(?: =)+$")
 WARCS = (
     "resiliparse-test-warc/warcfile.warc.gz",
     "dolma-test-fixtures/warc/sample-0000.warc.gz",
@@ -76,10 +77,19 @@ def page_text(path: Path) -> str:
 
 
 def wiki_articles() -> list[str]:
+    """WikiText-2 validation articles as plain text: tokenization undone, section headings
+    (`= = History = =`) as lines of their own, no blank lines (WikiText's lines of one space would
+    otherwise be counted as duplicated lines by the Gopher repetition rules)."""
     text = (SHARED_DATA / "wikitext-2-valid" / "valid.txt").read_text(encoding="utf-8")
     for old, new in WIKI_FIXES:
         text = text.replace(old, new)
-    return [a.strip() for a in WIKI_HEADING.split(text) if len(a.strip()) >= 200]
+    articles = []
+    for article in WIKI_HEADING.split(text):
+        lines = [WIKI_SECTION.sub(r"\1", line.strip()) for line in article.splitlines()]
+        article = "\n".join(line for line in lines if line)
+        if len(article) >= 200:
+            articles.append(article)
+    return articles
 
 
 def spam_messages() -> list[str]:
