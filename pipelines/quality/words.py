@@ -111,8 +111,10 @@ def _pattern(full: bool) -> str:
 
 @lru_cache(maxsize=2)
 def token_re(full: bool) -> re.Pattern[str]:
-    """The word-splitting expression (built once per process)."""
-    return re.compile(_pattern(full))
+    """The word-splitting expression (built once per process). Its one group is a token; the
+    whitespace before it is skipped by one possessive run rather than by failing every alternative at
+    each whitespace character (the text must not end in whitespace: `split` strips it)."""
+    return re.compile(rf"\s*+({_pattern(full)})")
 
 
 @lru_cache(maxsize=1)
@@ -122,7 +124,7 @@ def _needs_full_re() -> re.Pattern[str]:
 
 def split(text: str) -> list[str]:
     """The words of `text`, punctuation tokens included."""
-    return token_re(not text.isascii() and _needs_full_re().search(text) is not None).findall(text)
+    return token_re(not text.isascii() and _needs_full_re().search(text) is not None).findall(text.rstrip())
 
 
 @dataclass
