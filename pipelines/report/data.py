@@ -20,7 +20,7 @@ from pipelines.exec.step import ShardStep
 from pipelines.quality.policy import Policy, load_policy
 from pipelines.run import RunDir
 from pipelines.run.files import parquet_file, read_table, sha256_file, write_json, write_parquet
-from pipelines.run.layout import RunLayout
+from pipelines.run.layout import RunLayout, token_shard_name
 from tokenizer import count_tokens, load
 
 NON_SIGNAL_COLUMNS = {"id", "keep", "reasons", "lang"}
@@ -29,32 +29,55 @@ NON_SIGNAL_COLUMNS = {"id", "keep", "reasons", "lang"}
 class DocumentTokens(ShardStep):
     """Tokens of every document of shard i with the run's tokenizer -> report/_doc_tokens/i.parquet.
 
-    Counted on the text later stages read (cleaned when the signals stage cleaned it). Dropped documents
-    are never tokenized by the pipeline, so the report counts them here, once; a what-if reuses the counts.
+    Counted on the text later stages read (cleaned when the signals stage cleaned it). The documents of
+    the final corpus take their `n_tokens` from the token shards when tokens/ was made with the run's
+    tokenizer (`token_shards`: documents/ shard -> the token shards holding its documents); the others
+    (dropped, or every document before the tokenize stage ran) are tokenized here, once. A what-if
+    reuses the counts.
     """
 
     label = "report token counts"
+
+    def __init__(self, run_root: str, token_shards: dict[str, list[str]] | None = None) -> None:
+        super().__init__(run_root)
+        self.token_shards = token_shards or {}
 
     def plan_files(self) -> list[str]:
         return ["tokenizer/tokenizer.json"]
 
     def reads(self, index: int) -> list[str]:
-        return self.text_reads(index)[:1]
+        tokens = [f"tokens/{name}" for name in self.token_shards.get(self.shard(index), [])]
+        return self.text_reads(index)[:1] + tokens
 
     def output(self, index: int) -> Path:
         return self.run.doc_tokens / self.shard(index)
 
     def process(self, index: int) -> dict[str, int]:
-        tokenizer = load(self.run.tokenizer_json, literal_special_tokens=True)  # as the tokenize stage
+        name = self.shard(index)
+        known: dict[str, int] = {}
+        for file in self.token_shards.get(name, []):
+            table = read_table(self.run.tokens / file, columns=["id", "n_tokens"])
+            known.update(zip(*(table.column(c).to_pylist() for c in ("id", "n_tokens")), strict=True))
+        tokenizer = None
         counts: list[int] = []
         ids: list[str] = []
-        source = text_path(self.run, self.shard(index))  # the text the tokenize stage would see
-        for batch in parquet_file(source).iter_batches(1_000, columns=["id", "text"]):
-            counts += count_tokens(tokenizer, [t or "" for t in batch.column("text").to_pylist()])
-            ids += batch.column("id").to_pylist()
+        tokenized = 0
+        for batch in parquet_file(text_path(self.run, name)).iter_batches(1_000, columns=["id", "text"]):
+            batch_ids = batch.column("id").to_pylist()
+            missing = [i for i, doc_id in enumerate(batch_ids) if doc_id not in known]
+            counted: list[int] = []
+            if missing:
+                # special-token strings count as text, as in the tokenize stage
+                tokenizer = tokenizer or load(self.run.tokenizer_json, literal_special_tokens=True)
+                texts = batch.column("text").take(pa.array(missing, pa.int64())).to_pylist()
+                counted = count_tokens(tokenizer, [t or "" for t in texts])
+            fresh = dict(zip(missing, counted, strict=True))
+            tokenized += len(missing)
+            counts += [fresh[i] if i in fresh else known[doc_id] for i, doc_id in enumerate(batch_ids)]
+            ids += batch_ids
         table = pa.table({"id": ids, "n_tokens": pa.array(counts, pa.int64())})
         write_parquet(table, self.output(index))
-        return {"documents": len(ids), "tokens": sum(counts)}
+        return {"documents": len(ids), "tokens": sum(counts), "tokenized": tokenized}
 
 
 @dataclass
@@ -85,11 +108,25 @@ class RunData:
         return self.signals.column("n_chars").to_numpy(zero_copy_only=False).astype(np.int64)
 
 
+def token_shards_by_input(run: RunDir) -> dict[str, list[str]]:
+    """documents/ shard -> the token shards holding its documents of the final corpus, when tokens/ is
+    complete and was made with the run's tokenizer (its `n_tokens` are then the report's counts); else {}."""
+    if not (run.manifest.exists() and run.token_plan.exists() and run.tokenizer_json.exists()):
+        return {}
+    if json.loads(run.manifest.read_text())["tokenizer"]["sha256"] != sha256_file(run.tokenizer_json):
+        return {}
+    by_input: dict[str, dict[str, None]] = {}
+    for shard in json.loads(run.token_plan.read_text())["shards"]:
+        for name, _, _ in shard["segments"]:
+            by_input.setdefault(name, {})[token_shard_name(shard["split"], shard["index"])] = None
+    return {name: list(files) for name, files in by_input.items()}
+
+
 def count_document_tokens(run: RunDir, workers: int = 0) -> np.ndarray | None:
     """Token counts of all documents in signals order (computed once, then read from the cache)."""
     if not run.tokenizer_json.exists():
         return None
-    task = DocumentTokens(str(run.root))
+    task = DocumentTokens(str(run.root), token_shards_by_input(run))
     cache = run.doc_tokens
     shards = run.shards()
     key = {
@@ -139,8 +176,8 @@ def document_bytes_and_groups(run: RunDir) -> tuple[np.ndarray, np.ndarray]:
 # What a report reads of a run (an S3 run pulls these into its mirror first): never documents/.
 READS = (
     "_shards.json", "_policy.yaml", "signals/*", "clean/*", "quarantine/*", "dedup/removed.parquet",
-    "dedup/clusters.parquet", "dedup/summary.json", "tokenizer/*", "tokens/_manifest.json", "report/*",
-    "report/_doc_tokens/*", "ablation/results.json",
+    "dedup/clusters.parquet", "dedup/summary.json", "tokenizer/*", "tokens/_manifest.json",
+    "tokens/_plan.json", "report/*", "report/_doc_tokens/*", "ablation/results.json",
 )  # fmt: skip
 
 

@@ -61,6 +61,13 @@ SHARD_COMPANIONS = {
 # Files that say "this stage's outputs are complete": written (and uploaded) after every data file.
 COMMIT_NAMES = ("manifest.json", "summary.json")
 MANIFEST_NAME = "_manifest.json"  # the token-shard manifest, in the shards' folder (docs/shard-format.md)
+
+
+def token_shard_name(split: str, index: int) -> str:
+    """The file name of token shard `index` of `split` (`train-00003.parquet`)."""
+    return f"{split}-{index:05d}.parquet"
+
+
 STAGE_COMMIT_FILES = {"tokenize": (f"tokens/{MANIFEST_NAME}",)}
 # Files at the run's root each stage writes (deleted with its folders when the stage starts afresh).
 STAGE_FILES = {"ingest": ("_inputs.json", "_splits.json", "_shards.json"), "signals": ("_policy.yaml",)}

@@ -47,7 +47,7 @@ from pipelines.run.files import (
     write_json,
     write_parquet,
 )
-from pipelines.run.layout import MANIFEST_NAME, RunLayout
+from pipelines.run.layout import MANIFEST_NAME, RunLayout, token_shard_name
 from tokenizer import EOT, encode_ids, load
 
 log = logging.getLogger("gristmill")
@@ -136,7 +136,7 @@ def plan_shards(
 
 
 def token_shard_file(shard: dict[str, Any]) -> str:
-    return f"{shard['split']}-{shard['index']:05d}.parquet"
+    return token_shard_name(shard["split"], shard["index"])
 
 
 # ----------------------------------------------------------------------------------- tokenize (task)

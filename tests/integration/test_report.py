@@ -18,6 +18,7 @@ from stage_helpers import build
 from pipelines.config import RunConfig
 from pipelines.corpus import text_path
 from pipelines.quality.policy import load_policy
+from pipelines.report.data import DocumentTokens, token_shards_by_input
 from pipelines.run import RunDir
 from tokenizer import load
 
@@ -115,6 +116,40 @@ def test_report_json_matches_the_stored_signals(runs: tuple) -> None:
         assert sum(hist["kept"]) == sum(1 for r in kept if r[name] is not None and np.isfinite(r[name]))
     langs = {t["lang"]: t["documents"] for t in report["languages"]["top"]}
     assert langs["en"] == sum(1 for r in rows if r["lang"] == "en")
+
+
+def test_report_counts_tokenize_only_what_the_token_shards_lack(runs: tuple) -> None:
+    """The final corpus's counts come from the token shards; only the other documents are tokenized."""
+    run, _, _ = runs
+    manifest = json.loads(run.manifest.read_text())
+    mapping = token_shards_by_input(run)
+    step = DocumentTokens(str(run.root), mapping)
+    tokens = _tokens_by_id(run)
+    in_shards = {
+        doc_id
+        for path in run.tokens.glob("*-0*.parquet")
+        for doc_id in pq.read_table(path, columns=["id"]).column("id").to_pylist()
+    }
+    assert len(in_shards) == manifest["totals"]["documents"] > 0
+    total_tokenized = 0
+    for index, name in enumerate(run.shards()):
+        counts = step.process(index)
+        table = pq.read_table(step.output(index)).to_pylist()
+        assert all(row["n_tokens"] == tokens[row["id"]] for row in table)
+        assert counts["tokenized"] == sum(row["id"] not in in_shards for row in table), name
+        total_tokenized += counts["tokenized"]
+    assert total_tokenized < len(tokens) - manifest["totals"]["documents"] + 1
+    assert token_shards_by_input(_with_other_tokenizer(run)) == {}
+
+
+def _with_other_tokenizer(run: RunDir) -> RunDir:
+    """A copy of `run` whose tokenizer is not the one its token shards were made with."""
+    other = run.root.with_name(run.root.name + "-other-tokenizer")
+    if not other.exists():
+        shutil.copytree(run.root, other)
+        path = other / "tokenizer" / "tokenizer.json"
+        path.write_text(path.read_text() + "\n")
+    return RunDir(other)
 
 
 def test_rules_rank_by_tokens_with_shares_families_sources_and_languages(runs: tuple) -> None:
