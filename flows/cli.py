@@ -309,8 +309,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, overrides).train
     if cfg.output is None and cfg.data and "://" not in cfg.data[0]:
         cfg = dataclasses.replace(cfg, output=str(Path(cfg.data[0]).resolve().parent.parent / "model"))
-    command = train_command(cfg, resume=args.resume)
-    if args.dry_run:
+    return _launch(train_command(cfg, resume=args.resume), args.dry_run)
+
+
+def _launch(command: list[str], dry_run: bool) -> int:
+    """Run a torchrun command line (print it only with --dry-run); its exit status."""
+    if dry_run:
         print(shlex.join(command))
         return 0
     log.info("launching: %s", shlex.join(command))
@@ -456,11 +460,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
     nproc = f"--nproc_per_node={cfg.nproc}"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", nproc, "-m", "training.sft"]
     command += [*to_argv(cfg), *(["--resume"] if args.resume else [])]
-    if args.dry_run:
-        print(shlex.join(command))
-        return 0
-    log.info("launching: %s", shlex.join(command))
-    return subprocess.call(command)
+    return _launch(command, args.dry_run)
 
 
 def cmd_config(args: argparse.Namespace) -> int:

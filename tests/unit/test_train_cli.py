@@ -148,6 +148,21 @@ def test_cli_dry_run_merges_config_flags_and_set(tmp_path: Path) -> None:
     assert parsed.trace is False and parsed.seq_len == 512  # a flag wins over --set
 
 
+def test_sft_dry_run_prints_the_torchrun_command(tmp_path: Path) -> None:
+    from training.sft import build_parser as sft_parser
+
+    result = gristmill(
+        "sft", "--checkpoint", "ckpt", "--data", "chat.jsonl", "--output", "tuned", "--nproc", "2",
+        "--max-steps", "7", "--resume", "--dry-run", cwd=tmp_path,
+    )  # fmt: skip
+    command = shlex.split(result.stdout.strip())
+    assert command[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    parsed = sft_parser().parse_args(command[command.index("training.sft") + 1 :])
+    assert (parsed.checkpoint, parsed.data, parsed.output) == ("ckpt", ["chat.jsonl"], "tuned")
+    assert parsed.max_steps == 7 and parsed.resume
+    assert not (tmp_path / "tuned").exists()  # a dry run launches nothing
+
+
 def test_cli_default_output_and_missing_data(tmp_path: Path) -> None:
     manifest = tmp_path / "run" / "tokens" / "manifest.json"
     result = gristmill("train", "--data", str(manifest), "--dry-run", cwd=tmp_path)
