@@ -148,7 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.info("resuming run %s with its recorded config and inputs", run_id)
     args.resume_hint = f"gristmill run --run {root}"
     args.run_root = root
-    check_run(cfg, root)
+    check_run(cfg, root, same_inputs=not args.force_restart)
     if args.force_restart:
         _force_restart(root)
     if _under_prefect():

@@ -29,15 +29,16 @@ def input_uri(entry: Any) -> str:
     return str(entry["uri"] if isinstance(entry, dict) else entry.uri)
 
 
-def check_run(config: RunConfig, root: str, inputs: bool = True) -> None:
+def check_run(config: RunConfig, root: str, inputs: bool = True, same_inputs: bool = True) -> None:
     """Every check of a run into `root` (a folder or an s3:// URI); `inputs=False` for a stage that
-    reads an existing run instead of inputs."""
+    reads an existing run instead of inputs; `same_inputs=False` when the run is to be discarded
+    (`--force-restart`), so other inputs may take its place."""
     check_run_id(root.rstrip("/").rsplit("/", 1)[-1])
     if inputs:
         check_inputs([input_uri(entry) for entry in config.inputs])
     check_models(config)
     check_output(root)
-    if inputs:
+    if inputs and same_inputs:
         check_same_inputs(root, [input_uri(entry) for entry in config.inputs])
 
 
@@ -122,7 +123,10 @@ def check_same_inputs(root: str, uris: list[str]) -> None:
     except (OSError, ValueError) as exc:
         raise UserError(f"{run_json} is not readable: {exc}") from exc
     if recorded is not None and [_normal(u) for u in recorded] != [_normal(u) for u in uris]:
-        raise UserError(f"{root} already holds a run of other inputs {recorded}; use another run directory")
+        raise UserError(
+            f"{root} already holds a run of other inputs {recorded}: use another run directory, or "
+            "--force-restart to discard that run"
+        )
 
 
 def _normal(uri: str) -> str:

@@ -52,12 +52,12 @@ SHARDS_RECORD_SECONDS = 5.0  # how often a running stage's shard counts are writ
 
 
 def restart(run: RunDir) -> None:
-    """Discard every result of a run (`gristmill run --force-restart`): each stage's files and record, and
-    the inputs' fingerprints, so that every stage starts afresh."""
+    """Discard every result of a run (`gristmill run --force-restart`): each stage's files and record, the
+    inputs it recorded and their fingerprints, so that every stage starts afresh (on other inputs too)."""
     for stage in STAGES:
         for path in run.stage_files(stage.name):
             path.unlink()
-    run.record.update(stages={}, input_files=None)
+    run.record.update(stages={}, input_files=None, inputs=None)
     log.info("%s: earlier results discarded (--force-restart)", run.root.name)
 
 

@@ -319,6 +319,20 @@ def test_changed_input_stops_a_resumed_run(small_run: tuple[Path, tuple[str, ...
     docs = _documents(work / "runs" / "again")
     assert any("Thx" in text for text in docs.values())  # the new content, read again
 
+    # other inputs: refused for this run directory, unless the run is discarded
+    (work / "other").mkdir()
+    (work / "other" / "b.jsonl").write_bytes(b"".join(_record(_text(3000, s)) + b"\n" for s in range(40, 50)))
+    other = tuple("other" if a == "in" else a for a in args)
+    refused = gristmill_run(work, *other)
+    assert (
+        refused.returncode == 2 and "other inputs" in refused.stderr and "--force-restart" in refused.stderr
+    )
+    replaced = gristmill_run(work, *other, "--force-restart")
+    assert replaced.returncode == 0, replaced.stderr[-4000:]
+    assert {doc_id.rsplit(":", 1)[0] for doc_id in _documents(work / "runs" / "again")} == {"other/b.jsonl"}
+    assert len(_documents(work / "runs" / "again")) == 10
+    assert json.loads((work / "runs" / "again" / "run.json").read_text())["inputs"] == [str(work / "other")]
+
 
 # ------------------------------------------------------------ CLI errors: run ids, output, repeated inputs
 
