@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipelines.dedup import lsh
 from pipelines.dedup.minhash import MAX_SHINGLE
 from pipelines.run.layout import RUN_ID_RULE, check_run_id
 from tokenizer import SPECIAL_TOKENS
@@ -167,6 +166,8 @@ class DedupConfig(Section):
         """(bands, rows): configured, or datasketch's optimum for threshold and num_perm."""
         if self.bands is not None and self.rows is not None:
             return self.bands, self.rows
+        from pipelines.dedup import lsh  # datasketch and scipy: imported when needed, not by every command
+
         return lsh.lsh_params(self.threshold, self.num_perm)
 
     def signature_params(self) -> dict[str, Any]:

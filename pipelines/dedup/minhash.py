@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-from datasketch import MinHash
 
 U64 = np.uint64
 U32 = np.uint32
@@ -105,6 +104,8 @@ def _powers(n: int) -> tuple[np.ndarray, np.ndarray]:
 @functools.cache
 def permutations(num_perm: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """datasketch's affine32 permutation parameters (a, b), each (num_perm, 1) uint32."""
+    from datasketch import MinHash  # with scipy: imported by the stages that hash, not by the CLI
+
     a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
     return a.astype(U32).reshape(-1, 1), b.astype(U32).reshape(-1, 1)
 
