@@ -263,12 +263,19 @@ def _forward(messages: Any, tracker: progress.StageProgress) -> None:
 
 
 def _terminate(pool: ProcessPoolExecutor) -> None:
+    """Stop the pool's workers now; return once they are reaped (at most about 5 s). The pool's manager
+    thread reaps a terminated worker too, so it is waited for as well: until it has, a worker that
+    already died can still count as alive."""
     processes = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.terminate()
+    deadline = time.monotonic() + 5
     for process in processes:
-        process.join(5)
+        process.join(max(0.0, deadline - time.monotonic()))
+    if manager is not None:
+        manager.join(max(0.0, deadline - time.monotonic()))
 
 
 def _run_ray(
