@@ -36,10 +36,7 @@ SHORT_LINE_CHARS = 30
 _OTHER_LINE_BREAKS = "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
 _INDENTED_BULLET = re.compile(r"\n[^\S\n]+[•-]")  # in "\n" + text
 _ELLIPSIS_END = re.compile(r"(?:\.\.\.|…)[^\S\n]*\n")  # in text + "\n"
-_TERMINAL = "".join(sorted(c for c in TERMINAL_PUNCTUATION if ord(c) < 0x10000))
-_ASTRAL_TERMINAL = tuple(c for c in TERMINAL_PUNCTUATION if ord(c) >= 0x10000)
-_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
-_TERMINAL_AT_LINE_END = re.compile(f"[{re.escape(_TERMINAL)}]$", re.MULTILINE)
+_TERMINAL_CHARS = frozenset(TERMINAL_PUNCTUATION)  # single characters, some outside the BMP
 
 # name -> (Arrow type, description); the order is the column order of signals/.
 SIGNALS: dict[str, tuple[pa.DataType, str]] = {
@@ -229,11 +226,7 @@ def fineweb(cleaned: Cleaned, raw_token_count: int) -> dict[str, Any]:
         n_words -= words.count(cleaned.removed_text)
     if cleaned.cited_before:
         n_words += words.count(cleaned.cited_after) - words.count(cleaned.cited_before)
-    punct_lines = len(_TERMINAL_AT_LINE_END.findall(text))
-    if not text.isascii() and _ASTRAL.search(
-        text
-    ):  # terminal punctuation outside the BMP is kept out of the fast regex
-        punct_lines += sum(1 for line in lines if line.endswith(_ASTRAL_TERMINAL))
+    punct_lines = sum(map(_TERMINAL_CHARS.__contains__, [line[-1] for line in lines]))
     lengths = np.fromiter(map(len, lines), np.int64, len(lines))
     newlines = text.count("\n")
     return {
