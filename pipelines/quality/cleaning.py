@@ -81,16 +81,18 @@ def clean(text: str, config: CleaningConfig | None = None) -> Cleaned:
     per_line_text_checks = check_lorem or check_js or check_curly or check_policy
     min_words = cfg.min_words_per_line
     no_space_script = not text.isascii() and NO_SPACE_CHAR_RE.search(text) is not None
+    no_terminal_punct = cfg.remove_no_terminal_punct
     kept: list[str] = []
     removed: list[str] = []
     cited: list[tuple[str, str]] = []
+    keep, remove = kept.append, removed.append
     lorem = curly = 0
     for raw in text.splitlines():
         line = original = raw.strip()
         if len(line) > max_length:  # only a line longer than the limit can hold a word that is
             words = line.split()
             if max(map(len, words)) > max_length:
-                removed.append(original)
+                remove(original)
                 continue
             n_words = len(words)
         elif min_words:
@@ -99,31 +101,31 @@ def clean(text: str, config: CleaningConfig | None = None) -> Cleaned:
                 n_words = len(NO_SPACE_WORD_RE.findall(line))
         else:
             n_words = 0
-        if check_cite:
+        if check_cite and "[" in line:  # every citation starts with "["
             line = CITATION_RE.sub("", line)
-        if cfg.remove_no_terminal_punct and (not line.endswith(END_PUNCTUATION) or line.endswith(ELLIPSIS)):
+        if no_terminal_punct and (not line.endswith(END_PUNCTUATION) or line.endswith(ELLIPSIS)):
             if original:
-                removed.append(original)
+                remove(original)
             continue
         if n_words < min_words:
             if original:
-                removed.append(original)
+                remove(original)
             continue
         if per_line_text_checks:
             line_lower = line.lower()
             if check_lorem and "lorem ipsum" in line_lower:
                 lorem += 1
             if check_js and "javascript" in line_lower:
-                removed.append(original)
+                remove(original)
                 continue
             if check_curly and "{" in line:
                 curly += 1
             if check_policy and any(p in line_lower for p in POLICY_SUBSTRINGS):
-                removed.append(original)
+                remove(original)
                 continue
         if line is not original and line != original:
             cited.append((original, line))
-        kept.append(line)
+        keep(line)
     cleaned = "\n".join(kept).strip()
     sentences = len(kept) + count_sentence_ends(cleaned) if cleaned else 0
     before, after = ("\n".join(lines) for lines in zip(*cited, strict=True)) if cited else ("", "")
