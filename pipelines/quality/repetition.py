@@ -5,11 +5,11 @@ count and by characters, the character share of the most frequent 2/3/4-gram (it
 included, times its count), and the share of characters in duplicated 5..10-grams found by datatrove's
 left-to-right scan (a repeated n-gram counts, then the scan jumps past it).
 
-n-grams are compared by a 64-bit hash of their words, never built as strings (a collision is vanishingly
-rare). Exact counting sorts, so it runs only on the n-grams that can matter: a hash table of bucket
-counts (`np.bincount`) first rules out every n-gram that occurs once (for the duplicate scans) or less
-often than the most frequent one found so far (for the top n-gram), and an n-gram can repeat only where
-its (n-1)-gram prefix repeats.
+n-grams are compared by a 64-bit hash of their words (`word_hashes`), never built as strings (a
+collision is vanishingly rare). Exact counting sorts, so it runs only on the n-grams that can matter:
+a hash table of bucket counts (`np.bincount`) first rules out every n-gram that occurs once (for the
+duplicate scans) or less often than the most frequent one found so far (for the top n-gram), and an
+n-gram can repeat only where its (n-1)-gram prefix repeats.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ DUP_NGRAMS = (5, 6, 7, 8, 9, 10)
 MAX_WORDS = 1_000_000  # n-gram signals of longer documents look at their first MAX_WORDS words only
 SMALL = 2_048  # below this many n-grams, sort them all: the bucket table does not pay
 _MIX = np.uint64(0x9E3779B97F4A7C15)
+_LENGTH_MIX = np.uint64(0xBF58476D1CE4E5B9)
 
 
 def duplicates(items: list[str]) -> tuple[int, int]:
@@ -64,6 +65,16 @@ def line_signals(text: str) -> dict[str, float | None]:
         "dup_line_fraction": line_dups / len(lines),
         "dup_line_char_fraction": line_chars / len(text),
     }
+
+
+def word_hashes(tokens: list[str], lengths: np.ndarray) -> np.ndarray:
+    """A uint64 hash of each word (`lengths`: their lengths, int64). CPython hashes a string's buffer,
+    not its characters, so strings of different widths with the same bytes collide ('祭' and 'my' are
+    both the bytes 6d 79): the length is mixed in, after which equal hashes mean equal words (up to
+    64-bit collisions)."""
+    with np.errstate(over="ignore"):
+        raw = np.fromiter(map(hash, tokens), np.int64, len(tokens)).view(np.uint64)
+        return raw ^ (lengths.view(np.uint64) * _LENGTH_MIX)
 
 
 def extend(prev: np.ndarray, token_hashes: np.ndarray, n: int) -> np.ndarray:

@@ -148,7 +148,7 @@ class SignalComputer:
         tokens = words.split(text)
         lengths = np.fromiter(map(len, tokens), np.int64, len(tokens))
         out.update(gopher_quality(text, tokens, raw_lines, out["lang"], int(lengths.sum())))
-        hashes = np.fromiter(map(hash, tokens), np.int64, len(tokens)).view(np.uint64)
+        hashes = repetition.word_hashes(tokens, lengths)
         out.update(repetition.line_signals(text))
         out.update(repetition.ngram_signals(hashes, lengths, len(text)))
         out.update(c4_signals(cleaned))
