@@ -65,15 +65,15 @@ class DocumentTokens(ShardStep):
         for batch in parquet_file(text_path(self.run, name)).iter_batches(1_000, columns=["id", "text"]):
             batch_ids = batch.column("id").to_pylist()
             missing = [i for i, doc_id in enumerate(batch_ids) if doc_id not in known]
-            counted: list[int] = []
             if missing:
                 # special-token strings count as text, as in the tokenize stage
                 tokenizer = tokenizer or load(self.run.tokenizer_json, literal_special_tokens=True)
-                texts = batch.column("text").take(pa.array(missing, pa.int64())).to_pylist()
-                counted = count_tokens(tokenizer, [t or "" for t in texts])
-            fresh = dict(zip(missing, counted, strict=True))
-            tokenized += len(missing)
-            counts += [fresh[i] if i in fresh else known[doc_id] for i, doc_id in enumerate(batch_ids)]
+                rows = pa.array(missing, pa.int64())
+                texts = [t or "" for t in batch.column("text").take(rows).to_pylist()]
+                new_ids = [batch_ids[i] for i in missing]
+                known.update(zip(new_ids, count_tokens(tokenizer, texts), strict=True))
+                tokenized += len(missing)
+            counts += [known[doc_id] for doc_id in batch_ids]
             ids += batch_ids
         table = pa.table({"id": ids, "n_tokens": pa.array(counts, pa.int64())})
         write_parquet(table, self.output(index))
