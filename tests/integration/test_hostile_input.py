@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.run.files import parquet_file
+from pipelines.run.files import parquet_file, read_table
 from pipelines.run.layout import RunLayout
 
 GRISTMILL = Path(sys.executable).parent / "gristmill"
@@ -206,6 +206,15 @@ def test_every_parquet_file_gristmill_writes_has_page_checksums(
         _flip_in_a_page(path, changed)
         with pytest.raises(OSError, match="CRC checksum verification failed"):
             parquet_file(changed).read()
+        with pytest.raises(OSError, match="CRC checksum verification failed"):
+            read_table(changed)
+
+
+def test_read_table_names_a_missing_column(hostile: dict[str, Any]) -> None:
+    path = next((hostile["run"] / "signals").glob("*.parquet"))
+    assert read_table(path, columns=["keep", "id"]).column_names == ["keep", "id"]
+    with pytest.raises(KeyError, match="no column 'no_such_signal'"):
+        read_table(path, columns=["id", "no_such_signal"])
 
 
 # ---------------------------------------------------------------- bounded memory and time per record
