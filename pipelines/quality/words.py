@@ -22,6 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from itertools import filterfalse
+from typing import Literal
 
 from datatrove.utils.text import PUNCTUATION_SET
 
@@ -86,35 +87,49 @@ def no_space_marks() -> str:
     return "[" + _bmp_class(lambda ch: unicodedata.category(ch)[0] == "M" and _NO_SPACE_RE.match(ch)) + "]"
 
 
-def _pattern(full: bool) -> str:
-    """The fast pattern (Latin, Cyrillic, Greek, ... text) or the full one (marks, no-space scripts)."""
+# The three forms of the expression: "ascii" for ASCII texts (ASCII \w and \s are table lookups, about a
+# quarter faster than the Unicode categories), "unicode" for other texts, "full" for texts with combining
+# marks or a script without spaces. They split an ASCII text alike.
+Kind = Literal["ascii", "unicode", "full"]
+# Unicode \s also matches the ASCII separators \x1c-\x1f (str.isspace): the ASCII form lists them
+_ASCII_SPACE = r"\s\x1c-\x1f"
+
+
+def _pattern(kind: Kind) -> str:
+    """The word-splitting alternatives of one form of the expression."""
+    full = kind == "full"
+    s = _ASCII_SPACE if kind == "ascii" else r"\s"  # whitespace, as a character-class body
     letter = f"[^\\W_{NO_SPACE_RANGES}]" if full else r"[^\W_]"
     marks = mark_re().pattern
     word = f"(?:{letter}|{marks})(?:{letter}+|{marks}+)*" if full else f"{letter}+"
+    # a word is matched possessively, and so are its joined pieces: nothing after them can need fewer
+    # (each piece starts with a character that is not a letter), and the regex engine skips the
+    # bookkeeping for backtracking
     return "|".join(
         [
             # a word, with inner apostrophes and periods (o'clock, U.S) and number separators (3.50, 10:30)
             # (but, as in spaCy, a period between a lower- and an uppercase letter splits: "her.I"), and
             # punctuation that spaCy has no infix rule for, between two words ("note;[1", "Ross.--_Dublin")
-            rf"{word}(?:(?=[^\w\s]|_)(?:['’](?!{CLITIC}){word}|\.(?:(?<![a-z]\.)|(?![A-Z])){word}|[,:/]\d+"
-            rf"|(?:[^\w\s'’.,:/<>=\-–—~…]|_|\.(?=[^\w\s.]|_))(?:[^\w\s]|_)*{word}))*",
+            rf"(?>{word})(?:(?=[^\w{s}]|_)(?:['’](?!{CLITIC}){word}|\.(?:(?<![a-z]\.)|(?![A-Z])){word}"
+            rf"|[,:/]\d+|(?:[^\w{s}'’.,:/<>=\-–—~…]|_|\.(?=[^\w{s}.]|_))(?:[^\w{s}]|_)*{word}))*+",
             rf"['’]{CLITIC}",  # 's 're 'll 've 'd 'm, and 't of n't
             r"\.{2,}|-{2,}",  # ... and --
             r"@\w+",  # @handle
             *(
                 [f"[{NO_SPACE_RANGES}]{no_space_marks()}*"] if full else []
             ),  # a character of a no-space script
-            r"\S",  # any other character
+            f"[^{s}]",  # any other character
         ]
     )
 
 
-@lru_cache(maxsize=2)
-def token_re(full: bool) -> re.Pattern[str]:
+@lru_cache(maxsize=3)
+def token_re(kind: Kind) -> re.Pattern[str]:
     """The word-splitting expression (built once per process). Its one group is a token; the
     whitespace before it is skipped by one possessive run rather than by failing every alternative at
     each whitespace character (the text must not end in whitespace: `split` strips it)."""
-    return re.compile(rf"\s*+({_pattern(full)})")
+    s = _ASCII_SPACE if kind == "ascii" else r"\s"
+    return re.compile(rf"[{s}]*+({_pattern(kind)})", re.ASCII if kind == "ascii" else 0)
 
 
 @lru_cache(maxsize=1)
@@ -122,9 +137,16 @@ def _needs_full_re() -> re.Pattern[str]:
     return re.compile(f"[{NO_SPACE_RANGES}{mark_re().pattern[1:-1]}]")
 
 
+def kind_of(text: str) -> Kind:
+    """Which form of the expression splits `text` (str.isascii is a flag lookup, not a scan)."""
+    if text.isascii():
+        return "ascii"
+    return "full" if _needs_full_re().search(text) is not None else "unicode"
+
+
 def split(text: str) -> list[str]:
     """The words of `text`, punctuation tokens included."""
-    return token_re(not text.isascii() and _needs_full_re().search(text) is not None).findall(text.rstrip())
+    return token_re(kind_of(text)).findall(text.rstrip())
 
 
 @dataclass

@@ -60,6 +60,16 @@ def test_split_follows_spacys_english_tokens() -> None:
     ]  # fmt: skip
 
 
+def test_the_three_forms_of_the_split_agree_on_ascii_text() -> None:
+    # \x1c-\x1f are whitespace to str.isspace and Unicode \s, but not to ASCII \s
+    text = "It's U.S. law\x1cand\x1fthat -- note;[1] x_y 3.50... o'clock @me a.B her.I e.g. 1,000:"
+    assert words.kind_of(text) == "ascii"
+    tokens = words.token_re("ascii").findall(text)
+    assert "and" in tokens and "that" in tokens
+    assert words.token_re("unicode").findall(text) == words.token_re("full").findall(text) == tokens
+    assert words.kind_of("naïve") == "unicode" and words.kind_of("cafe\u0301") == "full"
+
+
 def test_split_scripts_without_spaces_and_combining_marks() -> None:
     assert words.split("中文字符。日本語です") == ["中", "文", "字", "符", "。", "日", "本", "語", "で", "す"]
     assert words.split("ภาษาไทย") == ["ภ", "า", "ษ", "า", "ไ", "ท", "ย"]
