@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from datatrove.pipeline.filters.gopher_repetition_filter import (
     find_top_duplicate,
     get_n_grams,
 )
+from datatrove.utils.text import TERMINAL_PUNCTUATION
 from shared_data import SHARED_DATA
 
 from pipelines.quality import cleaning, repetition, signals, words
@@ -213,6 +215,14 @@ def test_c4_document_signals() -> None:
     # C4 counts whitespace-separated words; in Chinese every character counts, so its lines stay
     assert cleaning.clean(CHINESE).text == CHINESE
     assert cleaning.clean(CHINESE).sentences == 2  # "。" ends a sentence without a following space
+    assert cleaning.count_sentence_ends('Wait?!" He left... Then.Now "Go." she said. a.B') == 5
+
+
+def test_sentence_end_run_is_possessive_safely() -> None:
+    # SENTENCE_END_RE takes a run of terminal punctuation without giving any back: right only while no
+    # terminal character could start what follows a run (a closing quote, a space, a word character)
+    after = "\"'”’»)]"
+    assert not [c for c in TERMINAL_PUNCTUATION if c in after or c.isspace() or re.match(r"\w", c)]
 
 
 # ------------------------------------------------------------------------------------------ FineWeb
