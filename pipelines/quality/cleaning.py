@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datatrove.utils.text import TERMINAL_PUNCTUATION
 
 from pipelines.config import CleaningConfig
-from pipelines.quality.words import NO_SPACE_RANGES
+from pipelines.quality.words import NO_SPACE_CHAR_RE, NO_SPACE_RANGES, has_no_space_script
 
 CITATION_RE = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
 END_PUNCTUATION = (".", "?", "!", '"', "'")
@@ -55,7 +55,6 @@ NOT_AN_END_RE = re.compile(
 
 # In scripts written without spaces (Chinese, Japanese, Thai, ...) every character counts as a word
 # (C4 counts whitespace-separated words, which would remove every line of such text).
-NO_SPACE_CHAR_RE = re.compile(f"[{NO_SPACE_RANGES}]")
 NO_SPACE_WORD_RE = re.compile(f"[{NO_SPACE_RANGES}]|[^\\s{NO_SPACE_RANGES}]+")
 
 
@@ -73,8 +72,14 @@ class Cleaned:
     cited_after: str = ""
 
 
-def clean(text: str, config: CleaningConfig | None = None) -> Cleaned:
-    """Apply C4's line cleaning to `text`."""
+def clean(
+    text: str,
+    config: CleaningConfig | None = None,
+    lines: list[str] | None = None,
+    no_space_script: bool | None = None,
+) -> Cleaned:
+    """Apply C4's line cleaning to `text` (`lines`: text.splitlines(), and `no_space_script`: whether it
+    has a character of a script without spaces, where the caller already knows them)."""
     cfg = config or CleaningConfig()
     lower = text.lower()
     check_lorem = "lorem ipsum" in lower
@@ -85,14 +90,15 @@ def clean(text: str, config: CleaningConfig | None = None) -> Cleaned:
     check_cite = cfg.remove_citations and "[" in text and CITATION_RE.search(text) is not None
     per_line_text_checks = check_lorem or check_js or check_curly or check_policy
     min_words = cfg.min_words_per_line
-    no_space_script = not text.isascii() and NO_SPACE_CHAR_RE.search(text) is not None
+    if no_space_script is None:
+        no_space_script = not text.isascii() and has_no_space_script(text)
     no_terminal_punct = cfg.remove_no_terminal_punct
     kept: list[str] = []
     removed: list[str] = []
     cited: list[tuple[str, str]] = []
     keep, remove = kept.append, removed.append
     lorem = curly = 0
-    for raw in text.splitlines():
+    for raw in text.splitlines() if lines is None else lines:
         line = original = raw.strip()
         if len(line) > max_length:  # only a line longer than the limit can hold a word that is
             words = line.split()

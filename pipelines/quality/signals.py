@@ -141,11 +141,13 @@ class SignalComputer:
     def compute(self, text: str) -> tuple[dict[str, Any], str]:
         """(signals, cleaned text) of one document."""
         out: dict[str, Any] = {"n_chars": len(text)}
-        cleaned = clean(text, self.cleaning)
-        out["lang"], out["lang_score"] = langid.identify(cleaned.text or text, self.langid_model)
         raw_lines = text.splitlines()
+        kind = words.kind_of(text)  # one scan of a non-ASCII text for marks and scripts without spaces
+        no_space = kind == "full" and words.has_no_space_script(text)
+        cleaned = clean(text, self.cleaning, raw_lines, no_space)
+        out["lang"], out["lang_score"] = langid.identify(cleaned.text or text, self.langid_model)
         out["n_lines"] = len(raw_lines)
-        tokens = words.split(text)
+        tokens = words.split(text, kind)
         lengths = np.fromiter(map(len, tokens), np.int64, len(tokens))
         out.update(gopher_quality(text, tokens, raw_lines, out["lang"], int(lengths.sum())))
         hashes = repetition.word_hashes(tokens, lengths)

@@ -39,7 +39,7 @@ NO_SPACE_RANGES = (
     "\uff66-\uff9f"  # half-width Katakana
     "\U00020000-\U0003134f"  # CJK ideographs, supplementary planes
 )
-_NO_SPACE_RE = re.compile(f"[{NO_SPACE_RANGES}]")
+NO_SPACE_CHAR_RE = re.compile(f"[{NO_SPACE_RANGES}]")
 CLITIC = r"(?:[sSdDmMtT]|re|RE|ll|LL|ve|VE)(?![^\W_])"  # after an apostrophe: split off, as spaCy does
 # Abbreviations that spaCy's English tokenizer keeps with their period (its tokenizer exceptions), and
 # single letters (initials); `split` makes the period a token of its own.
@@ -77,14 +77,16 @@ def _bmp_class(keep: object) -> str:
 @lru_cache(maxsize=1)
 def mark_re() -> re.Pattern[str]:
     """Combining marks (vowel signs, diacritics) outside the scripts without spaces."""
-    marks = _bmp_class(lambda ch: unicodedata.category(ch)[0] == "M" and not _NO_SPACE_RE.match(ch))
+    marks = _bmp_class(lambda ch: unicodedata.category(ch)[0] == "M" and not NO_SPACE_CHAR_RE.match(ch))
     return re.compile(f"[{marks}]")
 
 
 @lru_cache(maxsize=1)
 def no_space_marks() -> str:
     """A character class of the combining marks of the scripts without spaces (Thai vowel signs, ...)."""
-    return "[" + _bmp_class(lambda ch: unicodedata.category(ch)[0] == "M" and _NO_SPACE_RE.match(ch)) + "]"
+    return (
+        "[" + _bmp_class(lambda ch: unicodedata.category(ch)[0] == "M" and NO_SPACE_CHAR_RE.match(ch)) + "]"
+    )
 
 
 # The three forms of the expression: "ascii" for ASCII texts (ASCII \w and \s are table lookups, about a
@@ -144,9 +146,9 @@ def kind_of(text: str) -> Kind:
     return "full" if _needs_full_re().search(text) is not None else "unicode"
 
 
-def split(text: str) -> list[str]:
-    """The words of `text`, punctuation tokens included."""
-    return token_re(kind_of(text)).findall(text.rstrip())
+def split(text: str, kind: Kind | None = None) -> list[str]:
+    """The words of `text`, punctuation tokens included (`kind`: kind_of(text), if known)."""
+    return token_re(kind or kind_of(text)).findall(text.rstrip())
 
 
 @dataclass
@@ -221,7 +223,7 @@ def count(text: str) -> int:
 
 
 def has_no_space_script(text: str) -> bool:
-    return _NO_SPACE_RE.search(text) is not None
+    return NO_SPACE_CHAR_RE.search(text) is not None
 
 
 if __name__ == "__main__":  # pragma: no cover - a quick look: python -m pipelines.words "some text"
