@@ -89,19 +89,31 @@ def no_space_marks() -> str:
     )
 
 
-# The three forms of the expression: "ascii" for ASCII texts (ASCII \w and \s are table lookups, about a
-# quarter faster than the Unicode categories), "unicode" for other texts, "full" for texts with combining
-# marks or a script without spaces. They split an ASCII text alike.
-Kind = Literal["ascii", "unicode", "full"]
-# Unicode \s also matches the ASCII separators \x1c-\x1f (str.isspace): the ASCII form lists them
-_ASCII_SPACE = r"\s\x1c-\x1f"
+# The four forms of the expression, each for the texts it splits exactly as the "full" form would:
+# - "ascii": ASCII texts, with explicit character classes (a bitmap lookup per character);
+# - "bmp": other texts of the Basic Multilingual Plane only, with explicit classes of its letters and
+#   spaces (a two-level table lookup; Unicode categories cost a quarter more);
+# - "unicode": texts with characters beyond it (emoji, ...), with Unicode categories;
+# - "full": texts with combining marks or a script without spaces.
+Kind = Literal["ascii", "bmp", "unicode", "full"]
+
+
+@lru_cache(maxsize=4)
+def _classes(kind: Kind) -> tuple[str, str, str]:
+    r"""(letter class, word-character class body, whitespace class body) of one form ("\w" is a letter,
+    a digit or "_"; a letter here is a word character other than "_")."""
+    if kind == "ascii":  # str.isspace also holds for the separators \x1c-\x1f
+        return "[A-Za-z0-9]", "A-Za-z0-9_", r"\t-\r\x1c-\x20"
+    if kind == "bmp":
+        alnum = _bmp_class(str.isalnum)
+        return f"[{alnum}]", f"{alnum}_", _bmp_class(str.isspace)
+    return (f"[^\\W_{NO_SPACE_RANGES}]" if kind == "full" else r"[^\W_]"), r"\w", r"\s"
 
 
 def _pattern(kind: Kind) -> str:
     """The word-splitting alternatives of one form of the expression."""
     full = kind == "full"
-    s = _ASCII_SPACE if kind == "ascii" else r"\s"  # whitespace, as a character-class body
-    letter = f"[^\\W_{NO_SPACE_RANGES}]" if full else r"[^\W_]"
+    letter, w, s = _classes(kind)
     marks = mark_re().pattern
     word = f"(?:{letter}|{marks})(?:{letter}+|{marks}+)*" if full else f"{letter}+"
     # a word is matched possessively, and so are its joined pieces: nothing after them can need fewer
@@ -112,11 +124,11 @@ def _pattern(kind: Kind) -> str:
             # a word, with inner apostrophes and periods (o'clock, U.S) and number separators (3.50, 10:30)
             # (but, as in spaCy, a period between a lower- and an uppercase letter splits: "her.I"), and
             # punctuation that spaCy has no infix rule for, between two words ("note;[1", "Ross.--_Dublin")
-            rf"(?>{word})(?:(?=[^\w{s}]|_)(?:['’](?!{CLITIC}){word}|\.(?:(?<![a-z]\.)|(?![A-Z])){word}"
-            rf"|[,:/]\d+|(?:[^\w{s}'’.,:/<>=\-–—~…]|_|\.(?=[^\w{s}.]|_))(?:[^\w{s}]|_)*{word}))*+",
+            rf"(?>{word})(?:(?=[^{w}{s}]|_)(?:['’](?!{CLITIC}){word}|\.(?:(?<![a-z]\.)|(?![A-Z])){word}"
+            rf"|[,:/]\d+|(?:[^{w}{s}'’.,:/<>=\-–—~…]|_|\.(?=[^{w}{s}.]|_))(?:[^{w}{s}]|_)*{word}))*+",
             rf"['’]{CLITIC}",  # 's 're 'll 've 'd 'm, and 't of n't
             r"\.{2,}|-{2,}",  # ... and --
-            r"@\w+",  # @handle
+            rf"@[{w}]+",  # @handle
             *(
                 [f"[{NO_SPACE_RANGES}]{no_space_marks()}*"] if full else []
             ),  # a character of a no-space script
@@ -125,13 +137,12 @@ def _pattern(kind: Kind) -> str:
     )
 
 
-@lru_cache(maxsize=3)
+@lru_cache(maxsize=4)
 def token_re(kind: Kind) -> re.Pattern[str]:
     """The word-splitting expression (built once per process). Its one group is a token; the
     whitespace before it is skipped by one possessive run rather than by failing every alternative at
     each whitespace character (the text must not end in whitespace: `split` strips it)."""
-    s = _ASCII_SPACE if kind == "ascii" else r"\s"
-    return re.compile(rf"[{s}]*+({_pattern(kind)})", re.ASCII if kind == "ascii" else 0)
+    return re.compile(rf"[{_classes(kind)[2]}]*+({_pattern(kind)})")
 
 
 @lru_cache(maxsize=1)
@@ -139,11 +150,24 @@ def _needs_full_re() -> re.Pattern[str]:
     return re.compile(f"[{NO_SPACE_RANGES}{mark_re().pattern[1:-1]}]")
 
 
+@lru_cache(maxsize=1)
+def _beyond_bmp_re() -> re.Pattern[str]:
+    """What takes a non-ASCII text off the "bmp" form: a combining mark, a character of a script without
+    spaces, or one beyond the Basic Multilingual Plane."""
+    return re.compile(f"[{_needs_full_re().pattern[1:-1]}\U00010000-\U0010ffff]")
+
+
 def kind_of(text: str) -> Kind:
-    """Which form of the expression splits `text` (str.isascii is a flag lookup, not a scan)."""
+    """Which form of the expression splits `text`: one scan of a non-ASCII text, two when it has a
+    character beyond the Basic Multilingual Plane (str.isascii is a flag lookup, not a scan)."""
     if text.isascii():
         return "ascii"
-    return "full" if _needs_full_re().search(text) is not None else "unicode"
+    found = _beyond_bmp_re().search(text)
+    if found is None:
+        return "bmp"
+    if _needs_full_re().match(found.group()) or _needs_full_re().search(text, found.end()):
+        return "full"
+    return "unicode"
 
 
 def split(text: str, kind: Kind | None = None) -> list[str]:

@@ -62,14 +62,24 @@ def test_split_follows_spacys_english_tokens() -> None:
     ]  # fmt: skip
 
 
-def test_the_three_forms_of_the_split_agree_on_ascii_text() -> None:
-    # \x1c-\x1f are whitespace to str.isspace and Unicode \s, but not to ASCII \s
+def test_the_forms_of_the_split_agree_where_they_are_used() -> None:
+    # \x1c-\x1f are whitespace to str.isspace and Unicode \s, as are \xa0 and \u3000
     text = "It's U.S. law\x1cand\x1fthat -- note;[1] x_y 3.50... o'clock @me a.B her.I e.g. 1,000:"
     assert words.kind_of(text) == "ascii"
     tokens = words.token_re("ascii").findall(text)
     assert "and" in tokens and "that" in tokens
-    assert words.token_re("unicode").findall(text) == words.token_re("full").findall(text) == tokens
-    assert words.kind_of("naïve") == "unicode" and words.kind_of("cafe\u0301") == "full"
+    for kind in ("bmp", "unicode", "full"):
+        assert words.token_re(kind).findall(text) == tokens, kind
+    # the "bmp" form's explicit classes equal Unicode's categories on any text of the BMP
+    rng = random.Random(0)
+    pool = [chr(c) for c in range(0x10000) if not 0xD800 <= c < 0xE000]
+    common = list("  \n\t.,;:'’-_@/aZ9½²٣\xa0\u3000\u2028")
+    for _ in range(300):
+        sample = "".join(rng.choice(common if rng.random() < 0.5 else pool) for _ in range(80))
+        assert words.token_re("bmp").findall(sample) == words.token_re("unicode").findall(sample), sample
+    assert words.kind_of("naïve") == "bmp" and words.kind_of("cafe\u0301") == "full"
+    assert words.kind_of("ok 😀") == "unicode" and words.kind_of("😀 cafe\u0301") == "full"
+    assert words.kind_of("😀 中文") == "full" and words.kind_of("𠀀") == "full"
 
 
 def test_split_scripts_without_spaces_and_combining_marks() -> None:
