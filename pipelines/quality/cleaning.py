@@ -33,6 +33,18 @@ POLICY_SUBSTRINGS = (
     "use of cookies",
     "use cookies",
 )
+_WITH_COOKIE = tuple(p for p in POLICY_SUBSTRINGS if "cookie" in p)
+_WITHOUT_COOKIE = tuple(p for p in POLICY_SUBSTRINGS if "cookie" not in p)
+
+
+def mentions_policy(lower: str) -> bool:
+    """Whether a lowercase text holds one of POLICY_SUBSTRINGS (those with "cookie" are looked for only
+    where "cookie" is: three scans of a text without any, not six)."""
+    return any(p in lower for p in _WITHOUT_COOKIE) or (
+        "cookie" in lower and any(p in lower for p in _WITH_COOKIE)
+    )
+
+
 # A sentence ends at a run of terminal punctuation followed, after closing quotes or brackets and a space
 # (none needed after CJK full stops), by a word on the same line, and a period between a lower- and an
 # uppercase letter ("her.I", split by spaCy's infix rule) ends one too. As in spaCy's English tokens, an
@@ -85,7 +97,7 @@ def clean(
     check_lorem = "lorem ipsum" in lower
     check_js = cfg.remove_javascript_lines and "javascript" in lower
     check_curly = "{" in text
-    check_policy = cfg.remove_policy_lines and any(p in lower for p in POLICY_SUBSTRINGS)
+    check_policy = cfg.remove_policy_lines and mentions_policy(lower)
     max_length = cfg.max_word_length or len(text) + 1
     check_cite = cfg.remove_citations and "[" in text and CITATION_RE.search(text) is not None
     per_line_text_checks = check_lorem or check_js or check_curly or check_policy
@@ -131,7 +143,7 @@ def clean(
                 continue
             if check_curly and "{" in line:
                 curly += 1
-            if check_policy and any(p in line_lower for p in POLICY_SUBSTRINGS):
+            if check_policy and mentions_policy(line_lower):
                 remove(original)
                 continue
         if line is not original and line != original:

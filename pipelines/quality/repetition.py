@@ -22,6 +22,7 @@ TOP_NGRAMS = (2, 3, 4)
 DUP_NGRAMS = (5, 6, 7, 8, 9, 10)
 MAX_WORDS = 1_000_000  # n-gram signals of longer documents look at their first MAX_WORDS words only
 SMALL = 2_048  # below this many n-grams, sort them all: the bucket table does not pay
+# (numpy wraps integer arrays modulo 2**64 silently: only arithmetic on numpy scalars warns)
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _LENGTH_MIX = np.uint64(0xBF58476D1CE4E5B9)
 
@@ -72,9 +73,8 @@ def word_hashes(tokens: list[str], lengths: np.ndarray) -> np.ndarray:
     not its characters, so strings of different widths with the same bytes collide ('祭' and 'my' are
     both the bytes 6d 79): the length is mixed in, after which equal hashes mean equal words (up to
     64-bit collisions)."""
-    with np.errstate(over="ignore"):
-        raw = np.fromiter(map(hash, tokens), np.int64, len(tokens)).view(np.uint64)
-        return raw ^ (lengths.view(np.uint64) * _LENGTH_MIX)
+    raw = np.fromiter(map(hash, tokens), np.int64, len(tokens)).view(np.uint64)
+    return raw ^ (lengths.view(np.uint64) * _LENGTH_MIX)
 
 
 def extend(prev: np.ndarray, token_hashes: np.ndarray, n: int) -> np.ndarray:
@@ -83,15 +83,13 @@ def extend(prev: np.ndarray, token_hashes: np.ndarray, n: int) -> np.ndarray:
     A polynomial hash modulo 2**64 over uniformly random word hashes: uniform, so two different
     n-grams collide with probability about 2**-64.
     """
-    with np.errstate(over="ignore"):
-        return prev[:-1] * _MIX + token_hashes[n - 1 :]
+    return prev[:-1] * _MIX + token_hashes[n - 1 :]
 
 
 def _buckets(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(bucket of each value, count of each bucket) in a table of two to four buckets per value."""
     bits = max(4, len(values).bit_length() + 1)
-    with np.errstate(over="ignore"):
-        bucket = ((values * _MIX) >> np.uint64(64 - bits)).astype(np.intp)
+    bucket = ((values * _MIX) >> np.uint64(64 - bits)).astype(np.intp)
     return bucket, np.bincount(bucket, minlength=1 << bits)
 
 

@@ -149,8 +149,8 @@ class SignalComputer:
         out["n_lines"] = len(raw_lines)
         tokens = words.split(text, kind)
         lengths = np.fromiter(map(len, tokens), np.int64, len(tokens))
-        out.update(gopher_quality(text, tokens, raw_lines, out["lang"], int(lengths.sum())))
         hashes = repetition.word_hashes(tokens, lengths)
+        out.update(gopher_quality(text, tokens, raw_lines, out["lang"], int(lengths.sum()), hashes))
         out.update(repetition.line_signals(text))
         out.update(repetition.ngram_signals(hashes, lengths, len(text)))
         out.update(c4_signals(cleaned))
@@ -167,10 +167,16 @@ class SignalComputer:
 
 
 def gopher_quality(
-    text: str, tokens: list[str], lines: list[str], lang: str, token_chars: int | None = None
+    text: str,
+    tokens: list[str],
+    lines: list[str],
+    lang: str,
+    token_chars: int | None = None,
+    hashes: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """GopherQualityFilter's signals (`tokens`: the words of `text`; `lines`: text.splitlines())."""
-    counted = words.stats(text, tokens, token_chars)
+    """GopherQualityFilter's signals (`tokens`: the words of `text`, with their total length and
+    repetition.word_hashes if known; `lines`: text.splitlines())."""
+    counted = words.stats(text, tokens, token_chars, hashes)
     n, n_words = counted.tokens, counted.words
     distinct = counted.distinct.keys()
     hashes = text.count("#")

@@ -24,6 +24,7 @@ from functools import lru_cache
 from itertools import filterfalse
 from typing import Literal
 
+import numpy as np
 from datatrove.utils.text import PUNCTUATION_SET
 
 # Scripts without spaces between words: one "word" per character.
@@ -186,9 +187,11 @@ class Stats:
     distinct: Counter[str]  # each word of `split` with its count
 
 
-def stats(text: str, tokens: list[str], token_chars: int | None = None) -> Stats:
-    """Counts of `tokens` (= split(text); `token_chars`: their total length, if known), with spaCy's
-    URL, abbreviation and "cannot" rules applied."""
+def stats(
+    text: str, tokens: list[str], token_chars: int | None = None, hashes: np.ndarray | None = None
+) -> Stats:
+    """Counts of `tokens` (= split(text); `token_chars`: their total length, and `hashes`: their
+    repetition.word_hashes, if known), with spaCy's URL, abbreviation and "cannot" rules applied."""
     counts = Counter(tokens)
     n = len(tokens)
     urls = _urls(text)
@@ -207,7 +210,7 @@ def stats(text: str, tokens: list[str], token_chars: int | None = None) -> Stats
     # words with no letter: among those that are not all letters, the ones NO_LETTER_RE matches
     alpha = n - sum(map(count, NO_LETTER_RE.findall("\n".join(filterfalse(str.isalpha, counts)))))
     # spaCy keeps "Dr." and "J." whole: the period token joins the word before it
-    periods = _abbreviation_periods(tokens) if counts["."] else 0
+    periods = _abbreviation_periods(tokens, hashes) if counts["."] else 0
     n, n_symbols, word_chars = n - periods, n_symbols - periods, word_chars + periods
     # spaCy splits "cannot" into "can" "not"
     cannots = counts["cannot"] + counts["Cannot"]
@@ -220,8 +223,20 @@ def _urls(text: str) -> list[tuple[str, list[str]]]:
     return [(url, split(url)) for url in URL_RE.findall(text)] if "://" in text else []
 
 
-def _abbreviation_periods(tokens: list[str]) -> int:
-    """Period tokens right after an abbreviation or initial."""
+def _is_abbreviation(word: str) -> bool:
+    """Whether a period right after `word` belongs to it (an abbreviation or an initial)."""
+    return word in ABBREVIATION_WORDS or ("." in word and _INITIALS_RE.fullmatch(word) is not None)
+
+
+def _abbreviation_periods(tokens: list[str], hashes: np.ndarray | None = None) -> int:
+    """Period tokens right after an abbreviation or initial (`hashes`: repetition.word_hashes of the
+    tokens, if known: then each distinct word before a period is looked at once)."""
+    if hashes is not None:
+        at = np.flatnonzero(hashes == hashes[tokens.index(".")])
+        at = at[at > 0] - 1  # the words before periods
+        _, first, times = np.unique(hashes[at], return_index=True, return_counts=True)
+        before = at[first].tolist()
+        return sum(t for i, t in zip(before, times.tolist(), strict=True) if _is_abbreviation(tokens[i]))
     found = 0
     index = tokens.index
     i = -1
@@ -230,9 +245,7 @@ def _abbreviation_periods(tokens: list[str]) -> int:
             i = index(".", i + 1)
         except ValueError:
             return found
-        before = tokens[i - 1] if i else ""
-        if before in ABBREVIATION_WORDS or ("." in before and _INITIALS_RE.fullmatch(before)):
-            found += 1
+        found += i > 0 and _is_abbreviation(tokens[i - 1])
 
 
 def count(text: str) -> int:
