@@ -32,9 +32,9 @@ GOPHER_STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "
 # Languages written without spaces: stop words are found anywhere in the text, not as whole words.
 NO_SPACE_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "km", "my", "wuu", "yue"})
 SHORT_LINE_CHARS = 30
-# str.splitlines() also breaks at these; texts without them are counted with regexes over "\n" lines
-_OTHER_LINE_BREAKS = "\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
-_INDENTED_BULLET = re.compile(r"\n[^\S\n]+[•-]")  # in "\n" + text
+# a line indented by any whitespace (NBSP, ideographic space, ...) that starts with a bullet
+_INDENTED_BULLET = re.compile(r"\n[^\S\n]+[•-]")
+_LEADING_INDENTED_BULLET = re.compile(r"[^\S\n]+[•-]")
 _ELLIPSIS_END = re.compile(r"(?:\.\.\.|…)[^\S\n]*\n")  # in text + "\n"
 _TERMINAL_CHARS = frozenset(TERMINAL_PUNCTUATION)  # single characters, some outside the BMP
 
@@ -193,13 +193,14 @@ def gopher_quality(
         "stop_word_count": count_stop_words(distinct, text, lang),
     }
     if lines:
-        if any(c in text for c in _OTHER_LINE_BREAKS):
+        if len(lines) != text.count("\n") + (not text.endswith("\n")):  # other line breaks than "\n"
             bullets = sum(1 for s in lines if s.lstrip().startswith(("•", "-")))
             ellipsis_ends = sum(1 for s in lines if s.rstrip().endswith(("...", "…")))
-        else:  # lines split at "\n" only: count with str.count, and a regex for indented lines
+        else:  # lines split at "\n" (a "\r" before it is whitespace): str.count, and regexes for indents
             bullets = text.count("\n-") + text.count("\n•") + text.startswith(("-", "•"))
-            if "\n " in text or "\n\t" in text or text[:1].isspace():
-                bullets += len(_INDENTED_BULLET.findall(f"\n{text}"))
+            bullets += len(_INDENTED_BULLET.findall(text)) + (
+                _LEADING_INDENTED_BULLET.match(text) is not None
+            )
             ellipsis_ends = len(_ELLIPSIS_END.findall(f"{text}\n")) if ellipses else 0
         out["bullet_line_ratio"] = bullets / len(lines)
         out["ellipsis_line_ratio"] = ellipsis_ends / len(lines)

@@ -120,6 +120,39 @@ def test_symbol_and_line_ratios_by_hand() -> None:
     assert s["bullet_line_ratio"] == pytest.approx(2 / 3) and s["ellipsis_line_ratio"] == pytest.approx(1 / 3)
 
 
+def test_bullet_and_ellipsis_lines_match_the_per_line_definition() -> None:
+    # datatrove's: lstrip / rstrip each line of str.splitlines(); the "\n" fast path must agree, with
+    # lines indented by any whitespace and with every line break splitlines knows
+    rng = random.Random(1)
+    pieces = [
+        "- a",
+        "• b",
+        " - c",
+        "\xa0- d",
+        "\u3000• e",
+        "text...",
+        "x …",
+        "plain",
+        "",
+        "\t-f",
+        "...\r",
+        "y",
+    ]
+    breaks = ["\n", "\r\n", "\n\n", "\r", "\x0c", "\u2028", "\x85"]
+    for _ in range(500):
+        text = "".join(rng.choice(pieces) + rng.choice(breaks[:2] if rng.random() < 0.7 else breaks)
+                       for _ in range(rng.randint(1, 8)))  # fmt: skip
+        text = text.rstrip() if rng.random() < 0.3 else text
+        lines = text.splitlines()
+        s = signals.gopher_quality(text, words.split(text), lines, "en")
+        if not lines:
+            continue
+        bullets = sum(line.lstrip().startswith(("•", "-")) for line in lines)
+        ellipses = sum(line.rstrip().endswith(("...", "…")) for line in lines)
+        assert s["bullet_line_ratio"] == bullets / len(lines), repr(text)
+        assert s["ellipsis_line_ratio"] == ellipses / len(lines), repr(text)
+
+
 def test_stop_words_per_language() -> None:
     s = signals.compute(GERMAN)
     assert s["lang"] == "de"
