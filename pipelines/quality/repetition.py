@@ -9,7 +9,8 @@ n-grams are compared by a 64-bit hash of their words (`word_hashes`), never buil
 collision is vanishingly rare). Exact counting sorts, so it runs only on the n-grams that can matter:
 a hash table of bucket counts (`np.bincount`) first rules out every n-gram that occurs once (for the
 duplicate scans) or less often than the most frequent one found so far (for the top n-gram), and an
-n-gram can repeat only where its (n-1)-gram prefix repeats.
+n-gram can repeat only where the two (n-1)-grams it holds may repeat, so each length looks only at
+the places the shorter one left (from 3-grams on).
 """
 
 from __future__ import annotations
@@ -87,9 +88,10 @@ def extend(prev: np.ndarray, token_hashes: np.ndarray, n: int) -> np.ndarray:
 
 
 def _buckets(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(bucket of each value, count of each bucket) in a table of two to four buckets per value."""
+    """(bucket of each value, count of each bucket) in a table of two to four buckets per value. The
+    n-gram hashes are uniform already: their top bits are the bucket."""
     bits = max(4, len(values).bit_length() + 1)
-    bucket = ((values * _MIX) >> np.uint64(64 - bits)).astype(np.intp)
+    bucket = (values >> np.uint64(64 - bits)).view(np.intp)
     return bucket, np.bincount(bucket, minlength=1 << bits)
 
 
@@ -106,22 +108,39 @@ def _groups(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return order, group, np.bincount(group)
 
 
-def top_ngram_chars(hashes: np.ndarray, chars: np.ndarray) -> int:
-    """Characters of the most frequent n-gram (the first seen wins a tie) times its count."""
-    positions = None
-    if len(hashes) > SMALL:
-        bucket, counts = _buckets(hashes)
-        if counts.max() == 1:
-            return int(chars[0])  # every n-gram occurs once: the first one wins
-        in_top = hashes[bucket == counts.argmax()].tolist()
-        floor = max(Counter(in_top).values())  # an exact count: the best is at least this
-        positions = np.flatnonzero(counts[bucket] >= floor)
-        hashes = hashes[positions]
-    order, group, sizes = _groups(hashes)
-    best = sizes.max()
-    winner = order[(sizes == best)[group]].min()  # the first position of any most frequent n-gram
-    position = winner if positions is None else positions[winner]
-    return int(chars[position]) * int(best)
+def _next_candidates(positions: np.ndarray) -> np.ndarray:
+    """Of the positions (ascending) whose n-gram may repeat, those where the next n-gram may repeat too:
+    the only places an (n+1)-gram can repeat."""
+    return positions[:-1][positions[1:] == positions[:-1] + 1]
+
+
+def top_ngram(hashes: np.ndarray, candidates: np.ndarray | None = None) -> tuple[int, int, np.ndarray]:
+    """(first position of the most frequent n-gram, its count, where an (n+1)-gram may repeat); the first
+    seen wins a tie. `candidates` (ascending) restricts the search: n-grams elsewhere must occur once."""
+    positions = np.arange(len(hashes)) if candidates is None else candidates
+    values = hashes if candidates is None else hashes[candidates]
+    if len(values) == 0:
+        return 0, 1, positions  # no n-gram repeats: the first one wins
+    if len(values) > SMALL:
+        bucket, counts = _buckets(values)
+        top = counts.argmax()
+        if counts[top] == 1:
+            return 0, 1, positions[:0]  # every n-gram occurs once: the first one wins
+        bound = counts[bucket]  # at least the count of each n-gram
+        maybe = positions[bound > 1]
+        floor = max(Counter(values[bucket == top].tolist()).values())  # exact: the best is at least this
+        chosen = bound >= floor
+        positions, values = positions[chosen], values[chosen]
+    else:
+        maybe = None
+    order, group, sizes = _groups(values)
+    best = int(sizes.max())
+    if best == 1:
+        return 0, 1, positions[:0]
+    if maybe is None:
+        maybe = np.sort(positions[order[sizes[group] > 1]])
+    winner = int(positions[order[(sizes == best)[group]]].min())  # the first position of any most frequent
+    return winner, best, _next_candidates(maybe)
 
 
 def repeats(hashes: np.ndarray, positions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -186,7 +205,7 @@ def ngram_signals(
     cum = np.zeros(n_tokens + 1, np.int64)
     np.cumsum(token_lengths, out=cum[1:])
     hashes = token_hashes
-    candidates: np.ndarray | None = None  # positions whose (n-1)-gram repeats
+    candidates: np.ndarray | None = None  # positions where the n-gram may repeat (None: anywhere)
     for n in range(2, max(DUP_NGRAMS) + 1):
         if n in DUP_NGRAMS and candidates is not None and len(candidates) == 0:
             out[f"dup_{n}gram_char_fraction"] = 0.0  # no shorter n-gram repeats, so no longer one does
@@ -198,12 +217,13 @@ def ngram_signals(
                 out[f"dup_{n}gram_char_fraction"] = None if not text_length else 0.0
             continue
         hashes = extend(hashes, token_hashes, n)
-        if n in TOP_NGRAMS:
-            chars = cum[n:] - cum[:-n] + (n - 1)  # words joined by spaces
-            out[f"top_{n}gram_char_fraction"] = top_ngram_chars(hashes, chars) / text_length
-            continue
         if candidates is not None:
             candidates = candidates[candidates < len(hashes)]
+        if n in TOP_NGRAMS:
+            position, count, candidates = top_ngram(hashes, candidates)
+            chars = int(cum[position + n] - cum[position]) + n - 1  # words joined by spaces
+            out[f"top_{n}gram_char_fraction"] = chars * count / text_length
+            continue
         positions, groups = repeats(hashes, candidates)
         candidates = positions
         chars = cum[n + positions] - cum[positions]  # words joined without spaces

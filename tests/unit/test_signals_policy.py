@@ -201,6 +201,7 @@ def test_ngram_signals_equal_datatrove_functions() -> None:
         words.split(text),
         words.split(text)[:1500] * 3,
         [rng.choice(chorus) for _ in range(4000)],
+        [f"w{rng.randrange(3000)}" for _ in range(6000)],  # sparse repeats, past the bucket threshold
         ["a"] * 7,
         # CPython's hash() of '祭' equals that of 'my' (the same two bytes): they must stay two words
         [rng.choice(["祭", "my", "so", "祭", "is"]) for _ in range(300)],
