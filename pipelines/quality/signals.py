@@ -180,7 +180,7 @@ def gopher_quality(
     n, n_words = counted.tokens, counted.words
     distinct = counted.distinct.keys()
     hashes = text.count("#")
-    ellipses = text.count("...") + (0 if text.isascii() else text.count("…"))
+    ellipses = text.count("...") + text.count("…")
     out: dict[str, Any] = {
         "n_words_total": n,
         "word_count": n_words,
@@ -197,12 +197,9 @@ def gopher_quality(
             bullets = sum(1 for s in lines if s.lstrip().startswith(("•", "-")))
             ellipsis_ends = sum(1 for s in lines if s.rstrip().endswith(("...", "…")))
         else:  # lines split at "\n" (a "\r" before it is whitespace): str.count, and regexes for indents
-            bullets = (
-                text.count("\n-") + (0 if text.isascii() else text.count("\n•")) + text.startswith(("-", "•"))
-            )
-            bullets += len(_INDENTED_BULLET.findall(text)) + (
-                _LEADING_INDENTED_BULLET.match(text) is not None
-            )
+            bullets = text.count("\n-") + text.count("\n•") + text.startswith(("-", "•"))
+            bullets += len(_INDENTED_BULLET.findall(text))
+            bullets += _LEADING_INDENTED_BULLET.match(text) is not None
             ellipsis_ends = len(_ELLIPSIS_END.findall(f"{text}\n")) if ellipses else 0
         out["bullet_line_ratio"] = bullets / len(lines)
         out["ellipsis_line_ratio"] = ellipsis_ends / len(lines)
